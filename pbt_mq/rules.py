@@ -1,0 +1,117 @@
+"""The PBT rules, as pure functions of (population snapshot, member, rng).
+
+A snapshot is the leaderboard the arbiter read: ``[(member, score), ...]`` with
+finite scores only, higher is better (the arbiter negates for mode = "min").
+A member absent from it (no checkpoint yet, or a NaN/inf score) ranks last and is
+never a donor. A member is only replaced by a *strictly* better one, so a plateau
+of equal scores never sets off a storm of exploits that rewinds everyone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .space import AnySpace, PerturbSpec
+
+Snapshot = Sequence[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class ExploitSpec:
+    rule: str = "truncation"  # "truncation" | "tournament" | "none"
+    quantile: float = 0.2
+
+
+@dataclass(frozen=True)
+class ExploreSpec:
+    rule: str = "perturb"  # "perturb" | "resample" | "none"
+    resample_probability: float = 0.25
+    perturb: PerturbSpec = field(default_factory=PerturbSpec)
+
+
+def sort_snapshot(entries: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Best first; ties broken by member id so the order never depends on Redis."""
+    finite = [(m, float(s)) for m, s in entries if math.isfinite(float(s))]
+    return sorted(finite, key=lambda e: (-e[1], e[0]))
+
+
+def truncation_size(n: int, quantile: float) -> int:
+    """How many members form the top (and the bottom) set: ceil(n*q), at most n//2."""
+    return min(int(math.ceil(n * quantile)), n // 2)
+
+
+def exploit(
+    snapshot: Snapshot, member: str, score: float, spec: ExploitSpec, rng: random.Random
+) -> str | None:
+    """Return the donor ``member`` should copy, or None to keep training as it is."""
+    if spec.rule == "none":
+        return None
+    ordered = sort_snapshot([(m, s) for m, s in snapshot if m != member])
+    own = score if math.isfinite(score) else -math.inf
+    if spec.rule == "tournament":
+        if not ordered:
+            return None
+        opponent, opp_score = ordered[rng.randrange(len(ordered))]
+        return opponent if opp_score > own else None
+    if spec.rule != "truncation":
+        raise ValueError(f"unknown exploit rule {spec.rule!r}")
+    n = len(ordered) + 1
+    k = truncation_size(n, spec.quantile)
+    if k == 0:
+        return None
+    better = sum(1 for _, s in ordered if s > own)
+    ties_before = sum(1 for m, s in ordered if s == own and m < member)
+    rank = better + ties_before  # 0 = best
+    if rank < n - k:
+        return None
+    top = [m for m, s in ordered[:k] if s > own]
+    if not top:
+        return None
+    return top[rng.randrange(len(top))]
+
+
+def explore(
+    hparams: dict[str, Any],
+    spaces: dict[str, AnySpace],
+    spec: ExploreSpec,
+    rng: random.Random,
+) -> tuple[dict[str, Any], list[str]]:
+    """Mutate each tuned hyperparameter independently; return the values and what was done.
+
+    Ops read like ``lr: 0.01 --(x0.8)--> 0.008`` so a lineage log explains itself.
+    """
+    if spec.rule == "none":
+        return dict(hparams), []
+    new = dict(hparams)
+    ops: list[str] = []
+    for name in sorted(spaces):
+        space = spaces[name]
+        old = hparams.get(name)
+        if old is None or not space.contains(old):
+            value, how = space.sample(rng), "resample"
+        elif spec.rule == "resample" or rng.random() < spec.resample_probability:
+            value, how = space.sample(rng), "resample"
+        else:
+            value, how = space.perturb(old, rng, spec.perturb)
+        new[name] = value
+        ops.append(f"{name}: {fmt(old)} --({how})--> {fmt(value)}")
+    return new, ops
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def decision_rng(seed: int, member: str, seq: int) -> random.Random:
+    """The rng of one decision: a pure function of (experiment seed, member, seq).
+
+    String seeding hashes with sha512, so it is stable across processes and
+    machines (unlike ``hash()``), which makes every decision replayable.
+    """
+    return random.Random(f"pbt-mq/{seed}/{member}/{seq}")

@@ -1,0 +1,228 @@
+"""The segment runner: the one function RQ jobs may call, and the worker state it keeps.
+
+A worker process keeps the last model it trained *live*: when the next segment
+continues that member from the checkpoint this worker just wrote, nothing is
+downloaded or rebuilt. Otherwise the live object is reused and only its state is
+loaded, so an exploit costs one verified download and no re-import or re-init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import secrets
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import checkpoint
+from .config import Experiment
+from .experiment import (
+    FAILED,
+    RUNNING,
+    load_config,
+    make_job,
+    member_seed,
+    now_ms,
+    queue_for,
+)
+from .finish import fail_member
+from .keys import Keys
+from .protocol import ReadyEvent, SegmentCommand
+from .store import Store, open_store
+from .trainable import import_trainable
+
+log = logging.getLogger("pbt_mq.worker")
+
+
+@dataclass
+class Live:
+    member: str
+    key: str
+    trainable: Any
+
+
+class Runtime:
+    """Per-process worker state; set once by ``pbt-worker`` before it takes jobs."""
+
+    def __init__(self, r: redis.Redis, worker_id: str, device: str = "cpu"):
+        self.r = r
+        self.worker_id = worker_id
+        self.device = device
+        self.live: dict[str, Live] = {}  # experiment -> last trained model
+        self.stores: dict[str, Store] = {}
+        self.stats: Counter[str] = Counter()
+        self.current: str = ""
+
+    def store(self, url: str) -> Store:
+        if url not in self.stores:
+            self.stores[url] = open_store(url)
+        return self.stores[url]
+
+    # ------------------------------------------------------------ one segment
+
+    def run(self, cmd: SegmentCommand) -> dict[str, Any]:
+        k = Keys(cmd.experiment)
+        cfg = load_config(self.r, cmd.experiment)
+        skip = self._skip_reason(k, cmd)
+        if skip:
+            log.info("skip %s %s seq=%d: %s", cmd.experiment, cmd.member, cmd.seq, skip)
+            self.stats["skipped"] += 1
+            return {"skipped": skip}
+        self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
+        started_ms = now_ms()
+        self.r.hset(k.member(cmd.member), mapping={"state": "running", "worker": self.worker_id, "started_ms": started_ms})
+        try:
+            event = self._train(cfg, cmd)
+        except Exception as exc:
+            self.live.pop(cmd.experiment, None)  # state may be half-loaded: never reuse it
+            self._failed(cfg, cmd, exc)
+            raise
+        finally:
+            self.current = ""
+        if cmd.ready_ms:
+            event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
+        self.r.xadd(
+            k.events,
+            {
+                "member": cmd.member,
+                "seq": cmd.seq,
+                "step": event.step,
+                "score": repr(event.score),
+                "msg": event.encode(),
+            },
+        )
+        self.stats["segments"] += 1
+        return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
+
+    def _skip_reason(self, k: Keys, cmd: SegmentCommand) -> str:
+        state, seq, mstate = self.r.hmget(k.meta, "state")[0], *self.r.hmget(k.member(cmd.member), "seq", "state")
+        if (state or b"").decode() != RUNNING:
+            return f"experiment is {(state or b'gone').decode()}"
+        if seq is None or int(seq) != cmd.seq or (mstate or b"").decode() in ("done", FAILED):
+            return "stale command (the member has moved on)"
+        return ""
+
+    def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
+        t0 = time.perf_counter()
+        store = self.store(self._store_url(cmd.experiment))
+        trainable, how = self._obtain(cfg, cmd, store)
+        trainable.apply(dict(cmd.hparams))
+        t1 = time.perf_counter()
+        step = self._advance(trainable, cmd)
+        t2 = time.perf_counter()
+        metrics = trainable.evaluate()
+        if cfg.metric not in metrics:
+            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
+        clean = {str(a): _to_float(b) for a, b in metrics.items()}
+        t3 = time.perf_counter()
+        key = f"{cmd.experiment}/{cmd.member}/{cmd.seq:06d}-s{step}-{secrets.token_hex(4)}.pt"
+        state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
+        ref = checkpoint.save(store, key, state)
+        t4 = time.perf_counter()
+        self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
+        self.stats[how] += 1
+        return ReadyEvent(
+            experiment=cmd.experiment,
+            member=cmd.member,
+            seq=cmd.seq,
+            step=step,
+            score=clean[cfg.metric],
+            checkpoint=ref,
+            hparams=dict(cmd.hparams),
+            metrics=clean,
+            worker=self.worker_id,
+            timings_s={"load": t1 - t0, "train": t2 - t1, "eval": t3 - t2, "save": t4 - t3, how: 1.0},
+            train_s=cmd.train_s + (t2 - t1),
+            start_step=cmd.step,
+            start_key=cmd.start.key if cmd.start else None,
+        )
+
+    def _obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store) -> tuple[Any, str]:
+        live = self.live.get(cmd.experiment)
+        if cmd.start is not None and live is not None and live.key == cmd.start.key:
+            return live.trainable, "warm"
+        if cmd.start is None or live is None:
+            trainable = self._construct(cfg, cmd)
+            if cmd.start is None:
+                return trainable, "fresh"
+        else:
+            trainable = live.trainable
+        state = checkpoint.load(store, cmd.start, map_location=self.device)
+        trainable.load_state_dict(state["state"])
+        return trainable, "cold"
+
+    def _construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
+        cls = import_trainable(cfg.trainable)
+        seed = member_seed(cfg.seed, cmd.member)
+        try:
+            import torch
+
+            torch.manual_seed(seed)
+        except ImportError:  # pragma: no cover - workers have torch
+            pass
+        return cls(dict(cmd.hparams), seed=seed, device=self.device, **cfg.trainable_args)
+
+    def _advance(self, trainable: Any, cmd: SegmentCommand) -> int:
+        if cmd.until_step is not None:
+            trainable.train(cmd.until_step - cmd.step)
+            return cmd.until_step
+        step, deadline = cmd.step, time.perf_counter() + float(cmd.seconds or 0)
+        while True:
+            trainable.train(1)
+            step += 1
+            if time.perf_counter() >= deadline:
+                return step
+
+    def _store_url(self, exp: str) -> str:
+        url = self.r.hget(Keys(exp).meta, "store")
+        if not url:
+            raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
+        return url.decode()
+
+    def _failed(self, cfg: Experiment, cmd: SegmentCommand, exc: BaseException) -> None:
+        tb = traceback.format_exc(limit=30)[-4000:]
+        k = Keys(cmd.experiment)
+        log.error("segment %s %s seq=%d failed (attempt %d): %s", cmd.experiment, cmd.member, cmd.seq, cmd.attempt, exc)
+        if cmd.attempt < cfg.worker.max_retries:
+            retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
+            queue = queue_for(self.r, cfg.queue)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.multi()
+            pipe.hset(k.member(cmd.member), mapping={"state": "queued", "error": tb, "attempt": retry.attempt})
+            queue.enqueue_job(make_job(queue, cfg, retry), pipeline=pipe)
+            pipe.execute()
+        else:
+            fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+
+
+def _to_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+_RUNTIME: Runtime | None = None
+
+
+def install(rt: Runtime) -> None:
+    global _RUNTIME
+    _RUNTIME = rt
+
+
+def run_segment(payload: bytes) -> dict[str, Any]:
+    """The RQ job function: decode the command and run it in this worker's runtime."""
+    if _RUNTIME is None:
+        raise RuntimeError("run_segment runs only inside pbt-worker (no runtime installed)")
+    return _RUNTIME.run(SegmentCommand.decode(payload))
+
+
+def describe(hparams: dict[str, Any]) -> str:
+    return json.dumps(hparams, sort_keys=True)

@@ -1,0 +1,105 @@
+"""``pbt-worker``: an RQ worker (one per GPU) that runs segments in its own process.
+
+It uses RQ's ``SimpleWorker`` (no fork per job) so the model stays live on the
+device between segments, the msgpack serializer, and ``SegmentJob`` so nothing but
+the segment runner can run. A heartbeat thread refreshes ``pbt:worker:{ID}`` every
+``--heartbeat-s`` seconds with a TTL of three beats: a dead worker's key vanishes
+within seconds. SIGTERM finishes the current segment, then exits (RQ's warm
+shutdown); a second SIGTERM abandons it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+
+import redis
+from rq.worker import SimpleWorker
+
+from .experiment import now_ms, queue_for
+from .keys import DEFAULT_QUEUE, WORKERS, worker_key
+from .segment import Runtime, install
+from .serializer import MsgpackSerializer, SegmentJob
+
+log = logging.getLogger("pbt_mq.worker")
+
+
+def default_worker_id(device: str) -> str:
+    raw = f"{socket.gethostname()}-{os.getpid()}-{device}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)[:100]
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, r: redis.Redis, rt: Runtime, queue: str, interval_s: float = 2.0):
+        super().__init__(name="pbt-heartbeat", daemon=True)
+        self.r, self.rt, self.queue, self.interval_s = r, rt, queue, interval_s
+        self.halt = threading.Event()
+
+    def beat(self) -> None:
+        key = worker_key(self.rt.worker_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "device": self.rt.device,
+                "queue": self.queue,
+                "current": self.rt.current,
+                "beat_ms": now_ms(),
+                "segments": self.rt.stats["segments"],
+                "warm": self.rt.stats["warm"],
+                "cold": self.rt.stats["cold"],
+            },
+        )
+        pipe.pexpire(key, int(self.interval_s * 3000))
+        pipe.zadd(WORKERS, {self.rt.worker_id: now_ms()})
+        pipe.execute()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval_s):
+            try:
+                self.beat()
+            except redis.RedisError as exc:  # Redis restarting: keep beating
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.halt.set()
+        try:
+            self.r.delete(worker_key(self.rt.worker_id))
+            self.r.zrem(WORKERS, self.rt.worker_id)
+        except redis.RedisError:
+            pass
+
+
+def serve(
+    r: redis.Redis,
+    queue: str = DEFAULT_QUEUE,
+    device: str = "cpu",
+    worker_id: str | None = None,
+    burst: bool = False,
+    heartbeat_s: float = 2.0,
+    max_jobs: int | None = None,
+) -> Runtime:
+    rt = Runtime(r, worker_id or default_worker_id(device), device)
+    install(rt)
+    hb = Heartbeat(r, rt, queue, heartbeat_s)
+    hb.beat()
+    hb.start()
+    w = SimpleWorker(
+        [queue_for(r, queue)],
+        connection=r,
+        name=rt.worker_id,
+        serializer=MsgpackSerializer,
+        job_class=SegmentJob,
+        job_monitoring_interval=5,
+    )
+    try:
+        w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=None)
+    finally:
+        hb.stop()
+        log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
+    return rt

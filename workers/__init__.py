@@ -1,0 +1,1 @@
+"""Example trainables: the paper's toy problem and a real PyTorch task (sklearn digits)."""
