@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from .experiment import DONE, FAILED, RUNNING, first_target, load_config, make_j
 from .finish import complete_if_all_finished
 from .keys import EXPERIMENTS, GROUP, Keys
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
-from .rules import decision_rng, explore, exploit
+from .rules import decision_rng, exploit, explore
 from .scripts import set_state_if
 
 log = logging.getLogger("pbt_mq.arbiter")
@@ -44,6 +44,7 @@ class Plan:
     reason: str = ""
     target_reached: bool = False
     snapshot: list[tuple[str, float]] | None = None  # what the rules saw, for replay
+    declined_donor: str | None = None
 
 
 class Arbiter:
@@ -105,7 +106,7 @@ class Arbiter:
         pipe = self.r.pipeline(transaction=False)
         for e in ids:
             pipe.hget(Keys(e).meta, "state")
-        running = [e for e, s in zip(ids, pipe.execute()) if s == RUNNING.encode()]
+        running = [e for e, s in zip(ids, pipe.execute(), strict=True) if s == RUNNING.encode()]
         configs = {}
         for e in running:
             try:
@@ -229,11 +230,12 @@ class Arbiter:
                     **common, **first_target(cfg, dstep),
                 )
                 return Plan("exploit", cmd, score, ops=ops, snapshot=snapshot)
+        declined = donor  # set only when the donor had already finished: copying it would end this member too
         cmd = SegmentCommand(
             step=ev.step, hparams=dict(ev.hparams), why="continue", start=ev.checkpoint,
             **common, **first_target(cfg, ev.step),
         )
-        return Plan("continue", cmd, score, snapshot=snapshot)
+        return Plan("continue", cmd, score, snapshot=snapshot, declined_donor=declined)
 
     @staticmethod
     def stop_reason(cfg: Experiment, ev: ReadyEvent, meta_state: str) -> tuple[str, bool]:
@@ -301,10 +303,13 @@ class Arbiter:
             "next_hparams": json.dumps(cmd.hparams, sort_keys=True) if cmd else "",
             "parent": (cmd.parent or "") if cmd else "",
             "parent_step": (cmd.parent_step if cmd and cmd.parent_step is not None else ""),
+            "next_start_key": cmd.start.key if cmd and cmd.start else "",
             "ops": json.dumps(plan.ops),
             "reason": plan.reason,
             "worker": ev.worker,
         }
+        if plan.declined_donor:
+            rec["declined_donor"] = plan.declined_donor
         if plan.snapshot is not None and len(plan.snapshot) <= SNAPSHOT_MAX:
             rec["snapshot"] = json.dumps(plan.snapshot)
         return rec

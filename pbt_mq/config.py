@@ -88,7 +88,9 @@ def load_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the experiment file ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read the experiment file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -100,7 +102,11 @@ def load_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def load_json(text: str) -> Experiment:
-    return parse(json.loads(text))
+    try:
+        raw = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: the stored experiment is not valid JSON ({exc})") from None
+    return parse(raw)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -150,7 +156,7 @@ def parse(raw: dict[str, Any]) -> Experiment:
         exploit=_exploit(r.table("exploit", optional=True)),
         explore=_explore(r.table("explore", optional=True)),
         spaces=spaces,
-        trainable_args=r.raw_table("trainable_args"),
+        trainable_args=_plain(r.raw_table("trainable_args"), "trainable_args"),
         store=r.str("store", default=None),
         queue=r.str("queue", default="pbt"),
         worker=_worker(r.table("worker", optional=True)),
@@ -244,6 +250,8 @@ def _space(t: _Reader) -> AnySpace:
             raise ConfigError(f"{t.path}values: must be a non-empty list")
         if not all(isinstance(v, (bool, int, float, str)) for v in values):
             raise ConfigError(f"{t.path}values: entries must be numbers, booleans or strings")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{t.path}values: entries must be finite (nan never equals itself)")
         if len({(type(v), v) for v in values}) != len(values):
             raise ConfigError(f"{t.path}values: entries must be distinct")
         space: AnySpace = CategoricalSpace(tuple(values), ordered=t.bool("ordered", default=False))
@@ -289,6 +297,19 @@ def _initial(pop: _Reader, spaces: dict[str, AnySpace], size: int) -> tuple[dict
 # ---------------------------------------------------------------- reader
 
 
+def _plain(value: Any, where: str) -> Any:
+    """Check that ``value`` survives the JSON copy in Redis (TOML dates do not)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{where}: must be a string, number, boolean, array or table, got {type(value).__name__}")
+    return value
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -320,7 +341,10 @@ class _Reader:
         if key in self.data:
             return self.data[key]
         if default is _MISSING:
-            raise ConfigError(f"{self.path}{key}: required")
+            spare = [k for k in self.data if k not in self.used and isinstance(k, str)]
+            hint = difflib.get_close_matches(key, spare, n=1)
+            tip = f" (found '{hint[0]}': a typo?)" if hint else ""
+            raise ConfigError(f"{self.path}{key}: required{tip}")
         return default
 
     def table(self, key: str, optional: bool = False) -> _Reader:

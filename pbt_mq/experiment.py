@@ -147,7 +147,7 @@ def status(r: redis.Redis, exp: str) -> dict[str, Any]:
     for m in ids:
         pipe.hgetall(k.member(m))
     rows = []
-    for m, h in zip(ids, pipe.execute()):
+    for m, h in zip(ids, pipe.execute(), strict=True):
         d = {a.decode(): b.decode() for a, b in h.items()}
         score = float(d["score"]) if d.get("score") not in (None, "") else None
         rows.append(

@@ -48,9 +48,7 @@ class CheckpointRef:
     @classmethod
     def from_wire(cls, raw: Any, where: str) -> CheckpointRef:
         m = _map(raw, where, max_items=8)
-        key = _str(m.get("key"), f"{where}.key", max_len=MAX_KEY)
-        if key.startswith("/") or ".." in key.split("/") or "\\" in key:
-            raise ProtocolError(f"{where}.key: must be a relative key without '..', got {key!r}")
+        key = _ckpt_key(m.get("key"), f"{where}.key")
         sha = _str(m.get("sha256"), f"{where}.sha256", max_len=64)
         if not SHA256_RE.match(sha):
             raise ProtocolError(f"{where}.sha256: must be 64 lowercase hex digits")
@@ -194,7 +192,7 @@ def safe_unpackb(data: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise ProtocolError(f"payload: msgpack ext type {code} is not allowed")
 
     try:
-        return msgpack.unpackb(
+        obj = msgpack.unpackb(
             bytes(data),
             raw=False,
             strict_map_key=True,
@@ -206,6 +204,21 @@ def safe_unpackb(data: Any, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"payload: not valid msgpack ({type(exc).__name__}: {exc})") from None
+    _refuse_timestamps(obj)
+    return obj
+
+
+def _refuse_timestamps(obj: Any) -> None:
+    """msgpack decodes ext type -1 to a ``Timestamp`` without calling ``ext_hook``: refuse it too."""
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, msgpack.Timestamp):
+            raise ProtocolError("payload: msgpack ext type -1 (timestamp) is not allowed")
+        if isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, list):
+            todo.extend(x)
 
 
 def _unpack(data: Any, kind: str) -> dict[str, Any]:
@@ -282,10 +295,25 @@ def _floats(raw: Any, where: str, finite: bool) -> dict[str, float]:
     }
 
 
+def _ckpt_key(raw: Any, where: str) -> str:
+    """A store key: the same rule the store enforces, so a bad key dies here, not on a GPU node."""
+    key = _str(raw, where, max_len=MAX_KEY)
+    parts = key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in key
+        or "\x00" in key
+    ):
+        raise ProtocolError(f"{where}: must be a relative key without '..', '.' or '//', got {key!r}")
+    return key
+
+
 def _opt_key(raw: Any, where: str) -> str | None:
     if raw is None:
         return None
-    return _str(raw, where, max_len=MAX_KEY)
+    return _ckpt_key(raw, where)
 
 
 def _hparams(raw: Any, where: str) -> HParams:

@@ -9,7 +9,6 @@ loaded, so an exploit costs one verified download and no re-import or re-init.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import secrets
@@ -102,7 +101,10 @@ class Runtime:
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
 
     def _skip_reason(self, k: Keys, cmd: SegmentCommand) -> str:
-        state, seq, mstate = self.r.hmget(k.meta, "state")[0], *self.r.hmget(k.member(cmd.member), "seq", "state")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(k.meta, "state")
+        pipe.hmget(k.member(cmd.member), "seq", "state")
+        state, (seq, mstate) = pipe.execute()
         if (state or b"").decode() != RUNNING:
             return f"experiment is {(state or b'gone').decode()}"
         if seq is None or int(seq) != cmd.seq or (mstate or b"").decode() in ("done", FAILED):
@@ -223,6 +225,3 @@ def run_segment(payload: bytes) -> dict[str, Any]:
         raise RuntimeError("run_segment runs only inside pbt-worker (no runtime installed)")
     return _RUNTIME.run(SegmentCommand.decode(payload))
 
-
-def describe(hparams: dict[str, Any]) -> str:
-    return json.dumps(hparams, sort_keys=True)

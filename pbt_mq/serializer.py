@@ -42,13 +42,49 @@ class UnsafeJob(ProtocolError):
 
 
 class SegmentJob(Job):
+    """Runs only ``run_segment``: no other function, no bound method, no callbacks, no webhooks.
+
+    RQ resolves callbacks by import path and calls them on success, failure (also when
+    ``func`` refuses a job) and stop, and sends webhooks from the worker; a forged job
+    could use either, so both are refused here, not only in ``func``.
+    """
+
     @property
     def func(self):  # type: ignore[override]
         if self.func_name != SEGMENT_FUNC or self.instance is not None:
             raise UnsafeJob(f"job {self.id}: refusing to run {self.func_name!r}; only {SEGMENT_FUNC} is allowed")
-        names = (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name)
-        if any(names):
-            raise UnsafeJob(f"job {self.id}: callbacks are not allowed on segment jobs")
+        self._refuse_extras()
         from .segment import run_segment
 
         return run_segment
+
+    def _refuse_extras(self) -> None:
+        names = (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name)
+        if any(names):
+            raise UnsafeJob(f"job {self.id}: callbacks are not allowed on segment jobs")
+        if self.webhooks:
+            raise UnsafeJob(f"job {self.id}: webhooks are not allowed on segment jobs")
+
+    def _no_callback(self, name: str | None) -> None:
+        if name:
+            raise UnsafeJob(f"job {self.id}: refusing callback {name!r}; callbacks are not allowed on segment jobs")
+
+    @property
+    def success_callback(self):  # type: ignore[override]
+        self._no_callback(self._success_callback_name)
+        return None
+
+    @property
+    def failure_callback(self):  # type: ignore[override]
+        self._no_callback(self._failure_callback_name)
+        return None
+
+    @property
+    def stopped_callback(self):  # type: ignore[override]
+        self._no_callback(self._stopped_callback_name)
+        return None
+
+    def send_webhooks(self, *args: Any, **kwargs: Any) -> None:
+        """Never: a segment job has no webhooks, and a forged one gets no HTTP request from a GPU node."""
+        if self.webhooks:
+            self.log.warning("Job %s: ignoring %d webhook(s); not allowed on segment jobs", self.id, len(self.webhooks))

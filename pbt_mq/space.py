@@ -43,15 +43,20 @@ class FloatSpace:
     perturb_mode: str | None = None  # overrides PerturbSpec.mode for this hparam
 
     def sample(self, rng: random.Random) -> float:
+        # exp(log(x)) and low + (high-low)*u can round just past a bound: clamp
         if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return rng.uniform(self.low, self.high)
+            return self.clamp(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return self.clamp(rng.uniform(self.low, self.high))
 
     def clamp(self, value: Value) -> float:
         return min(self.high, max(self.low, float(value)))
 
     def contains(self, value: Value) -> bool:
-        return isinstance(value, (int, float)) and self.low <= float(value) <= self.high
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and self.low <= float(value) <= self.high
+        )
 
     def perturb(self, value: Value, rng: random.Random, explore: PerturbSpec) -> tuple[float, str]:
         mode = self.perturb_mode or explore.mode
@@ -111,17 +116,29 @@ class CategoricalSpace:
         return rng.choice(self.values)
 
     def clamp(self, value: Value) -> Value:
-        return value if value in self.values else self.values[0]
+        return value if self.contains(value) else self.values[0]
 
     def contains(self, value: Value) -> bool:
-        return any(value == v and type(value) is type(v) for v in self.values)
+        return self._index(value) is not None
+
+    def _index(self, value: Value) -> int | None:
+        """Position of ``value``, matching the type too: 1, 1.0 and True are different choices."""
+        for i, v in enumerate(self.values):
+            if value == v and type(value) is type(v):
+                return i
+        return None
 
     def perturb(self, value: Value, rng: random.Random, explore: PerturbSpec) -> tuple[Value, str]:
-        if not self.ordered or value not in self.values:
+        i = self._index(value)
+        if not self.ordered or i is None:
             return rng.choice(self.values), "resample"
-        i = self.values.index(value)
-        j = min(len(self.values) - 1, max(0, i + rng.choice((-1, 1))))
-        return self.values[j], ("up" if j > i else "down" if j < i else "stay")
+        if len(self.values) == 1:
+            return value, "stay"
+        step = rng.choice((-1, 1))
+        if not 0 <= i + step < len(self.values):
+            step = -step  # at an end the only neighbour is inward: always move, never stall
+        j = i + step
+        return self.values[j], ("up" if j > i else "down")
 
 
 AnySpace = FloatSpace | IntSpace | CategoricalSpace

@@ -9,14 +9,17 @@ explore (perturb h) the population does.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from pbt_mq import Trainable
 
 
 class Toy(Trainable):
-    def setup(self, step_size: float = 0.05) -> None:
+    def setup(self, step_size: float = 0.05, delay_s: float = 0.0) -> None:
         self.step_size = step_size
+        self.delay_s = delay_s  # simulated compute per train() call, for tests and demos
         self.theta = torch.tensor([0.9, 0.9], dtype=torch.float64)
 
     def train(self, steps: int) -> None:
@@ -24,6 +27,8 @@ class Toy(Trainable):
         for _ in range(steps):
             grad = -2.0 * h * self.theta  # ∇θ Q̂(θ|h)
             self.theta = self.theta + self.step_size * grad
+        if self.delay_s:
+            time.sleep(self.delay_s)
 
     def evaluate(self) -> dict[str, float]:
         return {"q": float(1.2 - (self.theta**2).sum())}

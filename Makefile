@@ -1,0 +1,21 @@
+# One command each: `make demo` runs a real PBT experiment on this machine,
+# `make test` runs the tests (redis-server and moto_server are started if absent).
+PY ?= python
+
+.PHONY: install demo test lint bench
+
+install:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[torch,examples,local,test]'
+
+demo: install
+	pbt local workers/digits.toml --workers 2
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	ruff check pbt_mq workers tests
+
+bench:
+	pbt bench --sizes-mb 50,500

@@ -1,0 +1,109 @@
+"""pbt-worker as a real process: warm reuse, failures and retries, heartbeats, refused jobs."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+from helpers import launch, pbt, status
+from rq import Queue
+
+from pbt_mq.keys import Keys, worker_key
+from pbt_mq.protocol import ReadyEvent
+from pbt_mq.serializer import MsgpackSerializer
+
+
+def events(r, exp: str) -> list[ReadyEvent]:
+    return [ReadyEvent.decode(f[b"msg"]) for _, f in r.xrange(Keys(exp).events)]
+
+
+def wait_done(redis_url: str, exp: str, fleet, expect: int = 0) -> dict:
+    res = pbt("wait", exp, "--timeout", "120", "--redis", redis_url, timeout=150)
+    assert res.returncode == expect, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    return status(redis_url, exp)
+
+
+def test_a_continuing_member_is_served_warm(fleet, redis_url, r, s3_url):
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, s3_url, "population.size=1", "population.initial=[{h0=0.5,h1=0.5}]")
+    wait_done(redis_url, exp, fleet)
+    evs = sorted(events(r, exp), key=lambda e: e.seq)
+    assert len(evs) == 25
+    assert "fresh" in evs[0].timings_s
+    assert all("warm" in e.timings_s for e in evs[1:]), [sorted(e.timings_s) for e in evs]
+    assert all(e.timings_s["load"] < 0.5 for e in evs[1:])  # sanity, not a benchmark
+    assert evs[-1].step == 100 and evs[-1].score > 1.19
+
+
+def test_a_failing_member_is_retried_then_marked_failed_and_the_rest_go_on(fleet, redis_url, r, tmp_path):
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(
+        redis_url, f"file://{tmp_path}/ckpt", "trainable=tests.trainables:FailsWhenH0High",
+        "worker.max_retries=1", "exploit.rule=none", "stop.steps=20",
+    )
+    st = wait_done(redis_url, exp, fleet)
+    m0, m1 = st["members"]
+    assert m0["state"] == "failed" and "boom: h0=1.0" in m0["error"]
+    assert m1["state"] == "done" and m1["scored_step"] == 20
+    assert st["state"] == "done" and "1 failed" in st["reason"]
+    assert r.hget(Keys(exp).member("m000"), "attempt") == b"1"
+    assert "m000" not in {m.decode() for m in r.zrange(Keys(exp).scores, 0, -1)}
+
+
+def test_every_member_failing_fails_the_experiment(fleet, redis_url, tmp_path):
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(
+        redis_url, f"file://{tmp_path}/ckpt", "trainable=tests.trainables:FailsWhenH0High",
+        "worker.max_retries=0", "population.initial=[{h0=1.0,h1=0.0},{h0=0.95,h1=1.0}]",
+    )
+    st = wait_done(redis_url, exp, fleet, expect=1)
+    assert st["state"] == "failed" and st["reason"] == "every member failed"
+
+
+def test_heartbeat_key_expires_with_the_worker(fleet, redis_url, r):
+    fleet.start("worker", "hb1", "--heartbeat-s", "0.5")
+    deadline = time.monotonic() + 30
+    while not r.exists(worker_key("hb1")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    beat = r.hgetall(worker_key("hb1"))
+    assert beat[b"queue"] == b"pbt" and int(beat[b"pid"]) == fleet.procs["hb1"].pid
+    assert 0 < r.pttl(worker_key("hb1")) <= 1500  # three beats
+    fleet.kill("hb1")
+    time.sleep(2.0)
+    assert not r.exists(worker_key("hb1"))
+
+
+def test_a_job_naming_another_function_is_refused(fleet, redis_url, r, tmp_path):
+    marker = tmp_path / "pwned"
+    q = Queue("pbt", connection=r, serializer=MsgpackSerializer)
+    q.enqueue("os.system", f"touch {marker}")
+    r.rpush("rq:queue:pbt", "no-such-job")
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
+    st = wait_done(redis_url, exp, fleet)  # the worker survived and ran the real experiment
+    assert st["state"] == "done"
+    assert not marker.exists()
+    assert "refusing to run 'os.system'" in fleet.log("w1")
+
+
+def test_a_pickled_job_is_never_unpickled(fleet, redis_url, r, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    r.hset("rq:job:evil", mapping={"data": pickle.dumps(Evil()), "status": "queued", "origin": "pbt"})
+    r.rpush("rq:queue:pbt", "evil")
+    r.hset("rq:job:evil2", mapping={"data": msgpack.packb(["os.system", None, ["id"], {}]), "origin": "pbt"})
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
+    assert wait_done(redis_url, exp, fleet)["state"] == "done"
+    assert not marker.exists()
