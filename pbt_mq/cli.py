@@ -163,6 +163,14 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_stats(a: argparse.Namespace) -> int:
+    from .stats import experiment_stats, format_stats
+
+    st = experiment_stats(connect(a.redis), a.experiment)
+    print(json.dumps(st, indent=2) if a.json else format_stats(a.experiment, st))
+    return EXIT_OK
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from .keys import EXPERIMENTS, Keys
 
@@ -215,6 +223,12 @@ def build_pbt_parser() -> argparse.ArgumentParser:
     _redis_opt(s)
     s.set_defaults(fn=cmd_stop)
 
+    s = sub.add_parser("stats", help="timings: decisions/s, ready-to-start latency, warm starts, time in training")
+    s.add_argument("experiment")
+    s.add_argument("--json", action="store_true")
+    _redis_opt(s)
+    s.set_defaults(fn=cmd_stats)
+
     s = sub.add_parser("list", help="list experiments")
     _redis_opt(s)
     s.set_defaults(fn=cmd_list)
@@ -251,6 +265,8 @@ def build_worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=env("PBT_DEVICE", "cpu"), help="torch device, e.g. cuda:0 (env PBT_DEVICE)")
     p.add_argument("--id", default=env("PBT_WORKER_ID"), help="worker id (env PBT_WORKER_ID; default host-pid-device)")
     p.add_argument("--heartbeat-s", type=float, default=float(env("PBT_HEARTBEAT_S", "2")), help="(env PBT_HEARTBEAT_S)")
+    p.add_argument("--threads", type=int, default=int(env("PBT_TORCH_THREADS", "0")),
+                   help="torch intra-op threads; 0 keeps torch's default (env PBT_TORCH_THREADS)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None)
     _log_opt(p)
@@ -269,6 +285,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
             if not torch.cuda.is_available():
                 raise UsageError(f"--device {a.device}: CUDA is not available on this node")
+        if a.threads > 0:
+            import torch
+
+            torch.set_num_threads(a.threads)
         serve(connect(a.redis), a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs)
         return EXIT_OK
 

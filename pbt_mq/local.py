@@ -10,6 +10,7 @@ Ctrl-C. The processes are the same ones a cluster runs; only the addresses diffe
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ from .experiment import DONE, TERMINAL, launch, status
 from .keys import Keys
 from .lineage import ancestry, format_schedule, records, schedule
 from .redisconn import connect
+from .stats import experiment_stats, format_stats
 from .store import open_store
 
 
@@ -114,13 +116,16 @@ def run_local(
         try:
             procs.append(spawn("arbiter", ["--redis", url, "--name", "local-arbiter", "--claim-idle-ms", "5000"],
                                wd / "logs" / "arbiter.log"))
+            threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription
             for i in range(workers):
-                procs.append(spawn("worker", ["--redis", url, "--id", f"local-w{i}"], wd / "logs" / f"worker-{i}.log"))
+                args = ["--redis", url, "--id", f"local-w{i}", "--threads", threads]
+                procs.append(spawn("worker", args, wd / "logs" / f"worker-{i}.log"))
             r = connect(url)
             exp = launch(r, cfg, store_url)
             print(f"pbt local: {exp}: population {cfg.population} on {workers} workers; logs in {wd / 'logs'}")
             final = _watch(r, exp, procs, t0, timeout_s, live)
             print(summary(r, exp, final, time.monotonic() - t0))
+            print(format_stats(exp, experiment_stats(r, exp)))
             return 0 if final["state"] == DONE else 1
         finally:
             _terminate(procs)

@@ -98,6 +98,10 @@ class Runtime:
             },
         )
         self.stats["segments"] += 1
+        log.info(
+            "%s %s seq=%d steps %d-%d %s=%.6g (%s, train %.2fs)", cmd.experiment, cmd.member, cmd.seq,
+            cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"],
+        )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
 
     def _skip_reason(self, k: Keys, cmd: SegmentCommand) -> str:

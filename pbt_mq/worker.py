@@ -98,7 +98,9 @@ def serve(
         job_monitoring_interval=5,
     )
     try:
-        w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=None)
+        # RQ logs four lines per job; ours logs one per segment. RQ's own detail stays at DEBUG.
+        rq_level = "DEBUG" if log.getEffectiveLevel() <= logging.DEBUG else "WARNING"
+        w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
     finally:
         hb.stop()
         log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
