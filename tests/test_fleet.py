@@ -94,3 +94,31 @@ def test_wait_times_out_with_124(redis_url, tmp_path):
     res = pbt("wait", exp, "--timeout", "0.5", "--redis", redis_url)
     assert res.returncode == 124
     assert "timed out" in res.stderr
+
+
+def test_workers_time_share_the_population_and_may_join_and_leave(fleet, redis_url, r, tmp_path):
+    from collections import defaultdict
+
+    from pbt_mq.protocol import ReadyEvent
+
+    fleet.start("arbiter", "a1")
+    for name in ("w1", "w2"):
+        fleet.start("worker", name)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=6", "stop.steps=120",
+                 "trainable_args.delay_s=0.02")
+    k = Keys(exp)
+    deadline = time.monotonic() + 60
+    while r.xlen(k.events) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fleet.start("worker", "w3")  # joins mid-run
+    fleet.kill("w1", sig=15)     # leaves mid-run: SIGTERM finishes its segment first
+    res = pbt("wait", exp, "--timeout", "180", "--redis", redis_url, timeout=200)
+    assert res.returncode == 0, fleet.all_logs()
+    members_by_worker = defaultdict(set)
+    for _, f in r.xrange(k.events):
+        ev = ReadyEvent.decode(f[b"msg"])
+        members_by_worker[ev.worker].add(ev.member)
+    assert set(members_by_worker) == {"w1", "w2", "w3"}
+    assert all(len(ms) >= 2 for ms in members_by_worker.values()), dict(members_by_worker)
+    assert fleet.procs["w1"].returncode == 0
+    assert max(event_counts(r, exp).values()) == 1
