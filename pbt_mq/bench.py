@@ -2,8 +2,10 @@
 
 For each state-dict size it times pbt-mq's save (torch.save + sha256 + upload) and
 load (download + verify + torch.load), and, in the same run, a raw ``minio``
-put/get (or a raw file write/read for a file:// store) of the same number of bytes.
-The ratio is the figure: how close checkpointing runs to the store's own speed.
+put/get (or a raw file write/read for a file:// store) of the same number of bytes,
+already serialized. The ratio is the figure: how close checkpointing runs to the
+store's own speed. The raw get discards what it reads, so the load ratio also pays
+for what any loader must do: hash every byte and build the tensors.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 from typing import Any
 
-from .store import S3Store, open_store
+from .store import CHUNK, PART_SIZE, S3Store, StoreError, open_store
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,49 +42,54 @@ def make_state(size_mb: float) -> dict[str, Any]:
     return {f"layer{i}.weight": torch.randn(n // chunks, generator=g) for i in range(chunks)}
 
 
-def _time(fn: Any, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
 
 
-def _raw_ops(store: Any, data: bytes, key: str) -> tuple[Any, Any]:
+def _raw_ops(store: Any, data: bytes) -> tuple[Any, Any, Any]:
+    """(put(key), get(key), delete(key)) of the bare bytes, bypassing pbt-mq: the store's own speed."""
     if isinstance(store, S3Store):
-        name = store._name(key)
 
-        def put() -> None:
-            store.client.put_object(store.bucket, name, io.BytesIO(data), len(data), part_size=64 << 20)
+        def put(key: str) -> None:
+            # The same part size as pbt-mq's uploads, so both send the same requests;
+            # minio's own parallelism (3 parts at once, all parts queued in memory).
+            store.client.put_object(
+                store.bucket, store._name(key), io.BytesIO(data), len(data), part_size=PART_SIZE
+            )
 
-        def get() -> None:
-            resp = store.client.get_object(store.bucket, name)
+        def get(key: str) -> None:
+            resp = store.client.get_object(store.bucket, store._name(key))
             try:
-                for _ in resp.stream(1 << 20):
+                for _ in resp.stream(CHUNK):
                     pass
             finally:
                 resp.close()
                 resp.release_conn()
 
-        return put, get
-    path = store.path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return put, get, store.delete
 
-    def fput() -> None:
+    def fput(key: str) -> None:
+        path = store.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
-            f.flush()
 
-    def fget() -> None:
-        with open(path, "rb") as f:
-            while f.read(1 << 20):
+    def fget(key: str) -> None:
+        with open(store.path(key), "rb") as f:
+            while f.read(CHUNK):
                 pass
 
-    return fput, fget
+    def fdel(key: str) -> None:
+        store.path(key).unlink(missing_ok=True)
+
+    return fput, fget, fdel
 
 
 def measure(store_url: str, sizes_mb: list[float], repeat: int) -> list[dict[str, Any]]:
+    """Raw and pbt-mq runs alternate (put, save, put, save, ...; then get, load, ...), each on a
+    fresh key, so that a store whose speed drifts (caches filling, a busy server) weighs on both."""
     import torch
 
     from . import checkpoint
@@ -90,7 +97,7 @@ def measure(store_url: str, sizes_mb: list[float], repeat: int) -> list[dict[str
     store = open_store(store_url)
     store.check()
     rows = []
-    run = secrets.token_hex(4)
+    run_id = secrets.token_hex(4)
     for size in sizes_mb:
         state = make_state(size)
         buf = io.BytesIO()
@@ -98,25 +105,35 @@ def measure(store_url: str, sizes_mb: list[float], repeat: int) -> list[dict[str
         data = buf.getvalue()
         del buf
         mb = len(data) / 1e6
-        raw_put, raw_get = _raw_ops(store, data, f"bench-{run}/raw-{size}")
-        t_raw_put = _time(raw_put, repeat)
-        t_raw_get = _time(raw_get, repeat)
-        del data
-        refs = []
-        t_save = _time(lambda: refs.append(checkpoint.save(store, f"bench-{run}/ckpt-{size}-{len(refs)}", state)), repeat)
-        t_load = _time(lambda: checkpoint.load(store, refs[0]), repeat)
-        for ref in refs:
-            store.delete(ref.key)
-        store.delete(f"bench-{run}/raw-{size}")
+        raw_put, raw_get, raw_delete = _raw_ops(store, data)
+        raw_keys = [f"bench-{run_id}/raw-{size:g}-{i}" for i in range(repeat)]
+        refs: list[Any] = []
+        t: dict[str, list[float]] = {"put": [], "save": [], "get": [], "load": []}
+        try:
+            for i in range(repeat):
+                t["put"].append(_timed(raw_put, raw_keys[i])[0])
+                took, ref = _timed(checkpoint.save, store, f"bench-{run_id}/ckpt-{size:g}-{i}", state)
+                t["save"].append(took)
+                refs.append(ref)
+            del data
+            for _ in range(repeat):
+                t["get"].append(_timed(raw_get, raw_keys[0])[0])
+                t["load"].append(_timed(checkpoint.load, store, refs[0])[0])
+        finally:
+            for key in raw_keys:
+                raw_delete(key)
+            for ref in refs:
+                store.delete(ref.key)
+        m = {k: statistics.median(v) for k, v in t.items()}
         rows.append(
             {
                 "size_mb": round(mb, 1),
-                "save_mb_s": mb / t_save,
-                "raw_put_mb_s": mb / t_raw_put,
-                "save_ratio": t_raw_put / t_save,
-                "load_mb_s": mb / t_load,
-                "raw_get_mb_s": mb / t_raw_get,
-                "load_ratio": t_raw_get / t_load,
+                "save_mb_s": mb / m["save"],
+                "raw_put_mb_s": mb / m["put"],
+                "save_ratio": m["put"] / m["save"],
+                "load_mb_s": mb / m["load"],
+                "raw_get_mb_s": mb / m["get"],
+                "load_ratio": m["get"] / m["load"],
             }
         )
     return rows
@@ -135,13 +152,20 @@ def format_table(rows: list[dict[str, Any]], store_url: str) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
-    sizes = [8.0] if a.quick else [float(s) for s in a.sizes_mb.split(",") if s.strip()]
+    try:
+        sizes = [8.0] if a.quick else [float(s) for s in a.sizes_mb.split(",") if s.strip()]
+    except ValueError:
+        raise StoreError(f"--sizes-mb {a.sizes_mb!r}: give comma-separated numbers, e.g. 50,500") from None
+    if not sizes or any(x <= 0 for x in sizes):
+        raise StoreError(f"--sizes-mb {a.sizes_mb!r}: give one or more sizes above 0")
     repeat = 1 if a.quick else a.repeat
+    if repeat < 1:
+        raise StoreError("--repeat must be at least 1")
     with tempfile.TemporaryDirectory(prefix="pbt-bench-") as tmp:
         url = a.store or f"file://{tmp}"
         rows = measure(url, sizes, repeat)
     if a.json:
-        print(json.dumps({"store": url, "data_plane": rows}, indent=2))
+        print(json.dumps({"store": url, "repeat": repeat, "part_size_mb": PART_SIZE / 2**20, "data_plane": rows}, indent=2))
     else:
         sys.stdout.write(format_table(rows, url))
     return 0

@@ -8,11 +8,19 @@ and loaded back only after its sha256 is verified, with ``weights_only=True``.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .protocol import CheckpointRef
-from .store import HashingWriter, LocalStore, Store, fetch_verified
+from .store import HashingWriter, LocalStore, Store, StoreError, fetch_verified
+
+
+class UnsafeCheckpoint(StoreError):
+    """``torch.load(weights_only=True)`` refused the object: it holds more than tensors and plain data."""
 
 
 def scratch_dir(store: Store) -> str | None:
@@ -29,7 +37,7 @@ def save(store: Store, key: str, obj: Any) -> CheckpointRef:
 
     fd, tmp = tempfile.mkstemp(prefix="pbt-save-", suffix=".pt", dir=scratch_dir(store))
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f, _no_zip_crc32():
             w = HashingWriter(f)
             torch.save(obj, w)
         store.put_file(key, tmp, w.sha256, w.size)
@@ -42,4 +50,51 @@ def load(store: Store, ref: CheckpointRef, map_location: str = "cpu") -> Any:
     import torch
 
     with fetch_verified(store, ref) as path:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch's text suggests retrying with weights_only=False: for a worker that would
+            # run whatever a peer wrote into the store, so say what was refused instead.
+            why = [
+                line.strip()
+                for line in str(exc).splitlines()
+                if line.strip() and "weights_only" not in line.lower() and "weights only" not in line.lower()
+            ]
+            raise UnsafeCheckpoint(
+                f"checkpoint {ref.key}: refused by torch.load(weights_only=True)"
+                f" ({why[0] if why else type(exc).__name__}): it holds objects other than tensors and plain"
+                " data. If your trainable's state_dict() returns such objects, convert them or allow them with"
+                " torch.serialization.add_safe_globals; never load a store's objects with weights_only=False"
+            ) from None
+
+
+# torch.save computes a CRC32 of every zip record by default; it costs about a third of
+# save time, and the sha256 we compute in the same pass already covers every byte (and is
+# checked before every load; torch.load never checks the CRC). The switch is process-wide
+# in torch, so it is turned off only while a save runs and counted, so that overlapping
+# saves in several threads restore the user's setting exactly once, at the end.
+_crc_lock = threading.Lock()
+_crc_users = 0
+_crc_saved: bool | None = None
+
+
+@contextmanager
+def _no_zip_crc32() -> Iterator[None]:
+    global _crc_users, _crc_saved
+    try:
+        from torch.serialization import get_crc32_options, set_crc32_options
+    except ImportError:  # torch < 2.6: always computed
+        yield
+        return
+    with _crc_lock:
+        if _crc_users == 0:
+            _crc_saved = get_crc32_options()
+            set_crc32_options(False)
+        _crc_users += 1
+    try:
+        yield
+    finally:
+        with _crc_lock:
+            _crc_users -= 1
+            if _crc_users == 0 and _crc_saved is not None:
+                set_crc32_options(_crc_saved)

@@ -1,0 +1,80 @@
+"""``pbt bench`` end to end, as a user runs it: a subprocess against the real S3 server (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pbt_mq.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ["size_mb", "save_mb_s", "raw_put_mb_s", "save_ratio", "load_mb_s", "raw_get_mb_s", "load_ratio"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pbt_mq", "bench", *args], capture_output=True, text=True, timeout=180, cwd=ROOT, env=env
+    )
+
+
+def check_figures(out: str, store: str | None) -> None:
+    doc = json.loads(out)
+    if store:
+        assert doc["store"] == store
+    assert doc["repeat"] == 1
+    assert doc["part_size_mb"] > 0
+    [row] = doc["data_plane"]
+    assert set(FIGURES) <= set(row)
+    assert 7.5 < row["size_mb"] < 8.5
+    for k in FIGURES:
+        assert isinstance(row[k], float) and row[k] > 0, k
+
+
+def test_bench_quick_json_on_s3(s3_url: str) -> None:
+    proc = bench("--quick", "--json", "--store", s3_url)
+    assert proc.returncode == 0, proc.stderr
+    check_figures(proc.stdout, s3_url)
+    assert list(open_store(s3_url).list()) == []  # it cleans up after itself
+
+
+def test_bench_quick_json_on_a_local_dir(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'st'}"
+    proc = bench("--quick", "--json", "--store", url)
+    assert proc.returncode == 0, proc.stderr
+    check_figures(proc.stdout, url)
+    assert list(open_store(url).list()) == []
+
+
+def test_bench_table(s3_url: str) -> None:
+    proc = bench("--quick", "--store", s3_url)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"checkpoint data plane on {s3_url}"
+    assert "save+upload MB/s" in lines[1] and "raw get MB/s" in lines[1]
+    assert len(lines) == 4 and lines[3].split()[0] == "8.0"
+
+
+@pytest.mark.parametrize("args, match", [(["--sizes-mb", "a,b"], "--sizes-mb"), (["--repeat", "0"], "--repeat")])
+def test_bench_bad_arguments(tmp_path: Path, args: list[str], match: str) -> None:
+    proc = bench("--store", f"file://{tmp_path}", *args)
+    assert proc.returncode != 0
+    assert match in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_unreachable_store_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = bench("--quick", "--store", f"s3://nowhere/x?endpoint=127.0.0.1:{port}&secure=false")
+    assert proc.returncode != 0
+    assert "cannot reach or create bucket 'nowhere'" in proc.stderr
+    assert "Traceback" not in proc.stderr
