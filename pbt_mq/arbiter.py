@@ -23,10 +23,20 @@ from typing import Any
 import redis
 
 from .config import Experiment
-from .experiment import DONE, FAILED, RUNNING, first_target, load_config, make_job, now_ms, queue_for
+from .experiment import (
+    DONE,
+    FAILED,
+    RUNNING,
+    enqueue_segment,
+    first_target,
+    load_config,
+    now_ms,
+    queue_for,
+)
 from .finish import complete_if_all_finished
 from .keys import EXPERIMENTS, GROUP, Keys
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
+from .reaper import sweep
 from .rules import decision_rng, exploit, explore
 from .scripts import set_state_if
 
@@ -56,6 +66,8 @@ class Arbiter:
         batch: int = 128,
         claim_idle_ms: int = 30_000,
         refresh_s: float = 1.0,
+        reap_interval_s: float = 2.0,
+        reap_grace_ms: int = 10_000,
     ):
         self.r = r
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -65,8 +77,11 @@ class Arbiter:
         self.refresh_s = refresh_s
         self.configs: dict[str, Experiment] = {}
         self.stats: Counter[str] = Counter()
+        self.reap_interval_s = reap_interval_s
+        self.reap_grace_ms = reap_grace_ms
         self._refreshed = 0.0
         self._claimed = 0.0
+        self._reaped = 0.0
         self.stopping = False
 
     # ------------------------------------------------------------ loop
@@ -91,6 +106,9 @@ class Arbiter:
         if now - self._claimed >= max(self.claim_idle_ms / 3000, 0.2):
             handled += self.reclaim()
             self._claimed = now
+        if self.reap_interval_s > 0 and now - self._reaped >= self.reap_interval_s:
+            self.reap()
+            self._reaped = now
         streams = {Keys(e).events: ">" for e in self.configs}
         resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
         for stream, entries in resp or []:
@@ -136,6 +154,14 @@ class Arbiter:
                     break
                 start = nxt
         return n
+
+    def reap(self) -> None:
+        """Requeue the segments of members whose worker died or whose job was lost."""
+        for e, cfg in list(self.configs.items()):
+            try:
+                self.stats["requeued"] += sweep(self.r, e, cfg, self.reap_grace_ms)
+            except redis.RedisError as exc:
+                log.warning("reaper: %s: %s", e, exc)
 
     def _pending_anywhere(self) -> bool:
         for e in self.configs:
@@ -220,8 +246,9 @@ class Arbiter:
         donor = exploit(snapshot, ev.member, score, cfg.exploit, rng)
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, train_s=ev.train_s, ready_ms=ready_ms)
         if donor is not None:
-            d = {a.decode(): b.decode() for a, b in pipe.hgetall(k.member(donor)).items()}
-            dstep = int(d.get("scored_step", 0))
+            fields = ("scored_step", "ckpt_key", "ckpt_sha256", "ckpt_size", "ckpt_hparams")
+            d = dict(zip(fields, [(v or b"").decode() for v in pipe.hmget(k.member(donor), *fields)], strict=True))
+            dstep = int(d["scored_step"] or 0)
             if d.get("ckpt_key") and (cfg.stop.steps is None or dstep < cfg.stop.steps):
                 ref = CheckpointRef(d["ckpt_key"], d["ckpt_sha256"], int(d["ckpt_size"]))
                 hp, ops = explore(json.loads(d["ckpt_hparams"]), cfg.spaces, cfg.explore, rng)
@@ -281,8 +308,7 @@ class Arbiter:
             pipe.zrem(k.scores, ev.member)
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
-            queue = queue_for(self.r, cfg.queue)
-            queue.enqueue_job(make_job(queue, cfg, cmd), pipeline=pipe)
+            enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, cmd)
             pipe.hget(k.meta, "finished")
         else:
             pipe.hincrby(k.meta, "finished", 1)

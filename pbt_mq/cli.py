@@ -302,6 +302,10 @@ def build_arbiter_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim-idle-ms", type=int, default=int(env("PBT_CLAIM_IDLE_MS", "30000")),
                    help="reclaim events another arbiter left unacknowledged this long (env PBT_CLAIM_IDLE_MS)")
     p.add_argument("--block-ms", type=int, default=int(env("PBT_BLOCK_MS", "1000")), help="(env PBT_BLOCK_MS)")
+    p.add_argument("--reap-grace-ms", type=int, default=int(env("PBT_REAP_GRACE_MS", "10000")),
+                   help="requeue a segment whose job left the queue but never started after this long (env PBT_REAP_GRACE_MS)")
+    p.add_argument("--reap-interval-ms", type=int, default=int(env("PBT_REAP_INTERVAL_MS", "2000")),
+                   help="how often to look for segments of dead workers; 0 turns the reaper off (env PBT_REAP_INTERVAL_MS)")
     p.add_argument("--burst", action="store_true", help="exit when no events are waiting")
     _log_opt(p)
     return p
@@ -314,7 +318,10 @@ def arbiter_main(argv: Sequence[str] | None = None) -> int:
     def go(a: argparse.Namespace) -> int:
         from .arbiter import Arbiter
 
-        arb = Arbiter(connect(a.redis), a.name, block_ms=a.block_ms, claim_idle_ms=a.claim_idle_ms)
+        arb = Arbiter(
+            connect(a.redis), a.name, block_ms=a.block_ms, claim_idle_ms=a.claim_idle_ms,
+            reap_interval_s=a.reap_interval_ms / 1000, reap_grace_ms=a.reap_grace_ms,
+        )
 
         def on_term(signum: int, frame: Any) -> None:
             arb.stopping = True

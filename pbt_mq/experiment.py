@@ -13,7 +13,6 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.job import Job
 
 from . import config as config_mod
 from .config import Experiment
@@ -29,6 +28,11 @@ TERMINAL = (DONE, STOPPED, FAILED)
 class UnknownExperiment(KeyError):
     def __str__(self) -> str:
         return f"no experiment {self.args[0]!r} in this Redis (see: redis-cli ZRANGE {EXPERIMENTS} 0 -1)"
+
+
+def text_fields(h: dict[bytes, bytes]) -> dict[str, str]:
+    """A Redis hash as text, leaving out ``cmd`` (the member's current command, msgpack bytes)."""
+    return {a.decode(): b.decode(errors="replace") for a, b in h.items() if a != b"cmd"}
 
 
 def now_ms() -> int:
@@ -63,9 +67,14 @@ def first_target(cfg: Experiment, step: int) -> dict[str, Any]:
     return {"until_step": max(until, step + 1)}
 
 
-def make_job(queue: Queue, cfg: Experiment, cmd: SegmentCommand) -> Job:
-    jid = job_id(cmd.experiment, cmd.member, cmd.seq) + (f"_a{cmd.attempt}" if cmd.attempt else "")
-    return queue.create_job(
+def enqueue_segment(pipe: Any, queue: Queue, cfg: Experiment, cmd: SegmentCommand, suffix: str = "") -> str:
+    """Queue ``cmd`` inside ``pipe`` (already in MULTI) and make it the member's current job.
+
+    The member hash keeps the job id and the encoded command, so a reaper can queue the very
+    same segment again if the worker running it dies, and a stale copy can recognise itself.
+    """
+    jid = job_id(cmd.experiment, cmd.member, cmd.seq) + suffix
+    job = queue.create_job(
         SEGMENT_FUNC,
         args=[cmd.encode()],
         job_id=jid,
@@ -74,6 +83,11 @@ def make_job(queue: Queue, cfg: Experiment, cmd: SegmentCommand) -> Job:
         failure_ttl=7 * 86400,
         description=f"{cmd.experiment} {cmd.member} seq={cmd.seq} step={cmd.step} ({cmd.why})",
     )
+    mkey = Keys(cmd.experiment).member(cmd.member)
+    pipe.hset(mkey, mapping={"state": "queued", "seq": cmd.seq, "job": jid, "cmd": cmd.encode(), "queued_ms": now_ms()})
+    pipe.hdel(mkey, "limbo_ms")
+    queue.enqueue_job(job, pipeline=pipe)
+    return jid
 
 
 def launch(r: redis.Redis, cfg: Experiment, store_url: str, exp_id: str | None = None) -> str:
@@ -110,11 +124,8 @@ def launch(r: redis.Redis, cfg: Experiment, store_url: str, exp_id: str | None =
         cmd = SegmentCommand(
             experiment=exp, member=m, seq=0, step=0, hparams=hp, why="start", **first_target(cfg, 0)
         )
-        pipe.hset(
-            k.member(m),
-            mapping={"state": "queued", "seq": 0, "step": 0, "hparams": json.dumps(hp), "updated_ms": now_ms()},
-        )
-        queue.enqueue_job(make_job(queue, cfg, cmd), pipeline=pipe)
+        pipe.hset(k.member(m), mapping={"step": 0, "hparams": json.dumps(hp), "updated_ms": now_ms()})
+        enqueue_segment(pipe, queue, cfg, cmd)
     pipe.execute()
     return exp
 
@@ -138,7 +149,7 @@ def metric_value(cfg: Experiment, stored: float) -> float:
 
 def status(r: redis.Redis, exp: str) -> dict[str, Any]:
     k = Keys(exp)
-    meta = {a.decode(): b.decode() for a, b in r.hgetall(k.meta).items()}
+    meta = text_fields(r.hgetall(k.meta))
     if not meta:
         raise UnknownExperiment(exp)
     cfg = load_config(r, exp)
@@ -148,7 +159,7 @@ def status(r: redis.Redis, exp: str) -> dict[str, Any]:
         pipe.hgetall(k.member(m))
     rows = []
     for m, h in zip(ids, pipe.execute(), strict=True):
-        d = {a.decode(): b.decode() for a, b in h.items()}
+        d = text_fields(h)
         score = float(d["score"]) if d.get("score") not in (None, "") else None
         rows.append(
             {

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from rq import get_current_job
 
 from . import checkpoint
 from .config import Experiment
 from .experiment import (
-    FAILED,
-    RUNNING,
+    enqueue_segment,
     load_config,
-    make_job,
     member_seed,
     now_ms,
     queue_for,
@@ -34,6 +33,7 @@ from .experiment import (
 from .finish import fail_member
 from .keys import Keys
 from .protocol import ReadyEvent, SegmentCommand
+from .scripts import claim_segment
 from .store import Store, open_store
 from .trainable import import_trainable
 
@@ -66,22 +66,21 @@ class Runtime:
 
     # ------------------------------------------------------------ one segment
 
-    def run(self, cmd: SegmentCommand) -> dict[str, Any]:
+    def run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
         k = Keys(cmd.experiment)
         cfg = load_config(self.r, cmd.experiment)
-        skip = self._skip_reason(k, cmd)
-        if skip:
-            log.info("skip %s %s seq=%d: %s", cmd.experiment, cmd.member, cmd.seq, skip)
-            self.stats["skipped"] += 1
-            return {"skipped": skip}
-        self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
         started_ms = now_ms()
-        self.r.hset(k.member(cmd.member), mapping={"state": "running", "worker": self.worker_id, "started_ms": started_ms})
+        claim = claim_segment(self.r, k.member(cmd.member), k.meta, job_id, self.worker_id, started_ms)
+        if claim != "ok":
+            log.info("skip %s %s seq=%d: %s", cmd.experiment, cmd.member, cmd.seq, claim)
+            self.stats["skipped"] += 1
+            return {"skipped": claim}
+        self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
         try:
             event = self._train(cfg, cmd)
         except Exception as exc:
             self.live.pop(cmd.experiment, None)  # state may be half-loaded: never reuse it
-            self._failed(cfg, cmd, exc)
+            self._failed(cfg, cmd, job_id, exc)
             raise
         finally:
             self.current = ""
@@ -103,17 +102,6 @@ class Runtime:
             cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"],
         )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
-
-    def _skip_reason(self, k: Keys, cmd: SegmentCommand) -> str:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hget(k.meta, "state")
-        pipe.hmget(k.member(cmd.member), "seq", "state")
-        state, (seq, mstate) = pipe.execute()
-        if (state or b"").decode() != RUNNING:
-            return f"experiment is {(state or b'gone').decode()}"
-        if seq is None or int(seq) != cmd.seq or (mstate or b"").decode() in ("done", FAILED):
-            return "stale command (the member has moved on)"
-        return ""
 
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
@@ -192,20 +180,28 @@ class Runtime:
             raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
         return url.decode()
 
-    def _failed(self, cfg: Experiment, cmd: SegmentCommand, exc: BaseException) -> None:
+    def _failed(self, cfg: Experiment, cmd: SegmentCommand, job_id: str, exc: BaseException) -> None:
+        """Retry the segment, or fail the member, but only if this job is still the member's current one."""
         tb = traceback.format_exc(limit=30)[-4000:]
-        k = Keys(cmd.experiment)
+        mkey = Keys(cmd.experiment).member(cmd.member)
         log.error("segment %s %s seq=%d failed (attempt %d): %s", cmd.experiment, cmd.member, cmd.seq, cmd.attempt, exc)
-        if cmd.attempt < cfg.worker.max_retries:
-            retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
-            queue = queue_for(self.r, cfg.queue)
-            pipe = self.r.pipeline(transaction=True)
-            pipe.multi()
-            pipe.hset(k.member(cmd.member), mapping={"state": "queued", "error": tb, "attempt": retry.attempt})
-            queue.enqueue_job(make_job(queue, cfg, retry), pipeline=pipe)
-            pipe.execute()
-        else:
-            fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(mkey)
+                if (pipe.hget(mkey, "job") or b"").decode() != job_id:
+                    pipe.unwatch()
+                    return  # a requeued copy owns the member now
+                if cmd.attempt >= cfg.worker.max_retries:
+                    pipe.unwatch()
+                    fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+                    return
+                retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
+                pipe.multi()
+                pipe.hset(mkey, mapping={"error": tb, "attempt": retry.attempt})
+                enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, retry, suffix=f"_a{retry.attempt}")
+                pipe.execute()
+            except redis.WatchError:
+                log.warning("%s %s: member changed while recording the failure; leaving it", cmd.experiment, cmd.member)
 
 
 def _to_float(v: Any) -> float:
@@ -227,5 +223,6 @@ def run_segment(payload: bytes) -> dict[str, Any]:
     """The RQ job function: decode the command and run it in this worker's runtime."""
     if _RUNTIME is None:
         raise RuntimeError("run_segment runs only inside pbt-worker (no runtime installed)")
-    return _RUNTIME.run(SegmentCommand.decode(payload))
+    job = get_current_job()
+    return _RUNTIME.run(SegmentCommand.decode(payload), job.id if job else "")
 

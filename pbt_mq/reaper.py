@@ -1,0 +1,130 @@
+"""The reaper: no member is ever stuck. Every arbiter runs it; running it twice is harmless.
+
+A member that is not done is *queued* (its current job id sits in the RQ queue) or
+*running* (a worker claimed the job and is heartbeating). The sweep reads one atomic
+snapshot of the queue and the members, and queues the member's current command again
+(from the same start checkpoint) when:
+
+* it is running on a worker whose heartbeat key expired (the worker died: SIGKILL, OOM,
+  a lost node), or whose heartbeat says it is running something else;
+* it is queued but its job is not in the queue for longer than ``grace_ms`` (the job was
+  lost, e.g. a worker took it and stopped before starting it).
+
+RQ's own abandoned-job handling takes minutes and fails the job instead of retrying it;
+this takes one heartbeat TTL. The requeue is a WATCHed transaction on the member's hash,
+so two arbiters sweeping at once queue it once. A segment that kills its worker more than
+``worker.max_retries + 1`` times fails the member instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from .config import Experiment
+from .experiment import enqueue_segment, member_ids, now_ms, queue_for
+from .finish import fail_member
+from .keys import Keys, worker_key
+from .protocol import ProtocolError, SegmentCommand
+
+log = logging.getLogger("pbt_mq.reaper")
+FIELDS = ("state", "seq", "job", "worker", "started_ms", "limbo_ms")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    member: str
+    job: str
+    state: str
+    reason: str
+
+
+def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: int | None = None) -> list[Orphan]:
+    k = Keys(exp)
+    queue = queue_for(r, cfg.queue)
+    ids = member_ids(cfg.population)
+    pipe = r.pipeline(transaction=True)  # one consistent view of queue and members
+    pipe.lrange(queue.key, 0, -1)
+    for m in ids:
+        pipe.hmget(k.member(m), *FIELDS)
+    queued_jobs, *rows = pipe.execute()
+    in_queue = {j.decode() for j in queued_jobs}
+    members = {m: dict(zip(FIELDS, [v.decode() if v is not None else None for v in row], strict=True))
+               for m, row in zip(ids, rows, strict=True)}
+    now = now if now is not None else now_ms()
+    beats = _heartbeats(r, {h["worker"] for h in members.values() if h["state"] == "running" and h["worker"]})
+    orphans, limbo = [], []
+    for m, h in members.items():
+        if h["state"] == "running":
+            beat = beats.get(h["worker"] or "")
+            if beat is None:
+                orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} stopped heartbeating"))
+            elif beat != f"{exp}/{m}/{h['seq']}" and now - int(h["started_ms"] or 0) > grace_ms:
+                orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} is running {beat or 'nothing'}"))
+        elif h["state"] == "queued" and h["job"] and h["job"] not in in_queue:
+            if h["limbo_ms"] is None:
+                limbo.append(m)
+            elif now - int(h["limbo_ms"]) > grace_ms:
+                orphans.append(Orphan(m, h["job"], "queued", f"job {h['job']} left the queue but never started"))
+    if limbo:
+        pipe = r.pipeline(transaction=False)
+        for m in limbo:
+            pipe.hsetnx(k.member(m), "limbo_ms", now)
+        pipe.execute()
+    return orphans
+
+
+def _heartbeats(r: redis.Redis, workers: set[str]) -> dict[str, str]:
+    """worker id -> what it says it is running ('' if idle), for workers still alive."""
+    names = sorted(workers)
+    pipe = r.pipeline(transaction=False)
+    for w in names:
+        pipe.hmget(worker_key(w), "beat_ms", "current")
+    out = {}
+    for w, (beat, current) in zip(names, pipe.execute(), strict=True):
+        if beat is not None:
+            out[w] = (current or b"").decode()
+    return out
+
+
+def requeue(r: redis.Redis, exp: str, cfg: Experiment, orphan: Orphan) -> str:
+    """Queue the orphan's current command again; returns what was done."""
+    k = Keys(exp)
+    mkey = k.member(orphan.member)
+    queue = queue_for(r, cfg.queue)
+    with r.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(mkey)
+            state, job, raw, reaped = pipe.hmget(mkey, "state", "job", "cmd", "reaped")
+            if (state or b"").decode() != orphan.state or (job or b"").decode() != orphan.job or raw is None:
+                pipe.unwatch()
+                return "moved on"
+            cmd = SegmentCommand.decode(raw)
+            n = int(reaped or 0) + 1
+            if n > cfg.worker.max_retries + 1:
+                pipe.unwatch()
+                fail_member(r, cfg, exp, orphan.member, cmd.seq, f"{orphan.reason}; gave up after {n - 1} requeues")
+                return "failed"
+            pipe.multi()
+            pipe.hset(mkey, mapping={"reaped": n, "error": f"requeued: {orphan.reason}"})
+            pipe.lrem(queue.intermediate_queue_key, 0, orphan.job)
+            enqueue_segment(pipe, queue, cfg, cmd, suffix=f"_r{n}")
+            pipe.execute()
+        except redis.WatchError:
+            return "raced"
+        except ProtocolError as exc:
+            fail_member(r, cfg, exp, orphan.member, -1, f"stored command is unreadable: {exc}")
+            return "failed"
+    log.warning("%s %s: %s; requeued seq %d from %s", exp, orphan.member, orphan.reason, cmd.seq,
+                cmd.start.key if cmd.start else "a fresh start")
+    return "requeued"
+
+
+def sweep(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int) -> int:
+    done = 0
+    for orphan in find_orphans(r, exp, cfg, grace_ms):
+        if requeue(r, exp, cfg, orphan) in ("requeued", "failed"):
+            done += 1
+    return done
