@@ -1,7 +1,8 @@
 """The reaper: no member is ever stuck. Every arbiter runs it; running it twice is harmless.
 
-A member that is not done is *queued* (its current job id sits in the RQ queue) or
-*running* (a worker claimed the job and is heartbeating). The sweep reads one atomic
+A member that is not done is *queued* (its current job id sits in the RQ queue),
+*running* (a worker claimed the job and is heartbeating) or *ready* (its event is in the
+stream, which the arbiters' consumer group owns and reclaims). The sweep reads one atomic
 snapshot of the queue and the members, and queues the member's current command again
 (from the same start checkpoint) when:
 

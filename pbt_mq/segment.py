@@ -86,16 +86,15 @@ class Runtime:
             self.current = ""
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
-        self.r.xadd(
+        # Published and marked "ready" together: from here the consumer group owns the member's
+        # progress, so the reaper leaves it alone however long the arbiters take.
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(
             k.events,
-            {
-                "member": cmd.member,
-                "seq": cmd.seq,
-                "step": event.step,
-                "score": repr(event.score),
-                "msg": event.encode(),
-            },
+            {"member": cmd.member, "seq": cmd.seq, "step": event.step, "score": repr(event.score), "msg": event.encode()},
         )
+        pipe.hset(k.member(cmd.member), "state", "ready")
+        pipe.execute()
         self.stats["segments"] += 1
         log.info(
             "%s %s seq=%d steps %d-%d %s=%.6g (%s, train %.2fs)", cmd.experiment, cmd.member, cmd.seq,

