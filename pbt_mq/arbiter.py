@@ -1,8 +1,10 @@
 """The stateless arbiter: a consumer in the ``arbiters`` group of every running experiment's events.
 
-For each ``ready`` event: validate it (else dead-letter it), then in one WATCHed
-transaction on the member's hash record the score, decide exploit/explore, append
-the lineage record and queue the member's next segment; then XACK. The member's
+For each ``ready`` event: validate it (else dead-letter it); WATCH the member's hash;
+``decide.lua`` records the score and picks the donor from the sorted set in O(log n);
+then one MULTI/EXEC writes the member, appends the lineage record, queues the member's
+next segment and XACKs the event, so a decision and its acknowledgement land together
+(three round trips per event, whatever the population size). The member's
 ``seq`` is the idempotency key: a redelivered or reclaimed event whose decision is
 already committed changes nothing, so no segment is ever queued twice. Every
 replica is the same; kill any of them and the others reclaim its pending events.
@@ -25,7 +27,6 @@ import redis
 from .config import Experiment
 from .experiment import (
     DONE,
-    FAILED,
     RUNNING,
     enqueue_segment,
     first_target,
@@ -37,7 +38,8 @@ from .finish import complete_if_all_finished
 from .keys import EXPERIMENTS, GROUP, Keys
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
 from .reaper import sweep
-from .rules import decision_rng, exploit, explore
+from .rules import decision_rng, explore
+from .scripts import call as call_script
 from .scripts import set_state_if
 
 log = logging.getLogger("pbt_mq.arbiter")
@@ -47,14 +49,15 @@ DEAD_RAW_MAX = 64 << 10
 
 @dataclass
 class Plan:
-    action: str  # continue | exploit | done
+    action: str  # continue | exploit | done | duplicate
     cmd: SegmentCommand | None
     score: float  # leaderboard score (higher is better), NaN if unusable
     ops: list[str] = field(default_factory=list)
     reason: str = ""
     target_reached: bool = False
-    snapshot: list[tuple[str, float]] | None = None  # what the rules saw, for replay
+    snapshot: list[tuple[str, float]] | None = None  # the leaderboard the rules saw (n <= SNAPSHOT_MAX)
     declined_donor: str | None = None
+    facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
 
 
 class Arbiter:
@@ -183,11 +186,11 @@ class Arbiter:
             ev = ReadyEvent.decode(fields.get(b"msg"))
             if ev.experiment != exp:
                 raise ProtocolError(f"experiment: event names {ev.experiment!r} but sits in {exp}'s stream")
-            outcome = self.decide(self.configs.get(exp) or load_config(self.r, exp), ev, _entry_ms(entry_id))
+            outcome = self.decide(self.configs.get(exp) or load_config(self.r, exp), ev, entry_id)
         except ProtocolError as exc:
             self.dead_letter(k, entry_id, fields, str(exc))
+            self.r.xack(k.events, GROUP, entry_id)
             outcome = "dead"
-        self.r.xack(k.events, GROUP, entry_id)
         self.stats[outcome] += 1
         return outcome
 
@@ -201,23 +204,19 @@ class Arbiter:
             approximate=True,
         )
 
-    def decide(self, cfg: Experiment, ev: ReadyEvent, ready_ms: int) -> str:
+    def decide(self, cfg: Experiment, ev: ReadyEvent, entry_id: bytes) -> str:
+        """Three round trips: WATCH the member, run decide.lua, then MULTI (commit, enqueue, XACK) EXEC."""
         k = Keys(ev.experiment)
         mkey = k.member(ev.member)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(mkey)
-                    seq_raw, mstate = pipe.hmget(mkey, "seq", "state")
-                    seq = int(seq_raw) if seq_raw is not None else -1
-                    if seq > ev.seq or (mstate or b"").decode() in (DONE, FAILED):
-                        pipe.unwatch()
-                        return "duplicate"
-                    if seq < ev.seq:
-                        raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {seq}")
-                    plan = self.plan(cfg, ev, pipe, ready_ms)
+                    plan = self.plan(cfg, ev, pipe, _entry_ms(entry_id))
                     pipe.multi()
-                    self.commit(pipe, cfg, ev, plan)
+                    if plan.action != "duplicate":
+                        self.commit(pipe, cfg, ev, plan)
+                    pipe.xack(k.events, GROUP, entry_id)
                     results = pipe.execute()
                     break
                 except redis.WatchError:
@@ -225,44 +224,54 @@ class Arbiter:
         if plan.target_reached:
             set_state_if(self.r, k.meta, RUNNING, DONE, f"{ev.member} reached the target score", now_ms())
         if plan.action == "done":
-            complete_if_all_finished(self.r, cfg, ev.experiment, int(results[-1]))
+            complete_if_all_finished(self.r, cfg, ev.experiment, int(results[-2]))
         if plan.action == "exploit":
             log.info("%s %s seq=%d exploit %s: %s", ev.experiment, ev.member, ev.seq, plan.cmd.parent, "; ".join(plan.ops))
         return plan.action
 
     def plan(self, cfg: Experiment, ev: ReadyEvent, pipe: Any, ready_ms: int) -> Plan:
-        """Decide, reading only what the rules need (pipe is in immediate mode)."""
+        """Record the score and pick the donor (decide.lua), then mutate; pipe is in immediate mode."""
         k = Keys(ev.experiment)
         score = cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
-        meta_state = (pipe.hget(k.meta, "state") or b"").decode()
-        reason, target = self.stop_reason(cfg, ev, meta_state)
+        reason, target = self.stop_reason(cfg, ev, RUNNING)
+        rng = decision_rng(cfg.seed, ev.member, ev.seq)
+        rule = "none" if reason else cfg.exploit.rule
+        u = rng.random() if rule != "none" else 0.0  # the draw rules.exploit takes first
+        record = json.dumps({"key": ev.checkpoint.key, "sha256": ev.checkpoint.sha256, "size": ev.checkpoint.size,
+                             "step": ev.step, "hparams": ev.hparams}, sort_keys=True)
+        reply = call_script(pipe, "decide", [k.member(ev.member), k.scores, k.ckpts, k.meta], [
+            ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
+            record, rule, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX,
+        ])
+        status = _text(reply[0])
+        if status == "dup":
+            return Plan("duplicate", None, score)
+        if status == "ahead":
+            raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {_text(reply[1])}")
+        meta_state = _text(reply[1])
+        if meta_state != RUNNING:
+            reason, target = f"experiment {meta_state or 'gone'}", False
         if reason:
             return Plan("done", None, score, reason=reason, target_reached=target)
-        board = pipe.zrevrange(k.scores, 0, -1, withscores=True)
-        snapshot = [(m.decode(), s) for m, s in board if m.decode() != ev.member]
-        if math.isfinite(score):
-            snapshot.append((ev.member, score))
-        rng = decision_rng(cfg.seed, ev.member, ev.seq)
-        donor = exploit(snapshot, ev.member, score, cfg.exploit, rng)
+        facts = dict(zip(("n", "worse", "better", "k"), (int(x) for x in reply[2:6]), strict=True))
+        donor, board = _text(reply[6]), reply[9:]
+        snapshot = [(_text(m), float(v)) for m, v in zip(board[::2], board[1::2], strict=True)] if board else None
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, train_s=ev.train_s, ready_ms=ready_ms)
-        if donor is not None:
-            fields = ("scored_step", "ckpt_key", "ckpt_sha256", "ckpt_size", "ckpt_hparams")
-            d = dict(zip(fields, [(v or b"").decode() for v in pipe.hmget(k.member(donor), *fields)], strict=True))
-            dstep = int(d["scored_step"] or 0)
-            if d.get("ckpt_key") and (cfg.stop.steps is None or dstep < cfg.stop.steps):
-                ref = CheckpointRef(d["ckpt_key"], d["ckpt_sha256"], int(d["ckpt_size"]))
-                hp, ops = explore(json.loads(d["ckpt_hparams"]), cfg.spaces, cfg.explore, rng)
+        if donor:
+            d = json.loads(reply[8])
+            if cfg.stop.steps is None or d["step"] < cfg.stop.steps:
+                hp, ops = explore(d["hparams"], cfg.spaces, cfg.explore, rng)
                 cmd = SegmentCommand(
-                    step=dstep, hparams=hp, why="exploit", start=ref, parent=donor, parent_step=dstep,
-                    **common, **first_target(cfg, dstep),
+                    step=d["step"], hparams=hp, why="exploit", start=CheckpointRef(d["key"], d["sha256"], d["size"]),
+                    parent=donor, parent_step=d["step"], **common, **first_target(cfg, d["step"]),
                 )
-                return Plan("exploit", cmd, score, ops=ops, snapshot=snapshot)
-        declined = donor  # set only when the donor had already finished: copying it would end this member too
+                return Plan("exploit", cmd, score, ops=ops, snapshot=snapshot, facts=facts)
         cmd = SegmentCommand(
             step=ev.step, hparams=dict(ev.hparams), why="continue", start=ev.checkpoint,
             **common, **first_target(cfg, ev.step),
         )
-        return Plan("continue", cmd, score, snapshot=snapshot, declined_donor=declined)
+        # a donor is declined only when it had already finished: copying it would end this member too
+        return Plan("continue", cmd, score, snapshot=snapshot, declined_donor=donor or None, facts=facts)
 
     @staticmethod
     def stop_reason(cfg: Experiment, ev: ReadyEvent, meta_state: str) -> tuple[str, bool]:
@@ -302,10 +311,6 @@ class Arbiter:
         else:
             member.update(step=ev.step, reason=plan.reason)
         pipe.hset(k.member(ev.member), mapping=member)
-        if math.isfinite(plan.score):
-            pipe.zadd(k.scores, {ev.member: plan.score})
-        else:
-            pipe.zrem(k.scores, ev.member)
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
             enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, cmd)
@@ -336,9 +341,15 @@ class Arbiter:
         }
         if plan.declined_donor:
             rec["declined_donor"] = plan.declined_donor
-        if plan.snapshot is not None and len(plan.snapshot) <= SNAPSHOT_MAX:
+        if plan.facts:
+            rec.update(plan.facts)
+        if plan.snapshot is not None:
             rec["snapshot"] = json.dumps(plan.snapshot)
         return rec
+
+
+def _text(v: bytes | str | int | None) -> str:
+    return v.decode() if isinstance(v, bytes) else "" if v is None else str(v)
 
 
 def _entry_ms(entry_id: bytes | str) -> int:

@@ -9,6 +9,8 @@ one Redis Cluster slot::
                                        a checkpoint (the leaderboard; donors come from here).
                                        Scores are stored so that higher is better; for
                                        mode = "min" the stored score is -metric.
+    pbt:{EXP}:ckpts             HASH   member -> JSON of the checkpoint its leaderboard score belongs
+                                       to (key, sha256, size, step, hparams): what a donor gives
     pbt:{EXP}:member:{M}        HASH   state, seq, step, score, metric, hparams (JSON),
                                        ckpt_key, ckpt_sha256, ckpt_size, worker, why,
                                        parent, parent_step, train_s, updated_ms, next_job
@@ -71,6 +73,10 @@ class Keys:
     @property
     def scores(self) -> str:
         return f"{self.prefix}:scores"
+
+    @property
+    def ckpts(self) -> str:
+        return f"{self.prefix}:ckpts"
 
     @property
     def events(self) -> str:

@@ -34,9 +34,15 @@ class ExploreSpec:
 
 
 def sort_snapshot(entries: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Best first; ties broken by member id so the order never depends on Redis."""
+    """Best first, in Redis's ZREVRANGE order (ties: member id descending), finite scores only.
+
+    The arbiter picks donors by index into the sorted set itself, so the pure rules must
+    order exactly as Redis does for a decision to be replayable from its snapshot.
+    """
     finite = [(m, float(s)) for m, s in entries if math.isfinite(float(s))]
-    return sorted(finite, key=lambda e: (-e[1], e[0]))
+    finite.sort(key=lambda e: e[0], reverse=True)
+    finite.sort(key=lambda e: -e[1])  # stable: equal scores keep member-descending order
+    return finite
 
 
 def truncation_size(n: int, quantile: float) -> int:
@@ -47,31 +53,32 @@ def truncation_size(n: int, quantile: float) -> int:
 def exploit(
     snapshot: Snapshot, member: str, score: float, spec: ExploitSpec, rng: random.Random
 ) -> str | None:
-    """Return the donor ``member`` should copy, or None to keep training as it is."""
+    """Return the donor ``member`` should copy, or None to keep training as it is.
+
+    One uniform draw ``u`` is always taken first (the arbiter's Lua script receives it), then:
+    truncation: the member is in the bottom set when fewer than k members are strictly worse;
+    it copies the ``int(u * c)``-th of the c = min(k, #strictly better) best members.
+    tournament: the opponent is the ``int(u * (n - 1))``-th other member, copied if strictly better.
+    """
     if spec.rule == "none":
         return None
-    ordered = sort_snapshot([(m, s) for m, s in snapshot if m != member])
+    u = rng.random()
+    others = sort_snapshot([(m, s) for m, s in snapshot if m != member])
     own = score if math.isfinite(score) else -math.inf
     if spec.rule == "tournament":
-        if not ordered:
+        if not others:
             return None
-        opponent, opp_score = ordered[rng.randrange(len(ordered))]
+        opponent, opp_score = others[int(u * len(others))]
         return opponent if opp_score > own else None
     if spec.rule != "truncation":
         raise ValueError(f"unknown exploit rule {spec.rule!r}")
-    n = len(ordered) + 1
-    k = truncation_size(n, spec.quantile)
-    if k == 0:
+    k = truncation_size(len(others) + 1, spec.quantile)
+    worse = sum(1 for _, s in others if s < own)
+    better = sum(1 for _, s in others if s > own)
+    candidates = min(k, better)
+    if worse >= k or candidates == 0:
         return None
-    better = sum(1 for _, s in ordered if s > own)
-    ties_before = sum(1 for m, s in ordered if s == own and m < member)
-    rank = better + ties_before  # 0 = best
-    if rank < n - k:
-        return None
-    top = [m for m, s in ordered[:k] if s > own]
-    if not top:
-        return None
-    return top[rng.randrange(len(top))]
+    return others[int(u * candidates)][0]
 
 
 def explore(

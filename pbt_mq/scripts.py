@@ -13,6 +13,26 @@ def source(name: str) -> str:
     return resources.files("pbt_mq").joinpath("lua", f"{name}.lua").read_text()
 
 
+def call(client: redis.Redis, name: str, keys: list[str], args: list) -> object:
+    """EVALSHA, loading the script once if Redis does not have it (new server, restart, failover).
+
+    Works on a client and on a pipeline in immediate (WATCH) mode alike.
+    """
+    sha = _sha(name)
+    try:
+        return client.evalsha(sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(source(name))
+        return client.evalsha(sha, len(keys), *keys, *args)
+
+
+@cache
+def _sha(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
 def set_state_if(r: redis.Redis, meta_key: str, expected: str, new: str, reason: str, now_ms: int) -> bool:
     return bool(r.eval(source("set_state_if"), 1, meta_key, expected, new, reason, now_ms))
 

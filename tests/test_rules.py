@@ -245,15 +245,17 @@ boards = st.dictionaries(members, scores, min_size=0, max_size=12)
 
 
 def reference_truncation(board: dict, member: str, own: float, q: float) -> set[str]:
-    """Who may donate, computed from scratch: the member in the bottom k, donors in the top k, strictly better."""
+    """Who may donate, from scratch: the member is in the bottom set when fewer than k members
+    are strictly worse; donors are among the k best others and strictly better."""
     own = own if math.isfinite(own) else -math.inf
-    entries = [(m, s) for m, s in board.items() if m != member and math.isfinite(s)] + [(member, own)]
-    entries.sort(key=lambda e: (-e[1], e[0]))
-    n = len(entries)
-    k = min(math.ceil(n * q), n // 2)
-    if k == 0 or member not in [m for m, _ in entries[n - k:]]:
+    others = [(m, s) for m, s in board.items() if m != member and math.isfinite(s)]
+    k = min(math.ceil((len(others) + 1) * q), (len(others) + 1) // 2)
+    if sum(1 for _, s in others if s < own) >= k:
         return set()
-    return {m for m, s in entries[:k] if s > own}
+    if k == 0 or not others:
+        return set()
+    kth_best = sorted((s for _, s in others), reverse=True)[min(k, len(others)) - 1]
+    return {m for m, s in others if s > own and s >= kth_best}  # ties at the k-th place may all donate
 
 
 @given(board=boards, member=members, own=scores, q=st.sampled_from([0.2, 0.25, 0.5, 1e-9, 0.1, 0.34]), seed=seeds)
@@ -322,9 +324,9 @@ def test_truncation_size(n, q, k):
     assert truncation_size(n, q) == k
 
 
-def test_sort_snapshot_drops_non_finite_and_breaks_ties_by_name():
-    snap = [("b", 1.0), ("a", 1.0), ("c", math.nan), ("d", math.inf), ("e", 2), ("f", -math.inf)]
-    assert sort_snapshot(snap) == [("e", 2.0), ("a", 1.0), ("b", 1.0)]
+def test_sort_snapshot_drops_non_finite_and_orders_ties_as_redis_zrevrange():
+    snap = [("a", 1.0), ("b", 1.0), ("c", math.nan), ("d", math.inf), ("e", 2), ("f", -math.inf)]
+    assert sort_snapshot(snap) == [("e", 2.0), ("b", 1.0), ("a", 1.0)]
 
 
 # ---------------------------------------------------------------- the decision rng

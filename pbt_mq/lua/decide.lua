@@ -1,0 +1,65 @@
+-- decide.lua: record a member's new score and pick its donor, in one round trip and O(log n).
+-- KEYS[1]  pbt:{EXP}:member:{M}  (HASH; reads seq, state)
+-- KEYS[2]  pbt:{EXP}:scores      (ZSET; writes the member's score, ZREM when unusable; reads ranks)
+-- KEYS[3]  pbt:{EXP}:ckpts       (HASH; writes member -> its scored checkpoint (JSON); reads the donor's)
+-- KEYS[4]  pbt:{EXP}:meta        (HASH; reads state)
+-- ARGV[1] member id           ARGV[2] the event's seq      ARGV[3] leaderboard score (higher is better)
+-- ARGV[4] 1 if the score is finite, else 0                 ARGV[5] the checkpoint record (JSON)
+-- ARGV[6] rule: truncation | tournament | none             ARGV[7] quantile
+-- ARGV[8] u, the decision's uniform draw in [0, 1)         ARGV[9] return the board when n <= this
+-- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
+--   status 'dup': the seq is already decided or the member ended (nothing written);
+--   status 'ahead': the member is at an older seq than the event (nothing written).
+-- Mirrors pbt_mq.rules.exploit exactly: ties rank as in ZREVRANGE (member id descending).
+local seq, state = unpack(redis.call('HMGET', KEYS[1], 'seq', 'state'))
+if state == 'done' or state == 'failed' or (seq and tonumber(seq) > tonumber(ARGV[2])) then
+  return {'dup'}
+end
+if not seq or tonumber(seq) < tonumber(ARGV[2]) then
+  return {'ahead', tostring(seq)}
+end
+local member, score, finite = ARGV[1], ARGV[3], ARGV[4] == '1'
+if finite then
+  redis.call('ZADD', KEYS[2], score, member)
+  redis.call('HSET', KEYS[3], member, ARGV[5])
+else
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[3], member)
+end
+local meta_state = redis.call('HGET', KEYS[4], 'state') or ''
+local others = redis.call('ZCARD', KEYS[2]) - (finite and 1 or 0)
+local n = others + 1
+local rule, u = ARGV[6], tonumber(ARGV[8])
+local k = math.min(math.ceil(n * tonumber(ARGV[7])), math.floor(n / 2))
+local worse = finite and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. score) or 0
+local better = finite and redis.call('ZCOUNT', KEYS[2], '(' .. score, '+inf') or others
+local index = -1
+if rule == 'truncation' then
+  local candidates = math.min(k, better)
+  if worse < k and candidates > 0 then
+    index = math.floor(u * candidates)
+  end
+elseif rule == 'tournament' and others > 0 then
+  index = math.floor(u * others)
+  local own_rank = finite and redis.call('ZREVRANK', KEYS[2], member) or nil
+  if own_rank and index >= own_rank then
+    index = index + 1
+  end
+end
+local donor, donor_score, record = '', '', ''
+if index >= 0 then
+  local hit = redis.call('ZREVRANGE', KEYS[2], index, index, 'WITHSCORES')
+  local better_than_own = (not finite) or (tonumber(hit[2]) > tonumber(score))
+  if hit[1] and better_than_own then
+    donor, donor_score = hit[1], hit[2]
+    record = redis.call('HGET', KEYS[3], donor) or ''
+  end
+end
+local reply = {'ok', meta_state, n, worse, better, k, donor, donor_score, record}
+if n <= tonumber(ARGV[9]) then
+  local board = redis.call('ZREVRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #board do
+    reply[#reply + 1] = board[i]
+  end
+end
+return reply
