@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from . import metrics
 from .config import Experiment
 from .experiment import (
     DONE,
@@ -35,12 +36,14 @@ from .experiment import (
     queue_for,
 )
 from .finish import complete_if_all_finished
+from .gc import collect
 from .keys import EXPERIMENTS, GROUP, Keys
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
 from .reaper import sweep
 from .rules import decision_rng, explore
 from .scripts import call as call_script
 from .scripts import set_state_if
+from .store import Store, StoreError, open_store
 
 log = logging.getLogger("pbt_mq.arbiter")
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
@@ -85,6 +88,9 @@ class Arbiter:
         self._refreshed = 0.0
         self._claimed = 0.0
         self._reaped = 0.0
+        self.stores: dict[str, Store] = {}
+        self._gc_at: dict[str, float] = {}
+        self._ended: dict[str, Experiment] = {}
         self.stopping = False
 
     # ------------------------------------------------------------ loop
@@ -111,6 +117,7 @@ class Arbiter:
             self._claimed = now
         if self.reap_interval_s > 0 and now - self._reaped >= self.reap_interval_s:
             self.reap()
+            self.collect_garbage(list(self.configs), now)
             self._reaped = now
         streams = {Keys(e).events: ">" for e in self.configs}
         resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
@@ -134,7 +141,14 @@ class Arbiter:
                 configs[e] = self.configs.get(e) or load_config(self.r, e)
             except Exception as exc:  # a broken experiment must not stop the others
                 log.error("experiment %s: cannot read its config: %s", e, exc)
+        ended = [e for e in self.configs if e not in configs]
+        self._ended = {e: self.configs[e] for e in ended}
         self.configs = configs
+        if ended:  # a last collection leaves each member's final checkpoint and nothing else
+            self.collect_garbage(ended, time.monotonic(), final=True)
+            for e in ended:
+                self.stores.pop(e, None)
+                self._gc_at.pop(e, None)
 
     def reclaim(self) -> int:
         """Take over events another replica read but never acknowledged (it died)."""
@@ -157,6 +171,27 @@ class Arbiter:
                     break
                 start = nxt
         return n
+
+    def collect_garbage(self, exps: list[str], now: float, final: bool = False) -> None:
+        """Delete checkpoints no one needs, every ``gc.interval_s`` per experiment (and once at its end)."""
+        for e in exps:
+            cfg = self.configs.get(e) or self._ended.get(e)
+            if cfg is None or not cfg.gc.enabled or (not final and now - self._gc_at.get(e, 0.0) < cfg.gc.interval_s):
+                continue
+            self._gc_at[e] = now
+            try:
+                store = self._store(e)
+                self.stats["gc_deleted"] += collect(self.r, e, cfg, store, min_age_s=0.0 if final else None)
+            except (redis.RedisError, StoreError) as exc:
+                log.warning("gc: %s: %s", e, exc)
+
+    def _store(self, exp: str) -> Store:
+        if exp not in self.stores:
+            url = self.r.hget(Keys(exp).meta, "store")
+            if not url:
+                raise StoreError(f"experiment {exp}: no store URL in its meta hash")
+            self.stores[exp] = open_store(url.decode())
+        return self.stores[exp]
 
     def reap(self) -> None:
         """Requeue the segments of members whose worker died or whose job was lost."""
@@ -192,6 +227,8 @@ class Arbiter:
             self.r.xack(k.events, GROUP, entry_id)
             outcome = "dead"
         self.stats[outcome] += 1
+        if metrics.ON:
+            metrics.decided(exp, outcome, entry_id)
         return outcome
 
     def dead_letter(self, k: Keys, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
@@ -260,7 +297,15 @@ class Arbiter:
         if donor:
             d = json.loads(reply[8])
             if cfg.stop.steps is None or d["step"] < cfg.stop.steps:
-                hp, ops = explore(d["hparams"], cfg.spaces, cfg.explore, rng)
+                # ---- PB2 (pbt_mq/pb2.py): model-based explore over one read of the recent lineage ----
+                if cfg.explore.rule == "pb2":
+                    from .pb2 import explore_pb2, window
+
+                    recent = pipe.xrevrange(k.lineage, "+", "-", count=window(cfg.population))
+                    hp, ops = explore_pb2(d["hparams"], cfg, recent, rng, d["step"], ev.member)
+                else:
+                    hp, ops = explore(d["hparams"], cfg.spaces, cfg.explore, rng)
+                # ---- end PB2 ----
                 cmd = SegmentCommand(
                     step=d["step"], hparams=hp, why="exploit", start=CheckpointRef(d["key"], d["sha256"], d["size"]),
                     parent=donor, parent_step=d["step"], **common, **first_target(cfg, d["step"]),

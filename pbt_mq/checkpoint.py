@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .protocol import CheckpointRef
-from .store import HashingWriter, LocalStore, Store, StoreError, fetch_verified
+from .store import HashingWriter, LocalStore, Store, StoreError, fetch_verified, retrying
 
 
 class UnsafeCheckpoint(StoreError):
@@ -40,13 +40,18 @@ def save(store: Store, key: str, obj: Any) -> CheckpointRef:
         with os.fdopen(fd, "wb") as f, _no_zip_crc32():
             w = HashingWriter(f)
             torch.save(obj, w)
-        store.put_file(key, tmp, w.sha256, w.size)
+        retrying(lambda: store.put_file(key, tmp, w.sha256, w.size), f"upload {key}")
         return CheckpointRef(key=key, sha256=w.sha256, size=w.size)
     finally:
         os.unlink(tmp)
 
 
 def load(store: Store, ref: CheckpointRef, map_location: str = "cpu") -> Any:
+    """Download (retrying while the store is unreachable), verify the sha256, then load safely."""
+    return retrying(lambda: _load_once(store, ref, map_location), f"download {ref.key}")
+
+
+def _load_once(store: Store, ref: CheckpointRef, map_location: str) -> Any:
     import torch
 
     with fetch_verified(store, ref) as path:

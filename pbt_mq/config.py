@@ -8,6 +8,7 @@ launched. See the README's config reference for every key.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import math
 import re
@@ -53,6 +54,15 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class GCSettings:
+    """Checkpoint garbage collection: delete what no member, queued segment or pending event needs."""
+
+    enabled: bool = True
+    min_age_s: float = 600.0  # an upload whose event never came is abandoned after this long
+    interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     trainable: str
@@ -70,6 +80,7 @@ class Experiment:
     store: str | None = None
     queue: str = "pbt"
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    gc: GCSettings = field(default_factory=GCSettings)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:
@@ -160,6 +171,7 @@ def parse(raw: dict[str, Any]) -> Experiment:
         store=r.str("store", default=None),
         queue=r.str("queue", default="pbt"),
         worker=_worker(r.table("worker", optional=True)),
+        gc=_gc(r.table("gc", optional=True)),
         raw=raw,
     )
     r.done()
@@ -214,12 +226,24 @@ def _explore(t: _Reader) -> ExploreSpec:
         noise_std=t.float("noise_std", default=0.1, low=1e-12, high=10.0),
     )
     spec = ExploreSpec(
-        rule=t.choice("rule", ("perturb", "resample", "none"), default="perturb"),
+        rule=t.choice("rule", ("perturb", "resample", "pb2", "none"), default="perturb"),
         resample_probability=t.float("resample_probability", default=0.25, low=0.0, high=1.0),
         perturb=perturb,
     )
     t.done()
+    if spec.rule == "pb2" and importlib.util.find_spec("numpy") is None:  # PB2's GP (pbt_mq/pb2.py)
+        raise ConfigError(f"{t.path}rule: 'pb2' needs numpy: pip install 'pbt-mq[pb2]'")
     return spec
+
+
+def _gc(t: _Reader) -> GCSettings:
+    g = GCSettings(
+        enabled=t.bool("enabled", default=True),
+        min_age_s=t.float("min_age_s", default=600.0, low=0.0),
+        interval_s=t.float("interval_s", default=10.0, low=0.1),
+    )
+    t.done()
+    return g
 
 
 def _worker(t: _Reader) -> WorkerSettings:

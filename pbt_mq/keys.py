@@ -11,6 +11,9 @@ one Redis Cluster slot::
                                        mode = "min" the stored score is -metric.
     pbt:{EXP}:ckpts             HASH   member -> JSON of the checkpoint its leaderboard score belongs
                                        to (key, sha256, size, step, hparams): what a donor gives
+    pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
+    pbt:{EXP}:stored            ZSET   published checkpoint key -> time (ms): what the garbage
+                                       collector may delete once nothing needs it
     pbt:{EXP}:member:{M}        HASH   state, seq, step, score, metric, hparams (JSON),
                                        ckpt_key, ckpt_sha256, ckpt_size, worker, why,
                                        parent, parent_step, train_s, updated_ms, next_job
@@ -23,6 +26,7 @@ one Redis Cluster slot::
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   heartbeat of one pbt-worker (expires when it dies)
     pbt:workers                 ZSET   worker id -> last heartbeat (ms)
+    pbt:dead                    STREAM jobs refused by workers: reason, source, entry (job id)
 
 The arbiters' consumer group on every events stream is ``arbiters``. RQ's own keys
 (``rq:queue:pbt``, ``rq:job:...``) hold queued segments; job ids are
@@ -43,6 +47,7 @@ ROOT = "pbt"
 GROUP = "arbiters"
 EXPERIMENTS = f"{ROOT}:experiments"
 WORKERS = f"{ROOT}:workers"
+DEAD = f"{ROOT}:dead"  # dead letters that belong to no experiment (e.g. forged RQ jobs)
 DEFAULT_QUEUE = "pbt"
 
 
@@ -77,6 +82,14 @@ class Keys:
     @property
     def ckpts(self) -> str:
         return f"{self.prefix}:ckpts"
+
+    @property
+    def uploading(self) -> str:
+        return f"{self.prefix}:uploading"
+
+    @property
+    def stored(self) -> str:
+        return f"{self.prefix}:stored"
 
     @property
     def events(self) -> str:

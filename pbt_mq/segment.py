@@ -22,6 +22,8 @@ import redis
 from rq import get_current_job
 
 from . import checkpoint
+from . import metrics as pbt_metrics  # not "metrics": _train has a local of that name
+from .checkpoint import UnsafeCheckpoint
 from .config import Experiment
 from .experiment import (
     enqueue_segment,
@@ -33,11 +35,18 @@ from .experiment import (
 from .finish import fail_member
 from .keys import Keys
 from .protocol import ReadyEvent, SegmentCommand
+from .recovery import donors, quarantine
 from .scripts import claim_segment
-from .store import Store, open_store
+from .store import ChecksumError, MissingObject, Store, open_store
 from .trainable import import_trainable
 
 log = logging.getLogger("pbt_mq.worker")
+
+
+@dataclass(frozen=True)
+class Start:
+    step: int
+    key: str | None
 
 
 @dataclass
@@ -94,8 +103,12 @@ class Runtime:
             {"member": cmd.member, "seq": cmd.seq, "step": event.step, "score": repr(event.score), "msg": event.encode()},
         )
         pipe.hset(k.member(cmd.member), "state", "ready")
+        pipe.zrem(k.uploading, event.checkpoint.key)
+        pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
         pipe.execute()
         self.stats["segments"] += 1
+        if pbt_metrics.ON:
+            pbt_metrics.segment_done(cmd, event)
         log.info(
             "%s %s seq=%d steps %d-%d %s=%.6g (%s, train %.2fs)", cmd.experiment, cmd.member, cmd.seq,
             cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"],
@@ -105,10 +118,10 @@ class Runtime:
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
         store = self.store(self._store_url(cmd.experiment))
-        trainable, how = self._obtain(cfg, cmd, store)
+        trainable, how, start = self._obtain(cfg, cmd, store)
         trainable.apply(dict(cmd.hparams))
         t1 = time.perf_counter()
-        step = self._advance(trainable, cmd)
+        step = self._advance(trainable, cmd, start.step)
         t2 = time.perf_counter()
         metrics = trainable.evaluate()
         if cfg.metric not in metrics:
@@ -117,6 +130,7 @@ class Runtime:
         t3 = time.perf_counter()
         key = f"{cmd.experiment}/{cmd.member}/{cmd.seq:06d}-s{step}-{secrets.token_hex(4)}.pt"
         state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
+        self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
         ref = checkpoint.save(store, key, state)
         t4 = time.perf_counter()
         self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
@@ -133,23 +147,49 @@ class Runtime:
             worker=self.worker_id,
             timings_s={"load": t1 - t0, "train": t2 - t1, "eval": t3 - t2, "save": t4 - t3, how: 1.0},
             train_s=cmd.train_s + (t2 - t1),
-            start_step=cmd.step,
-            start_key=cmd.start.key if cmd.start else None,
+            start_step=start.step,
+            start_key=start.key,
         )
 
-    def _obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store) -> tuple[Any, str]:
+    def _obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store) -> tuple[Any, str, Start]:
+        """The trainable to train and where its state came from: warm, cold, fresh or recovered."""
         live = self.live.get(cmd.experiment)
         if cmd.start is not None and live is not None and live.key == cmd.start.key:
-            return live.trainable, "warm"
-        if cmd.start is None or live is None:
-            trainable = self._construct(cfg, cmd)
-            if cmd.start is None:
-                return trainable, "fresh"
-        else:
-            trainable = live.trainable
-        state = checkpoint.load(store, cmd.start, map_location=self.device)
+            return live.trainable, "warm", Start(cmd.step, cmd.start.key)
+        trainable = live.trainable if live is not None else self._construct(cfg, cmd)
+        if cmd.start is None:
+            if live is not None:  # a fresh start needs fresh weights, not the live model's
+                trainable = self._construct(cfg, cmd)
+            return trainable, "fresh", Start(0, None)
+        try:
+            state = checkpoint.load(store, cmd.start, map_location=self.device)
+        except (ChecksumError, MissingObject, UnsafeCheckpoint) as exc:
+            return self._recover(cfg, cmd, store, trainable, exc)
         trainable.load_state_dict(state["state"])
-        return trainable, "cold"
+        return trainable, "cold", Start(cmd.step, cmd.start.key)
+
+    def _recover(
+        self, cfg: Experiment, cmd: SegmentCommand, store: Store, trainable: Any, exc: Exception
+    ) -> tuple[Any, str, Start]:
+        """The start checkpoint is corrupt or gone: take it off the leaderboard and start from the
+        best good checkpoint in the population, or from scratch if there is none."""
+        log.error("%s %s seq=%d: %s; recovering", cmd.experiment, cmd.member, cmd.seq, exc)
+        bad = {cmd.start.key} if cmd.start else set()
+        quarantine(self.r, cmd.experiment, cmd.start.key if cmd.start else "", str(exc))
+        for ref, step in donors(self.r, cmd.experiment):
+            if ref.key in bad:
+                continue
+            try:
+                state = checkpoint.load(store, ref, map_location=self.device)
+            except (ChecksumError, MissingObject, UnsafeCheckpoint) as again:
+                bad.add(ref.key)
+                quarantine(self.r, cmd.experiment, ref.key, str(again))
+                continue
+            trainable.load_state_dict(state["state"])
+            log.warning("%s %s: recovered from %s (step %d)", cmd.experiment, cmd.member, ref.key, step)
+            return trainable, "recovered", Start(step, ref.key)
+        log.warning("%s %s: no good checkpoint left; starting afresh", cmd.experiment, cmd.member)
+        return self._construct(cfg, cmd), "recovered", Start(0, None)
 
     def _construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         cls = import_trainable(cfg.trainable)
@@ -162,11 +202,12 @@ class Runtime:
             pass
         return cls(dict(cmd.hparams), seed=seed, device=self.device, **cfg.trainable_args)
 
-    def _advance(self, trainable: Any, cmd: SegmentCommand) -> int:
+    def _advance(self, trainable: Any, cmd: SegmentCommand, start: int) -> int:
+        """Train the segment's length from ``start`` (the command's step unless recovered)."""
         if cmd.until_step is not None:
             trainable.train(cmd.until_step - cmd.step)
-            return cmd.until_step
-        step, deadline = cmd.step, time.perf_counter() + float(cmd.seconds or 0)
+            return start + cmd.until_step - cmd.step
+        step, deadline = start, time.perf_counter() + float(cmd.seconds or 0)
         while True:
             trainable.train(1)
             step += 1

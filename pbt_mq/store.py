@@ -17,18 +17,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import secrets
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from .protocol import SHA256_RE, CheckpointRef
+
+log = logging.getLogger("pbt_mq.store")
+TRANSIENT_S3_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized")
+T = TypeVar("T")
 
 CHUNK = 1 << 20
 PART_SIZE = 32 << 20  # S3 multipart part size (the minimum is 5 MiB, the most parts 10,000)
@@ -47,6 +53,30 @@ class MissingObject(StoreError):
 
 class ChecksumError(StoreError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The endpoint could not be reached or dropped the connection: worth retrying."""
+
+
+def retrying(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    """Run ``fn``, retrying StoreUnavailable with exponential backoff for up to ``budget_s``.
+
+    A store that is down for a while (a MinIO restart, a network blip) delays a segment
+    instead of failing it. The budget defaults to PBT_STORE_RETRY_S (120 s).
+    """
+    budget = float(os.environ.get("PBT_STORE_RETRY_S", "120")) if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
+    delay = 0.25
+    while True:
+        try:
+            return fn()
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable(f"{exc}; gave up after retrying for {budget:.0f} s") from None
+            log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 class Store(Protocol):
@@ -321,9 +351,10 @@ class S3Store:
         try:
             yield
         except S3Error as exc:
-            raise StoreError(f"{what}: {exc.code}: {exc.message} (store {self.url})") from None
+            kind = StoreUnavailable if exc.code in TRANSIENT_S3_CODES else StoreError
+            raise kind(f"{what}: {exc.code}: {exc.message} (store {self.url})") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(
+            raise StoreUnavailable(
                 f"{what}: cannot talk to the S3 endpoint {self.endpoint} ({type(exc).__name__}: {exc})"
             ) from None
 

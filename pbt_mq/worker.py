@@ -17,10 +17,13 @@ import socket
 import threading
 
 import redis
+from rq.exceptions import DeserializationError
+from rq.job import Job
 from rq.worker import SimpleWorker
 
 from .experiment import now_ms, queue_for
-from .keys import DEFAULT_QUEUE, WORKERS, worker_key
+from .keys import DEAD, DEFAULT_QUEUE, WORKERS, worker_key
+from .protocol import ProtocolError
 from .segment import Runtime, install
 from .serializer import MsgpackSerializer, SegmentJob
 
@@ -89,6 +92,14 @@ def serve(
     hb = Heartbeat(r, rt, queue, heartbeat_s)
     hb.beat()
     hb.start()
+    def refuse(job: Job, exc_type: type, exc: BaseException, tb: object) -> bool:
+        """Dead-letter jobs that are not ours to run (forged, pickled, unreadable), with the reason."""
+        if isinstance(exc, (ProtocolError, DeserializationError)):
+            why = exc.__cause__ or exc  # RQ's DeserializationError wraps our ProtocolError
+            r.xadd(DEAD, {"reason": f"{type(why).__name__}: {why}"[:2000], "source": f"rq:queue:{queue}",
+                          "entry": job.id, "worker": rt.worker_id}, maxlen=10_000, approximate=True)
+        return True  # and let RQ file it in its failed registry as usual
+
     w = SimpleWorker(
         [queue_for(r, queue)],
         connection=r,
@@ -96,6 +107,7 @@ def serve(
         serializer=MsgpackSerializer,
         job_class=SegmentJob,
         job_monitoring_interval=5,
+        exception_handlers=[refuse],
     )
     try:
         # RQ logs four lines per job; ours logs one per segment. RQ's own detail stays at DEBUG.

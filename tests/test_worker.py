@@ -107,3 +107,21 @@ def test_a_pickled_job_is_never_unpickled(fleet, redis_url, r, tmp_path):
     exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
     assert wait_done(redis_url, exp, fleet)["state"] == "done"
     assert not marker.exists()
+
+
+def test_forged_jobs_are_dead_lettered_with_the_reason(fleet, redis_url, r, tmp_path):
+    import pickle
+
+    from pbt_mq.keys import DEAD
+
+    q = Queue("pbt", connection=r, serializer=MsgpackSerializer)
+    q.enqueue("os.system", "true")
+    r.hset("rq:job:pickled", mapping={"data": pickle.dumps({"x": 1}), "status": "queued", "origin": "pbt"})
+    r.rpush("rq:queue:pbt", "pickled")
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
+    assert wait_done(redis_url, exp, fleet)["state"] == "done"
+    dead = {f[b"entry"].decode(): f[b"reason"].decode() for _, f in r.xrange(DEAD)}
+    assert any("refusing to run 'os.system'" in reason for reason in dead.values()), dead
+    assert "looks like a Python pickle" in dead["pickled"], dead

@@ -1,0 +1,97 @@
+"""Checkpoint garbage collection: the store stays bounded, and nothing anyone needs is deleted.
+
+Workers record every key in ``pbt:{EXP}:uploading`` *before* uploading it, and move it to
+``pbt:{EXP}:stored`` in the same transaction that publishes its event. A collection
+deletes stored checkpoints (and uploads abandoned for longer than ``gc.min_age_s``, the
+leftovers of a worker that died mid-upload) that are not needed by:
+
+* the leaderboard (``pbt:{EXP}:ckpts``: every member's scored checkpoint, i.e. every donor,
+  the best member's included),
+* any member's own latest checkpoint, or the start of its queued or running segment,
+* any event not yet decided (pending in the consumer group, or not yet delivered).
+
+So at any moment the store holds about one checkpoint per member, plus the superseded ones
+that queued exploits still start from, plus the ones in flight: population + k.
+Every arbiter runs it; two collections at once delete the same keys, which is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from .config import Experiment
+from .experiment import member_ids, now_ms
+from .keys import GROUP, Keys
+from .protocol import ProtocolError, ReadyEvent, SegmentCommand
+from .store import Store, StoreError
+
+log = logging.getLogger("pbt_mq.gc")
+
+
+def needed(r: redis.Redis, exp: str, cfg: Experiment) -> set[str]:
+    k = Keys(exp)
+    keep = {json.loads(raw)["key"] for raw in r.hvals(k.ckpts)}
+    pipe = r.pipeline(transaction=False)
+    for m in member_ids(cfg.population):
+        pipe.hmget(k.member(m), "ckpt_key", "cmd", "state")
+    for ckpt_key, raw_cmd, state in pipe.execute():
+        if ckpt_key:
+            keep.add(ckpt_key.decode())
+        if raw_cmd and state in (b"queued", b"running"):  # its segment still has to start from it
+            try:
+                cmd = SegmentCommand.decode(raw_cmd)
+            except ProtocolError:
+                continue
+            if cmd.start:
+                keep.add(cmd.start.key)
+    return keep | undecided(r, exp)
+
+
+def undecided(r: redis.Redis, exp: str) -> set[str]:
+    """Checkpoints of events the arbiters have not acknowledged yet (or not even read)."""
+    k = Keys(exp)
+    groups = {g["name"]: g for g in r.xinfo_groups(k.events)}
+    group = groups.get(GROUP.encode()) or groups.get(GROUP)
+    start = f"({group['last-delivered-id'].decode()}" if group else "-"
+    pending = r.xpending(k.events, GROUP) if group else None
+    if pending and pending.get("pending"):
+        start = pending["min"].decode() if isinstance(pending["min"], bytes) else pending["min"]
+    out = set()
+    for _, fields in r.xrange(k.events, start, "+"):
+        try:
+            out.add(ReadyEvent.decode(fields.get(b"msg")).checkpoint.key)
+        except ProtocolError:
+            continue
+    return out
+
+
+def collect(r: redis.Redis, exp: str, cfg: Experiment, store: Store, min_age_s: float | None = None) -> int:
+    """Delete what no one needs; returns how many checkpoints were deleted."""
+    k = Keys(exp)
+    age_s = cfg.gc.min_age_s if min_age_s is None else min_age_s
+    pipe = r.pipeline(transaction=True)
+    pipe.zrange(k.stored, 0, -1)
+    pipe.zrangebyscore(k.uploading, "-inf", now_ms() - age_s * 1000)
+    stored, abandoned = pipe.execute()
+    old = [key.decode() for key in stored + abandoned]
+    if not old:
+        return 0
+    keep = needed(r, exp, cfg)
+    doomed = [key for key in old if key not in keep]
+    deleted = []
+    for key in doomed:
+        try:
+            store.delete(key)
+            deleted.append(key)
+        except StoreError as exc:  # try again next time
+            log.warning("gc %s: cannot delete %s: %s", exp, key, exc)
+    if deleted:
+        pipe = r.pipeline(transaction=False)
+        pipe.zrem(k.stored, *deleted)
+        pipe.zrem(k.uploading, *deleted)
+        pipe.execute()
+        log.info("gc %s: deleted %d checkpoints, %d kept", exp, len(deleted), len(old) - len(deleted))
+    return len(deleted)
