@@ -97,8 +97,16 @@ class Arbiter:
 
     def run(self, burst: bool = False) -> None:
         log.info("arbiter %s started", self.name)
+        backoff = 0.25
         while not self.stopping:
-            handled = self.step()
+            try:
+                handled = self.step()
+                backoff = 0.25
+            except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis restarting, failing over
+                log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             if burst and handled == 0 and not self._pending_anywhere():
                 break
         log.info("arbiter %s stopped: %s", self.name, dict(self.stats))
@@ -356,6 +364,7 @@ class Arbiter:
         else:
             member.update(step=ev.step, reason=plan.reason)
         pipe.hset(k.member(ev.member), mapping=member)
+        pipe.hset(k.parents, ev.checkpoint.key, ev.start_key or "")
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
             enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, cmd)

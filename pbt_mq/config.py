@@ -60,6 +60,7 @@ class GCSettings:
     enabled: bool = True
     min_age_s: float = 600.0  # an upload whose event never came is abandoned after this long
     interval_s: float = 10.0
+    lineage_depth: int = -1  # ancestors kept per member: -1 all (a live lineage is never cut), 0 none
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def _gc(t: _Reader) -> GCSettings:
         enabled=t.bool("enabled", default=True),
         min_age_s=t.float("min_age_s", default=600.0, low=0.0),
         interval_s=t.float("interval_s", default=10.0, low=0.1),
+        lineage_depth=t.int("lineage_depth", default=-1, low=-1),
     )
     t.done()
     return g

@@ -6,12 +6,14 @@ deletes stored checkpoints (and uploads abandoned for longer than ``gc.min_age_s
 leftovers of a worker that died mid-upload) that are not needed by:
 
 * the leaderboard (``pbt:{EXP}:ckpts``: every member's scored checkpoint, i.e. every donor,
-  the best member's included),
+  the best member's included), and the lineages these descend from (``pbt:{EXP}:parents``,
+  up to ``gc.lineage_depth`` ancestors; by default all: lineages that died out through
+  exploitation are deleted, live ones never are, so the best member's ancestry stays intact),
 * any member's own latest checkpoint, or the start of its queued or running segment,
 * any event not yet decided (pending in the consumer group, or not yet delivered).
 
-So at any moment the store holds about one checkpoint per member, plus the superseded ones
-that queued exploits still start from, plus the ones in flight: population + k.
+With ``lineage_depth = 0`` the store holds about one checkpoint per member, plus the superseded
+ones that queued exploits still start from, plus the ones in flight: population + k.
 Every arbiter runs it; two collections at once delete the same keys, which is harmless.
 """
 
@@ -26,6 +28,7 @@ from .config import Experiment
 from .experiment import member_ids, now_ms
 from .keys import GROUP, Keys
 from .protocol import ProtocolError, ReadyEvent, SegmentCommand
+from .scripts import call as call_script
 from .store import Store, StoreError
 
 log = logging.getLogger("pbt_mq.gc")
@@ -47,6 +50,8 @@ def needed(r: redis.Redis, exp: str, cfg: Experiment) -> set[str]:
                 continue
             if cmd.start:
                 keep.add(cmd.start.key)
+    if cfg.gc.lineage_depth != 0 and keep:
+        keep.update(k.decode() for k in call_script(r, "ancestry", [Keys(exp).parents], [cfg.gc.lineage_depth, *keep]))
     return keep | undecided(r, exp)
 
 
@@ -92,6 +97,7 @@ def collect(r: redis.Redis, exp: str, cfg: Experiment, store: Store, min_age_s: 
         pipe = r.pipeline(transaction=False)
         pipe.zrem(k.stored, *deleted)
         pipe.zrem(k.uploading, *deleted)
+        pipe.hdel(k.parents, *deleted)
         pipe.execute()
         log.info("gc %s: deleted %d checkpoints, %d kept", exp, len(deleted), len(old) - len(deleted))
     return len(deleted)

@@ -11,6 +11,8 @@ one Redis Cluster slot::
                                        mode = "min" the stored score is -metric.
     pbt:{EXP}:ckpts             HASH   member -> JSON of the checkpoint its leaderboard score belongs
                                        to (key, sha256, size, step, hparams): what a donor gives
+    pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
+                                       (the lineage as a tree, for garbage collection)
     pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
     pbt:{EXP}:stored            ZSET   published checkpoint key -> time (ms): what the garbage
                                        collector may delete once nothing needs it
@@ -82,6 +84,10 @@ class Keys:
     @property
     def ckpts(self) -> str:
         return f"{self.prefix}:ckpts"
+
+    @property
+    def parents(self) -> str:
+        return f"{self.prefix}:parents"
 
     @property
     def uploading(self) -> str:

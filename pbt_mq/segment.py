@@ -59,10 +59,11 @@ class Live:
 class Runtime:
     """Per-process worker state; set once by ``pbt-worker`` before it takes jobs."""
 
-    def __init__(self, r: redis.Redis, worker_id: str, device: str = "cpu"):
+    def __init__(self, r: redis.Redis, worker_id: str, device: str = "cpu", live_models: int = 1):
         self.r = r
         self.worker_id = worker_id
         self.device = device
+        self.live_models = live_models  # 0: never keep a model live (every segment downloads)
         self.live: dict[str, Live] = {}  # experiment -> last trained model
         self.stores: dict[str, Store] = {}
         self.stats: Counter[str] = Counter()
@@ -133,7 +134,8 @@ class Runtime:
         self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
         ref = checkpoint.save(store, key, state)
         t4 = time.perf_counter()
-        self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
+        if self.live_models:
+            self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
         self.stats[how] += 1
         return ReadyEvent(
             experiment=cmd.experiment,

@@ -86,8 +86,9 @@ def serve(
     burst: bool = False,
     heartbeat_s: float = 2.0,
     max_jobs: int | None = None,
+    live_models: int = 1,
 ) -> Runtime:
-    rt = Runtime(r, worker_id or default_worker_id(device), device)
+    rt = Runtime(r, worker_id or default_worker_id(device), device, live_models)
     install(rt)
     hb = Heartbeat(r, rt, queue, heartbeat_s)
     hb.beat()

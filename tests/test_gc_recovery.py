@@ -34,7 +34,7 @@ def test_gc_keeps_every_needed_checkpoint_and_bounds_the_store(fleet, redis_url,
     fleet.start("worker", "w1")
     fleet.start("worker", "w2")
     exp = launch(redis_url, store_url, "population.size=4", "stop.steps=120", "gc.min_age_s=30",
-                 "gc.interval_s=0.2", "trainable_args.delay_s=0.1")
+                 "gc.interval_s=0.2", "gc.lineage_depth=0", "trainable_args.delay_s=0.1")
     store = open_store(store_url)
     peak = 0
     deadline = time.monotonic() + 120
@@ -93,3 +93,30 @@ def test_a_corrupt_start_checkpoint_is_quarantined_and_the_member_recovers(r, tm
     assert rec.step == rec.start_step + 4
     dead = [f[b"reason"].decode() for _, f in r.xrange(k.dead)]
     assert any("bad checkpoint" in x and "sha256" in x for x in dead)
+
+
+def test_by_default_the_best_members_whole_lineage_is_kept(fleet, redis_url, r, tmp_path):
+    from pbt_mq.lineage import ancestry, records
+    from pbt_mq.protocol import CheckpointRef
+    from pbt_mq.store import fetch_verified
+
+    store_url = f"file://{tmp_path / 'ckpt'}"
+    fleet.start("arbiter", "a1", "--reap-interval-ms", "200")
+    fleet.start("worker", "w1")
+    exp = launch(redis_url, store_url, "population.size=4", "gc.interval_s=0.2", "stop.steps=60")
+    assert pbt("wait", exp, "--timeout", "60", "--redis", redis_url).returncode == 0, fleet.all_logs()
+    time.sleep(1.0)  # the final collection
+    k = Keys(exp)
+    best = r.zrevrange(k.scores, 0, 0)[0].decode()
+    chain = ancestry(records(r, exp), r.hget(k.member(best), "ckpt_key").decode())
+    store = open_store(store_url)
+    assert len(chain) == 15
+    by_key = {}
+    for _, f in r.xrange(k.events):
+        ev = ReadyEvent.decode(f[b"msg"])
+        by_key[ev.checkpoint.key] = ev.checkpoint
+    for rec in chain:
+        ref: CheckpointRef = by_key[rec["ckpt_key"]]
+        with fetch_verified(store, ref):  # exists and its sha256 matches
+            pass
+    assert sum(1 for _ in store.list(f"{exp}/")) < r.xlen(k.events)  # dead lineages were collected

@@ -1,0 +1,3 @@
+"""The chaos runs' results, shared by the tests and the summary hook (one module instance)."""
+
+RESULTS: list[dict] = []
