@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is reported)")
     p.add_argument("--quick", action="store_true", help="small and fast: 8 MB, 1 run (a CI smoke test)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--control", action="store_true",
+                   help="measure the arbiter instead: decisions/s and latency per population (needs --redis;"
+                        " it writes bench experiments into that Redis)")
+    p.add_argument("--populations", default="16,256,4096", help="with --control: population sizes")
+    p.add_argument("--redis", default=os.environ.get("PBT_REDIS_URL"), help="with --control: Redis URL (env PBT_REDIS_URL)")
     p.set_defaults(fn=run)
 
 
@@ -151,7 +156,22 @@ def format_table(rows: list[dict[str, Any]], store_url: str) -> str:
     return head
 
 
+def run_control(a: argparse.Namespace) -> int:
+    from .bench_control import format_control, measure
+    from .redisconn import connect, redact
+
+    if not a.redis:
+        raise StoreError("--control needs --redis URL (or PBT_REDIS_URL): a Redis it may write bench experiments to")
+    pops = [int(x) for x in a.populations.split(",") if x.strip()]
+    r = connect(a.redis)
+    rows = [measure(r, n, 200 if a.quick else max(2000, 2 * n)) for n in ([16] if a.quick else pops)]
+    print(json.dumps({"control_plane": rows}, indent=2) if a.json else format_control(rows, redact(a.redis)))
+    return 0
+
+
 def run(a: argparse.Namespace) -> int:
+    if a.control:
+        return run_control(a)
     try:
         sizes = [8.0] if a.quick else [float(s) for s in a.sizes_mb.split(",") if s.strip()]
     except ValueError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -12,37 +11,12 @@ import pytest
 from helpers import TOY
 
 from pbt_mq.arbiter import Arbiter
+from pbt_mq.bench_control import fake_event, publish, take_commands
 from pbt_mq.config import load_file
-from pbt_mq.experiment import launch, load_config, queue_for
+from pbt_mq.experiment import launch, load_config
 from pbt_mq.keys import GROUP, Keys
 from pbt_mq.lineage import records, replay_decisions
-from pbt_mq.protocol import CheckpointRef, ReadyEvent, SegmentCommand
-
-
-def take_commands(r) -> list[SegmentCommand]:
-    """Pop every queued segment, as a worker would, without running anything."""
-    q = queue_for(r, "pbt")
-    cmds = []
-    for jid in q.get_job_ids():
-        job = q.fetch_job(jid)
-        cmds.append(SegmentCommand.decode(job.args[0]))
-        q.remove(jid)
-    return cmds
-
-
-def fake_event(cmd: SegmentCommand, score: float) -> ReadyEvent:
-    step = cmd.until_step
-    key = f"{cmd.experiment}/{cmd.member}/{cmd.seq:06d}-s{step}.pt"
-    ref = CheckpointRef(key, hashlib.sha256(key.encode()).hexdigest(), 100)
-    return ReadyEvent(
-        experiment=cmd.experiment, member=cmd.member, seq=cmd.seq, step=step, score=score,
-        checkpoint=ref, hparams=cmd.hparams, start_step=cmd.step,
-        start_key=cmd.start.key if cmd.start else None,
-    )
-
-
-def publish(r, ev: ReadyEvent) -> None:
-    r.xadd(Keys(ev.experiment).events, {"member": ev.member, "seq": ev.seq, "msg": ev.encode()})
+from pbt_mq.protocol import SegmentCommand
 
 
 def toy_q(cmd: SegmentCommand) -> float:

@@ -78,3 +78,14 @@ def test_bench_unreachable_store_is_a_clear_error() -> None:
     assert proc.returncode != 0
     assert "cannot reach or create bucket 'nowhere'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_control_plane_bench_quick_reports_decisions(redis_url):
+    res = subprocess.run(
+        [sys.executable, "-m", "pbt_mq", "bench", "--control", "--quick", "--json", "--redis", redis_url],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["control_plane"]
+    assert rows[0]["population"] == 16 and rows[0]["decisions"] >= 200
+    assert rows[0]["p50_ms"] > 0 and rows[0]["decisions_per_s"] > 0
