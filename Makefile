@@ -2,11 +2,11 @@
 # `make test` runs the tests (redis-server and moto_server are started if absent).
 PY ?= python
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench study
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[torch,examples,local,test]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,test]'
 
 demo: install
 	pbt local workers/digits.toml --workers 2
@@ -19,3 +19,6 @@ lint:
 
 bench:
 	pbt bench --sizes-mb 50,500
+
+study:  # the README's Results: PBT vs its ablations, random search and fixed values (~3 min)
+	pbt study -o docs/study

@@ -286,7 +286,7 @@ class Arbiter:
                              "step": ev.step, "hparams": ev.hparams}, sort_keys=True)
         reply = call_script(pipe, "decide", [k.member(ev.member), k.scores, k.ckpts, k.meta], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
-            record, rule, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX,
+            record, rule, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, cfg.exploit.ties,
         ])
         status = _text(reply[0])
         if status == "dup":

@@ -1,4 +1,5 @@
-"""Command line: ``pbt`` (launch, status, wait, stop, list, local, bench), ``pbt-worker``, ``pbt-arbiter``.
+"""Command line: ``pbt`` (launch, status, wait, stop, list, local, bench, top, plot, lineage, export,
+replay), ``pbt-worker``, ``pbt-arbiter``.
 
 Every option can also come from the environment (shown in ``--help``), so a
 deployment configures processes with env vars alone. Errors print one line and
@@ -59,18 +60,22 @@ def _setup_logging(level: str) -> None:
 
 def _guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
     from .experiment import UnknownExperiment
+    from .lineage import NoCheckpoint
 
     try:
         return fn(args)
     except (ConfigError, UsageError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (RedisUnavailable, StoreError, UnknownExperiment) as exc:
+    except (RedisUnavailable, StoreError, UnknownExperiment, NoCheckpoint) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pbt lineage EXP | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (RuntimeError, ImportError, OSError) as exc:
         print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -242,10 +247,22 @@ def build_pbt_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no live table, only the summary")
     s.set_defaults(fn=cmd_local)
 
+    from . import export, plot, top  # inspection and take-away: each module adds its own arguments
+
+    top.add_arguments(sub.add_parser("top", help="live view: members, trends, last exploits, workers, events/s"))
+    plot.add_arguments(sub.add_parser("plot", help="PNG report: score curves with exploits, schedules, lineage tree"))
+    export.add_lineage_arguments(sub.add_parser("lineage", help="a member's ancestry and hyperparameter schedule"))
+    export.add_export_arguments(sub.add_parser("export", help="the best checkpoint, its schedule and experiment file"))
+    export.add_replay_arguments(sub.add_parser("replay", help="train one member along an exported schedule"))
+
     s = sub.add_parser("bench", help="measure the checkpoint data plane (and more, see --help)")
     from .bench import add_arguments
 
     add_arguments(s)
+
+    from .study import add_arguments as add_study_arguments
+
+    add_study_arguments(sub.add_parser("study", help="does PBT work here? the paper's toy, PBT vs random search, PB2"))
     return p
 
 
@@ -267,10 +284,21 @@ def build_worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-s", type=float, default=float(env("PBT_HEARTBEAT_S", "2")), help="(env PBT_HEARTBEAT_S)")
     p.add_argument("--threads", type=int, default=int(env("PBT_TORCH_THREADS", "0")),
                    help="torch intra-op threads; 0 keeps torch's default (env PBT_TORCH_THREADS)")
+    p.add_argument("--live-models", type=int, choices=(0, 1), default=int(env("PBT_LIVE_MODELS", "1")),
+                   help="keep the last trained model live for a warm next segment (1) or not (0) (env PBT_LIVE_MODELS)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None)
+    _metrics_opt(p)
+    p.add_argument("--tensorboard-dir", default=env("PBT_TENSORBOARD_DIR"),
+                   help="write per-member scalars for TensorBoard under DIR/EXP/MEMBER (env PBT_TENSORBOARD_DIR)")
     _log_opt(p)
     return p
+
+
+def _metrics_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, default=int(env("PBT_METRICS_PORT", "0")),
+                   help="serve Prometheus metrics on this port; 0 = off (env PBT_METRICS_PORT)")
+    p.add_argument("--metrics-addr", default=env("PBT_METRICS_ADDR", "0.0.0.0"), help="(env PBT_METRICS_ADDR)")
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
@@ -289,7 +317,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(a.threads)
-        serve(connect(a.redis), a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs)
+        r = connect(a.redis)
+        if a.metrics_port or a.tensorboard_dir:
+            from . import metrics
+
+            metrics.start(r, "worker", a.metrics_port, a.metrics_addr, (a.queue,), a.tensorboard_dir)
+        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models)
         return EXIT_OK
 
     return _guard(go, a, "pbt-worker")
@@ -307,6 +340,7 @@ def build_arbiter_parser() -> argparse.ArgumentParser:
     p.add_argument("--reap-interval-ms", type=int, default=int(env("PBT_REAP_INTERVAL_MS", "2000")),
                    help="how often to look for segments of dead workers; 0 turns the reaper off (env PBT_REAP_INTERVAL_MS)")
     p.add_argument("--burst", action="store_true", help="exit when no events are waiting")
+    _metrics_opt(p)
     _log_opt(p)
     return p
 
@@ -318,8 +352,13 @@ def arbiter_main(argv: Sequence[str] | None = None) -> int:
     def go(a: argparse.Namespace) -> int:
         from .arbiter import Arbiter
 
+        r = connect(a.redis)
+        if a.metrics_port:
+            from . import metrics
+
+            metrics.start(r, "arbiter", a.metrics_port, a.metrics_addr)
         arb = Arbiter(
-            connect(a.redis), a.name, block_ms=a.block_ms, claim_idle_ms=a.claim_idle_ms,
+            r, a.name, block_ms=a.block_ms, claim_idle_ms=a.claim_idle_ms,
             reap_interval_s=a.reap_interval_ms / 1000, reap_grace_ms=a.reap_grace_ms,
         )
 

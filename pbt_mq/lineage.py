@@ -87,13 +87,13 @@ def replay_decisions(cfg: Experiment, recs: list[dict[str, Any]]) -> list[str]:
     bad = []
     for rec in recs:
         if rec["action"] in ("continue", "exploit"):
-            problem = _replay_one(cfg, rec, by_ckpt)
+            problem = _replay_one(cfg, rec, by_ckpt, recs)
             if problem:
                 bad.append(f"{rec['member']} seq {rec['seq']}: {problem}")
     return bad
 
 
-def _replay_one(cfg: Experiment, rec: dict[str, Any], by_ckpt: dict[str, Any]) -> str | None:
+def _replay_one(cfg: Experiment, rec: dict[str, Any], by_ckpt: dict[str, Any], recs: list[dict[str, Any]]) -> str | None:
     raw = float(rec["score"])
     score = cfg.higher_is_better(raw) if math.isfinite(raw) else math.nan
     rng = decision_rng(cfg.seed, rec["member"], int(rec["seq"]))
@@ -114,10 +114,21 @@ def _replay_one(cfg: Experiment, rec: dict[str, Any], by_ckpt: dict[str, Any]) -
     source = by_ckpt.get(rec["next_start_key"])
     if source is None:
         return f"donor checkpoint {rec['next_start_key']} has no lineage record"
-    hp, _ = explore(json.loads(source["hparams"]), cfg.spaces, cfg.explore, rng)
+    hp = _explored(cfg, rec, json.loads(source["hparams"]), rng, recs)
     if hp != json.loads(rec["next_hparams"]):
         return f"log says {rec['next_hparams']}, replay gives {json.dumps(hp, sort_keys=True)}"
     return None
+
+
+def _explored(cfg: Experiment, rec: dict[str, Any], hparams: dict[str, Any], rng: Any, recs: list[dict[str, Any]]) -> dict:
+    """The mutation a decision made; PB2's from the lineage window its ops name (pbt_mq/pb2.py)."""
+    if cfg.explore.rule == "pb2":
+        from .pb2 import explore_pb2, replay_window
+
+        seen = replay_window(recs, json.loads(rec.get("ops") or "[]"))
+        if seen is not None:
+            return explore_pb2(hparams, cfg, seen, rng, int(rec["parent_step"]), rec["member"])[0]
+    return explore(hparams, cfg.spaces, cfg.explore, rng)[0]
 
 
 def _exploits_by_counts(cfg: Experiment, rec: dict[str, Any], rng: Any) -> bool:
@@ -157,15 +168,17 @@ def origin(rec: dict[str, Any], seqs: dict[Key, dict[str, Any]], ckpts: dict[str
     decision = seqs.get((rec["member"], int(rec["seq"]) - 1))
     source = ckpts.get(start_key)
     exploited = decision is not None and decision["action"] == "exploit"
+    # A worker that found the queued start checkpoint corrupt or gone started from another one.
+    recovered = decision is not None and decision.get("next_start_key") not in (None, "", start_key)
     out: dict[str, Any] = {
-        "kind": "exploit" if exploited else "continue",
+        "kind": "recovered" if recovered else "exploit" if exploited else "continue",
         "member": source["member"] if source else (decision or {}).get("parent") or "?",
         "step": int(rec.get("start_step") or 0),
         "ckpt_key": start_key,
         "score": float(source["score"]) if source else None,
         "ops": [],
     }
-    if exploited:
+    if exploited and not recovered:
         out["ops"] = json.loads(decision.get("ops") or "[]")
         out["replaced"] = {"step": int(decision["step"]), "score": float(decision["score"])}
     return out
@@ -249,7 +262,7 @@ def format_lineage(segments: list[dict[str, Any]], metric: str) -> str:
                 + ("; ".join(st["ops"]) or "nothing")
             )
         hp = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(s["hparams"].items()))
-        tail = "  (fresh start)" if st["kind"] == "init" else ""
+        tail = {"init": "  (fresh start)", "recovered": f"  (recovered from {st['member']}'s checkpoint)"}.get(st["kind"], "")
         lines.append(f"  steps {s['from_step']:>6}-{s['to_step']:<6} {s['member']:<6} {metric}={s['score']:<10.6g} {hp}{tail}")
     return "\n".join(lines)
 

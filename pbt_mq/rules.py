@@ -24,6 +24,7 @@ Snapshot = Sequence[tuple[str, float]]
 class ExploitSpec:
     rule: str = "truncation"  # "truncation" | "tournament" | "none"
     quantile: float = 0.2
+    ties: str = "strict"  # "strict": equal scores never exploit; "rank": ties ranked as in ZREVRANGE
 
 
 @dataclass(frozen=True)
@@ -59,22 +60,30 @@ def exploit(
     truncation: the member is in the bottom set when fewer than k members are strictly worse;
     it copies the ``int(u * c)``-th of the c = min(k, #strictly better) best members.
     tournament: the opponent is the ``int(u * (n - 1))``-th other member, copied if strictly better.
+    With ``ties = "rank"`` an equal score counts as better for the member ranked higher in
+    ZREVRANGE order (the larger id): exactly symmetric members (the paper's toy) still exploit.
     """
     if spec.rule == "none":
         return None
     u = rng.random()
     others = sort_snapshot([(m, s) for m, s in snapshot if m != member])
     own = score if math.isfinite(score) else -math.inf
+
+    def beats(m: str, s: float) -> bool:  # does other member m (score s) outrank this member?
+        if s != own or spec.ties == "strict" or not math.isfinite(own):
+            return s > own
+        return m > member  # ties = "rank": ZREVRANGE order, member id descending
+
     if spec.rule == "tournament":
         if not others:
             return None
         opponent, opp_score = others[int(u * len(others))]
-        return opponent if opp_score > own else None
+        return opponent if beats(opponent, opp_score) else None
     if spec.rule != "truncation":
         raise ValueError(f"unknown exploit rule {spec.rule!r}")
     k = truncation_size(len(others) + 1, spec.quantile)
-    worse = sum(1 for _, s in others if s < own)
-    better = sum(1 for _, s in others if s > own)
+    better = sum(1 for m, s in others if beats(m, s))
+    worse = sum(1 for m, s in others if not beats(m, s) and (s != own or spec.ties == "rank"))
     candidates = min(k, better)
     if worse >= k or candidates == 0:
         return None

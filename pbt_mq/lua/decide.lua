@@ -7,6 +7,7 @@
 -- ARGV[4] 1 if the score is finite, else 0                 ARGV[5] the checkpoint record (JSON)
 -- ARGV[6] rule: truncation | tournament | none             ARGV[7] quantile
 -- ARGV[8] u, the decision's uniform draw in [0, 1)         ARGV[9] return the board when n <= this
+-- ARGV[10] ties: strict (equal scores never exploit) | rank (ties ranked as in ZREVRANGE)
 -- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
 --   status 'dup': the seq is already decided or the member ended (nothing written);
 --   status 'ahead': the member is at an older seq than the event (nothing written).
@@ -31,8 +32,13 @@ local others = redis.call('ZCARD', KEYS[2]) - (finite and 1 or 0)
 local n = others + 1
 local rule, u = ARGV[6], tonumber(ARGV[8])
 local k = math.min(math.ceil(n * tonumber(ARGV[7])), math.floor(n / 2))
+local by_rank = finite and ARGV[10] == 'rank'
 local worse = finite and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. score) or 0
 local better = finite and redis.call('ZCOUNT', KEYS[2], '(' .. score, '+inf') or others
+if by_rank then
+  worse = redis.call('ZRANK', KEYS[2], member)
+  better = redis.call('ZREVRANK', KEYS[2], member)
+end
 local index = -1
 if rule == 'truncation' then
   local candidates = math.min(k, better)
@@ -50,6 +56,9 @@ local donor, donor_score, record = '', '', ''
 if index >= 0 then
   local hit = redis.call('ZREVRANGE', KEYS[2], index, index, 'WITHSCORES')
   local better_than_own = (not finite) or (tonumber(hit[2]) > tonumber(score))
+  if by_rank and hit[1] then
+    better_than_own = index < redis.call('ZREVRANK', KEYS[2], member)
+  end
   if hit[1] and better_than_own then
     donor, donor_score = hit[1], hit[2]
     record = redis.call('HGET', KEYS[3], donor) or ''
