@@ -51,17 +51,19 @@ def ancestry(recs: list[dict[str, Any]], ckpt_key: str) -> list[dict[str, Any]]:
 
 def schedule(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hyperparameter schedule of a chain: which values were used from which step."""
-    return [
-        {
-            "member": rec["member"],
-            "seq": int(rec["seq"]),
-            "from_step": int(rec.get("start_step") or 0),
-            "to_step": int(rec["step"]),
-            "hparams": json.loads(rec["hparams"]),
-            "score": float(rec["score"]),
-        }
-        for rec in chain
-    ]
+    return [_typed(rec) for rec in chain]
+
+
+def _typed(rec: dict[str, Any]) -> dict[str, Any]:
+    """The fields every view of a segment shares, typed."""
+    return {
+        "member": rec["member"],
+        "seq": int(rec["seq"]),
+        "from_step": int(rec.get("start_step") or 0),
+        "to_step": int(rec["step"]),
+        "hparams": json.loads(rec["hparams"]),
+        "score": float(rec["score"]),
+    }
 
 
 def format_schedule(sched: list[dict[str, Any]]) -> str:
@@ -187,12 +189,7 @@ def origin(rec: dict[str, Any], seqs: dict[Key, dict[str, Any]], ckpts: dict[str
 def segment(rec: dict[str, Any], seqs: dict[Key, dict[str, Any]], ckpts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One lineage record as a plain, typed segment with its origin."""
     return {
-        "member": rec["member"],
-        "seq": int(rec["seq"]),
-        "from_step": int(rec.get("start_step") or 0),
-        "to_step": int(rec["step"]),
-        "hparams": json.loads(rec["hparams"]),
-        "score": float(rec["score"]),
+        **_typed(rec),
         "ckpt_key": rec.get("ckpt_key", ""),
         "worker": rec.get("worker", ""),
         "start": origin(rec, seqs, ckpts),
