@@ -11,7 +11,7 @@ install:
 demo: install
 	pbt local workers/digits.toml --workers 2
 
-test:
+test: install  # on a fresh machine too: installs first (a no-op once done), then runs everything
 	$(PY) -m pytest -q
 
 lint:

@@ -102,7 +102,7 @@ class Arbiter:
             try:
                 handled = self.step()
                 backoff = 0.25
-            except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis restarting, failing over
+            except redis.RedisError as exc:  # Redis restarting, failing over (READONLY), out of memory
                 log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -234,6 +234,11 @@ class Arbiter:
             self.dead_letter(k, entry_id, fields, str(exc))
             self.r.xack(k.events, GROUP, entry_id)
             outcome = "dead"
+        except redis.RedisError:
+            raise  # the run loop backs off; the event stays pending and is retried
+        except Exception:  # a bug or a plugin (PB2) failing on this event: keep the fleet alive
+            log.exception("%s: event %s left pending after an unexpected error", exp, entry_id)
+            outcome = "error"
         self.stats[outcome] += 1
         if metrics.ON:
             metrics.decided(exp, outcome, entry_id)
@@ -357,7 +362,8 @@ class Arbiter:
         }
         if cmd:
             member.update(
-                seq=cmd.seq, step=cmd.step, hparams=json.dumps(cmd.hparams, sort_keys=True), why=cmd.why
+                seq=cmd.seq, step=cmd.step, hparams=json.dumps(cmd.hparams, sort_keys=True), why=cmd.why,
+                reaped=0,  # the reaper's give-up count is per segment
             )
             if plan.action == "exploit":
                 member.update(parent=cmd.parent, parent_step=cmd.parent_step, last_exploit=f"{cmd.parent}@{ev.step}")

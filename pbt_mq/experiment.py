@@ -18,6 +18,7 @@ from . import config as config_mod
 from .config import Experiment
 from .keys import EXPERIMENTS, GROUP, Keys, job_id
 from .protocol import SegmentCommand
+from .scripts import set_state_if
 from .serializer import SEGMENT_FUNC, MsgpackSerializer, SegmentJob
 from .space import sample_all
 
@@ -200,8 +201,4 @@ def stop(r: redis.Redis, exp: str, reason: str = "stopped by user") -> bool:
     k = Keys(exp)
     if not r.exists(k.meta):
         raise UnknownExperiment(exp)
-    state = (r.hget(k.meta, "state") or b"").decode()
-    if state in TERMINAL:
-        return False
-    r.hset(k.meta, mapping={"state": STOPPED, "reason": reason, "done_ms": now_ms()})
-    return True
+    return set_state_if(r, k.meta, RUNNING, STOPPED, reason, now_ms())  # never overwrites done

@@ -35,8 +35,11 @@ log = logging.getLogger("pbt_mq.gc")
 
 
 def needed(r: redis.Redis, exp: str, cfg: Experiment) -> set[str]:
+    """Read where a checkpoint comes from before where it goes (event, then member, then
+    leaderboard), so one that a decision moves meanwhile is seen at least once."""
     k = Keys(exp)
-    keep = {json.loads(raw)["key"] for raw in r.hvals(k.ckpts)}
+    pending = undecided(r, exp)
+    keep = set()
     pipe = r.pipeline(transaction=False)
     for m in member_ids(cfg.population):
         pipe.hmget(k.member(m), "ckpt_key", "cmd", "state")
@@ -50,9 +53,10 @@ def needed(r: redis.Redis, exp: str, cfg: Experiment) -> set[str]:
                 continue
             if cmd.start:
                 keep.add(cmd.start.key)
+    keep.update(json.loads(raw)["key"] for raw in r.hvals(k.ckpts))
     if cfg.gc.lineage_depth != 0 and keep:
         keep.update(k.decode() for k in call_script(r, "ancestry", [Keys(exp).parents], [cfg.gc.lineage_depth, *keep]))
-    return keep | undecided(r, exp)
+    return keep | pending
 
 
 def undecided(r: redis.Redis, exp: str) -> set[str]:

@@ -22,18 +22,20 @@ def quarantine(r: redis.Redis, exp: str, key: str, reason: str) -> None:
     k = Keys(exp)
     owner = key.split("/")[1] if key.count("/") >= 2 else ""
     with r.pipeline(transaction=True) as pipe:
-        try:
-            pipe.watch(k.ckpts)
-            raw = pipe.hget(k.ckpts, owner) if owner else None
-            pipe.multi()
-            if raw is not None and json.loads(raw).get("key") == key:
-                pipe.zrem(k.scores, owner)
-                pipe.hdel(k.ckpts, owner)
-            pipe.xadd(k.dead, {"reason": f"bad checkpoint: {reason}", "source": "store", "entry": key},
-                      maxlen=10_000, approximate=True)
-            pipe.execute()
-        except redis.WatchError:  # the owner just scored a new checkpoint: nothing to remove
-            pass
+        while True:  # any member's decision touches the hash: re-read and try again
+            try:
+                pipe.watch(k.ckpts)
+                raw = pipe.hget(k.ckpts, owner) if owner else None
+                pipe.multi()
+                if raw is not None and json.loads(raw).get("key") == key:
+                    pipe.zrem(k.scores, owner)
+                    pipe.hdel(k.ckpts, owner)
+                pipe.xadd(k.dead, {"reason": f"bad checkpoint: {reason}", "source": "store", "entry": key},
+                          maxlen=10_000, approximate=True)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def donors(r: redis.Redis, exp: str, limit: int = 16) -> Iterator[tuple[CheckpointRef, int]]:

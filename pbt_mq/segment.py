@@ -96,17 +96,11 @@ class Runtime:
             self.current = ""
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
-        # Published and marked "ready" together: from here the consumer group owns the member's
-        # progress, so the reaper leaves it alone however long the arbiters take.
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(
-            k.events,
-            {"member": cmd.member, "seq": cmd.seq, "step": event.step, "score": repr(event.score), "msg": event.encode()},
-        )
-        pipe.hset(k.member(cmd.member), "state", "ready")
-        pipe.zrem(k.uploading, event.checkpoint.key)
-        pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
-        pipe.execute()
+        if not self._publish(k, cmd, job_id, event):
+            log.warning("%s %s seq=%d: a requeued copy owns the member now; result dropped",
+                        cmd.experiment, cmd.member, cmd.seq)
+            self.stats["superseded"] += 1
+            return {"skipped": "superseded"}
         self.stats["segments"] += 1
         if pbt_metrics.ON:
             pbt_metrics.segment_done(cmd, event)
@@ -115,6 +109,33 @@ class Runtime:
             cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"],
         )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
+
+    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent) -> bool:
+        """Publish the event and mark the member "ready", only if this job still owns the member.
+
+        From then on the consumer group owns the member's progress (the reaper leaves it
+        alone however long the arbiters take). A worker whose segment was requeued meanwhile
+        (it lost its heartbeat but lived) must not overwrite the newer copy's state.
+        """
+        mkey = k.member(cmd.member)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(mkey)
+                    job, state, worker = pipe.hmget(mkey, "job", "state", "worker")
+                    if (job or b"").decode() != job_id or state != b"running" or (worker or b"").decode() != self.worker_id:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.xadd(k.events, {"member": cmd.member, "seq": cmd.seq, "step": event.step,
+                                         "score": repr(event.score), "msg": event.encode()})
+                    pipe.hset(mkey, "state", "ready")
+                    pipe.zrem(k.uploading, event.checkpoint.key)
+                    pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
@@ -137,7 +158,7 @@ class Runtime:
         if self.live_models:
             self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
         self.stats[how] += 1
-        return ReadyEvent(
+        event = ReadyEvent(
             experiment=cmd.experiment,
             member=cmd.member,
             seq=cmd.seq,
@@ -152,6 +173,8 @@ class Runtime:
             start_step=start.step,
             start_key=start.key,
         )
+        ReadyEvent.decode(event.encode())  # an event the arbiter would reject fails here, as a segment failure
+        return event
 
     def _obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store) -> tuple[Any, str, Start]:
         """The trainable to train and where its state came from: warm, cold, fresh or recovered."""

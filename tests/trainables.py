@@ -22,3 +22,10 @@ class Constructions(Toy):
     def setup(self, **args) -> None:
         type(self).built += 1
         super().setup(**args)
+
+
+class TooManyMetrics(Toy):
+    """evaluate() returns more metrics than an event may carry: the segment must fail, not strand."""
+
+    def evaluate(self) -> dict[str, float]:
+        return {"q": super().evaluate()["q"], **{f"class_{i}": 0.5 for i in range(300)}}
