@@ -119,7 +119,8 @@ def test_worker_sigkill_mid_segment(chaos_fleet, chaos_redis, s3_proxy, seed):
     chaos_fleet.kill("w1", signal.SIGKILL)
     killed = time.time()
     chaos_fleet.start("worker", "w3", "--heartbeat-s", "0.5")
-    restarted = wait_until(lambda: r.hget(k.member(member), "reaped") and r.hget(k.member(member), "state") != b"queued"
+    restarted = wait_until(lambda: int(r.hget(k.member(member), "reaped") or 0) >= 1
+                           and r.hget(k.member(member), "state") != b"queued"
                            and float(r.hget(k.member(member), "started_ms")) / 1000)
     check_invariants(r, exp, store, chaos_fleet, "worker SIGKILL mid-segment", 1,
                      restarted - killed if restarted else None)
