@@ -66,6 +66,8 @@ class Runtime:
         self.live_models = live_models  # 0: never keep a model live (every segment downloads)
         self.live: dict[str, Live] = {}  # experiment -> last trained model
         self.stores: dict[str, Store] = {}
+        self.configs: dict[str, Experiment] = {}
+        self.store_urls: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self.current: str = ""
 
@@ -78,7 +80,7 @@ class Runtime:
 
     def run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
         k = Keys(cmd.experiment)
-        cfg = load_config(self.r, cmd.experiment)
+        cfg = self.config(cmd.experiment)
         started_ms = now_ms()
         claim = claim_segment(self.r, k.member(cmd.member), k.meta, job_id, self.worker_id, started_ms)
         if claim != "ok":
@@ -139,7 +141,7 @@ class Runtime:
 
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
-        store = self.store(self._store_url(cmd.experiment))
+        store = self.store(self._store_url(cmd.experiment))  # cached: one lookup per experiment
         trainable, how, start = self._obtain(cfg, cmd, store)
         trainable.apply(dict(cmd.hparams))
         t1 = time.perf_counter()
@@ -239,11 +241,19 @@ class Runtime:
             if time.perf_counter() >= deadline:
                 return step
 
+    def config(self, exp: str) -> Experiment:
+        """An experiment's config never changes after launch: read it from Redis once."""
+        if exp not in self.configs:
+            self.configs[exp] = load_config(self.r, exp)
+        return self.configs[exp]
+
     def _store_url(self, exp: str) -> str:
-        url = self.r.hget(Keys(exp).meta, "store")
-        if not url:
-            raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
-        return url.decode()
+        if exp not in self.store_urls:
+            url = self.r.hget(Keys(exp).meta, "store")
+            if not url:
+                raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
+            self.store_urls[exp] = url.decode()
+        return self.store_urls[exp]
 
     def _failed(self, cfg: Experiment, cmd: SegmentCommand, job_id: str, exc: BaseException) -> None:
         """Retry the segment, or fail the member, but only if this job is still the member's current one."""

@@ -97,14 +97,22 @@ def store_for(s3_proxy, seed: int, fault: str) -> str:
             f"&secure=false&region=us-east-1")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_worker_sigkill_mid_segment(chaos_fleet, chaos_redis, s3_proxy, seed):
+def begin(fleet, chaos_redis, s3_proxy, seed: int, fault: str, *worker_args: str, wait: bool = True):
+    """Start 2 arbiters and 2 workers, launch the toy, and (by default) let 8 decisions happen."""
     import redis
 
     r = redis.Redis.from_url(chaos_redis.url)
-    store = store_for(s3_proxy, seed, "worker_sigkill")
-    start_fleet(chaos_fleet)
+    store = store_for(s3_proxy, seed, fault)
+    start_fleet(fleet, *worker_args)
     exp = launch_toy(chaos_redis.url, store, seed)
+    if wait:
+        assert wait_until(lambda: lineage_len(r, exp) >= 8), fleet.all_logs()
+    return r, exp, store
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_worker_sigkill_mid_segment(chaos_fleet, chaos_redis, s3_proxy, seed):
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "worker_sigkill", wait=False)
     k = Keys(exp)
 
     def busy_on_w1():
@@ -128,14 +136,8 @@ def test_worker_sigkill_mid_segment(chaos_fleet, chaos_redis, s3_proxy, seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_arbiter_sigkill(chaos_fleet, chaos_redis, s3_proxy, seed):
-    import redis
-
-    r = redis.Redis.from_url(chaos_redis.url)
-    store = store_for(s3_proxy, seed, "arbiter_sigkill")
-    start_fleet(chaos_fleet)
-    exp = launch_toy(chaos_redis.url, store, seed)
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "arbiter_sigkill")
     k = Keys(exp)
-    assert wait_until(lambda: lineage_len(r, exp) >= 8)
     chaos_fleet.kill("a1", signal.SIGKILL)
     killed = time.time()
 
@@ -151,13 +153,7 @@ def test_arbiter_sigkill(chaos_fleet, chaos_redis, s3_proxy, seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_redis_restart(chaos_fleet, chaos_redis, s3_proxy, seed):
-    import redis
-
-    r = redis.Redis.from_url(chaos_redis.url)
-    store = store_for(s3_proxy, seed, "redis_restart")
-    start_fleet(chaos_fleet)
-    exp = launch_toy(chaos_redis.url, store, seed)
-    assert wait_until(lambda: lineage_len(r, exp) >= 8)
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "redis_restart")
     chaos_redis.stop()  # SHUTDOWN: the AOF is complete
     time.sleep(2.0)
     chaos_redis.start()
@@ -170,14 +166,8 @@ def test_redis_restart(chaos_fleet, chaos_redis, s3_proxy, seed):
 
 @pytest.mark.parametrize("seed", SEEDS[:1])
 def test_s3_unreachable_for_15_s(chaos_fleet, chaos_redis, s3_proxy, seed):
-    import redis
-
-    r = redis.Redis.from_url(chaos_redis.url)
-    store = store_for(s3_proxy, seed, "s3_outage")
-    start_fleet(chaos_fleet)
-    exp = launch_toy(chaos_redis.url, store, seed)
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "s3_outage")
     k = Keys(exp)
-    assert wait_until(lambda: lineage_len(r, exp) >= 8)
     s3_proxy.cut()
     time.sleep(15)
     s3_proxy.restore()
@@ -191,14 +181,8 @@ def test_s3_unreachable_for_15_s(chaos_fleet, chaos_redis, s3_proxy, seed):
 def test_corrupt_checkpoint(chaos_fleet, chaos_redis, s3_proxy, s3_endpoint, seed):
     import io
 
-    import redis
-
-    r = redis.Redis.from_url(chaos_redis.url)
-    store = store_for(s3_proxy, seed, "corrupt")
-    start_fleet(chaos_fleet, "--live-models", "0")  # every segment downloads its start
-    exp = launch_toy(chaos_redis.url, store, seed)
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "corrupt", "--live-models", "0")  # every segment downloads its start
     k = Keys(exp)
-    assert wait_until(lambda: lineage_len(r, exp) >= 8)
     # corrupt the best member's scored checkpoint: the next exploit or continue from it must notice
     best = r.zrevrange(k.scores, 0, 0)[0]
     key = json.loads(r.hget(k.ckpts, best))["key"]
