@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from . import metrics
+from .cluster import POLL_S, is_cluster
 from .config import Experiment
 from .experiment import (
     DONE,
@@ -127,14 +128,28 @@ class Arbiter:
             self.reap()
             self.collect_garbage(list(self.configs), now)
             self._reaped = now
-        streams = {Keys(e).events: ">" for e in self.configs}
-        resp = self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms)
-        for stream, entries in resp or []:
+        for stream, entries in self.read():
             exp = self._exp_of(stream)
             for entry_id, fields in entries:
                 self.handle(exp, entry_id, fields)
                 handled += 1
         return handled
+
+    def read(self) -> list:
+        """New events from every running experiment's stream: one blocking XREADGROUP, or on a
+        Redis Cluster (streams in different slots) one non-blocking read per stream, per node."""
+        streams = {Keys(e).events: ">" for e in self.configs}
+        if not is_cluster(self.r):
+            return self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms) or []
+        deadline = time.monotonic() + self.block_ms / 1000
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xreadgroup(GROUP, self.name, {stream: ">"}, count=self.batch)
+            resp = [item for reply in pipe.execute() for item in reply or []]
+            if resp or time.monotonic() >= deadline:
+                return resp
+            time.sleep(POLL_S)
 
     def refresh(self) -> None:
         """Find running experiments; make sure this group exists on their streams."""
@@ -373,7 +388,7 @@ class Arbiter:
         pipe.hset(k.parents, ev.checkpoint.key, ev.start_key or "")
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
-            enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, cmd)
+            enqueue_segment(pipe, queue_for(self.r, cfg.queue, cmd.experiment), cfg, cmd)
             pipe.hget(k.meta, "finished")
         else:
             pipe.hincrby(k.meta, "finished", 1)

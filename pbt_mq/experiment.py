@@ -15,6 +15,7 @@ import redis
 from rq import Queue
 
 from . import config as config_mod
+from .cluster import EXP_ID, ExperimentQueue, is_cluster
 from .config import Experiment
 from .keys import EXPERIMENTS, GROUP, Keys, job_id
 from .protocol import SegmentCommand
@@ -54,7 +55,13 @@ def member_seed(seed: int, member: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{member}".encode()).digest()[:4], "big")
 
 
-def queue_for(r: redis.Redis, name: str) -> Queue:
+def queue_for(r: redis.Redis, name: str, exp: str | None = None) -> Queue:
+    """The RQ queue ``exp``'s segments go to: the shared ``name``, or on a Redis Cluster
+    the experiment's own queue in its hash slot (see cluster.py)."""
+    if is_cluster(r):
+        if exp is None:
+            raise ValueError("on a Redis Cluster every queue belongs to one experiment")
+        return ExperimentQueue.for_experiment(r, name, exp, serializer=MsgpackSerializer)
     return Queue(name, connection=r, serializer=MsgpackSerializer, job_class=SegmentJob)
 
 
@@ -96,8 +103,12 @@ def launch(r: redis.Redis, cfg: Experiment, store_url: str, exp_id: str | None =
     exp = exp_id or new_id(cfg.name)
     k = Keys(exp)
     rng = random.Random(f"pbt-mq/{cfg.seed}/init")
-    queue = queue_for(r, cfg.queue)
+    if not EXP_ID.match(exp):
+        raise ValueError(f"experiment id {exp!r} must be 1-100 letters, digits, '_' or '-'")
+    queue = queue_for(r, cfg.queue, exp)
     members = member_ids(cfg.population)
+    r.zadd(EXPERIMENTS, {exp: now_ms()})  # first, outside the MULTI (another slot on a cluster);
+    # readers skip an id whose meta is not there yet
     pipe = r.pipeline(transaction=True)
     pipe.multi()  # explicit: RQ's enqueue_job expects a pipeline already in MULTI
     pipe.hset(
@@ -116,7 +127,6 @@ def launch(r: redis.Redis, cfg: Experiment, store_url: str, exp_id: str | None =
             "config": cfg.to_json(),
         },
     )
-    pipe.zadd(EXPERIMENTS, {exp: now_ms()})
     pipe.xgroup_create(k.events, GROUP, id="0", mkstream=True)
     for i, m in enumerate(members):
         hp = sample_all(cfg.spaces, rng)

@@ -32,7 +32,13 @@ one Redis Cluster slot::
 
 The arbiters' consumer group on every events stream is ``arbiters``. RQ's own keys
 (``rq:queue:pbt``, ``rq:job:...``) hold queued segments; job ids are
-``EXP.M.SEQ`` so a redelivered decision can never queue a second copy.
+``EXP_M_SEQ`` so a redelivered decision can never queue a second copy.
+
+On a Redis Cluster (recognised when connecting) the RQ keys a decision writes move into
+the experiment's slot too (cluster.py): ``rq:queue:pbt:{EXP}`` (one queue per experiment;
+workers sweep those of the running experiments), ``rq:job:{EXP}EXP_M_SEQ`` and
+``rq:queues:{EXP}``. ``pbt:experiments``, ``pbt:workers`` and the worker heartbeats are
+single-key global entries, never written in the same transaction as an experiment's keys.
 
 Try::
 

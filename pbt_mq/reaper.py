@@ -44,7 +44,7 @@ class Orphan:
 
 def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: int | None = None) -> list[Orphan]:
     k = Keys(exp)
-    queue = queue_for(r, cfg.queue)
+    queue = queue_for(r, cfg.queue, exp)
     ids = member_ids(cfg.population)
     pipe = r.pipeline(transaction=True)  # one consistent view of queue and members
     pipe.lrange(queue.key, 0, -1)
@@ -94,7 +94,7 @@ def requeue(r: redis.Redis, exp: str, cfg: Experiment, orphan: Orphan) -> str:
     """Queue the orphan's current command again; returns what was done."""
     k = Keys(exp)
     mkey = k.member(orphan.member)
-    queue = queue_for(r, cfg.queue)
+    queue = queue_for(r, cfg.queue, exp)
     with r.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(mkey)

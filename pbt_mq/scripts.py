@@ -18,12 +18,11 @@ def call(client: redis.Redis, name: str, keys: list[str], args: list) -> object:
 
     Works on a client and on a pipeline in immediate (WATCH) mode alike.
     """
-    sha = _sha(name)
+    # execute_command: a Redis Cluster pipeline has no evalsha/eval methods, but routes these
     try:
-        return client.evalsha(sha, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        client.script_load(source(name))
-        return client.evalsha(sha, len(keys), *keys, *args)
+        return client.execute_command("EVALSHA", _sha(name), len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:  # EVAL runs it and caches it for the next EVALSHA
+        return client.execute_command("EVAL", source(name), len(keys), *keys, *args)
 
 
 @cache

@@ -273,7 +273,7 @@ class Runtime:
                 retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
                 pipe.multi()
                 pipe.hset(mkey, mapping={"error": tb, "attempt": retry.attempt})
-                enqueue_segment(pipe, queue_for(self.r, cfg.queue), cfg, retry, suffix=f"_a{retry.attempt}")
+                enqueue_segment(pipe, queue_for(self.r, cfg.queue, retry.experiment), cfg, retry, suffix=f"_a{retry.attempt}")
                 pipe.execute()
             except redis.WatchError:
                 log.warning("%s %s: member changed while recording the failure; leaving it", cmd.experiment, cmd.member)

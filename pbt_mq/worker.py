@@ -21,6 +21,7 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.worker import SimpleWorker
 
+from .cluster import ExperimentQueue, TaggedSegmentJob, is_cluster
 from .experiment import now_ms, queue_for
 from .keys import DEAD, DEFAULT_QUEUE, WORKERS, worker_key
 from .protocol import ProtocolError
@@ -78,6 +79,13 @@ class Heartbeat(threading.Thread):
             pass
 
 
+class SegmentWorker(SimpleWorker):
+    def _set_connection(self, connection: redis.Redis) -> redis.Redis:
+        if is_cluster(connection):  # RQ tunes a pool's socket timeout; a cluster has one pool per node
+            return connection
+        return super()._set_connection(connection)
+
+
 def serve(
     r: redis.Redis,
     queue: str = DEFAULT_QUEUE,
@@ -101,14 +109,19 @@ def serve(
                           "entry": job.id, "worker": rt.worker_id}, maxlen=10_000, approximate=True)
         return True  # and let RQ file it in its failed registry as usual
 
-    w = SimpleWorker(
-        [queue_for(r, queue)],
+    if is_cluster(r):  # one queue per experiment in its slot; sweep them (see cluster.py)
+        kind: dict = dict(queue_class=ExperimentQueue, job_class=TaggedSegmentJob)
+        queues = [ExperimentQueue(queue, connection=r, serializer=MsgpackSerializer, job_class=TaggedSegmentJob)]
+    else:
+        kind, queues = dict(job_class=SegmentJob), [queue_for(r, queue)]
+    w = SegmentWorker(
+        queues,
         connection=r,
         name=rt.worker_id,
         serializer=MsgpackSerializer,
-        job_class=SegmentJob,
         job_monitoring_interval=5,
         exception_handlers=[refuse],
+        **kind,
     )
     try:
         # RQ logs four lines per job; ours logs one per segment. RQ's own detail stays at DEBUG.
