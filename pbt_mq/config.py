@@ -208,7 +208,7 @@ def _exploit(t: _Reader) -> ExploitSpec:
     spec = ExploitSpec(
         rule=t.choice("rule", ("truncation", "tournament", "none"), default="truncation"),
         quantile=t.float("quantile", default=0.2, low=1e-9, high=0.5),
-        ties=t.choice("ties", ("strict", "rank"), default="strict"),
+        ties=t.choice("ties", ("strict", "rank", "random"), default="strict"),
     )
     t.done()
     return spec

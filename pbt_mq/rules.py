@@ -3,8 +3,9 @@
 A snapshot is the leaderboard the arbiter read: ``[(member, score), ...]`` with
 finite scores only, higher is better (the arbiter negates for mode = "min").
 A member absent from it (no checkpoint yet, or a NaN/inf score) ranks last and is
-never a donor. A member is only replaced by a *strictly* better one, so a plateau
-of equal scores never sets off a storm of exploits that rewinds everyone.
+never a donor. By default (``ties = "strict"``) a member is only replaced by a *strictly*
+better one, so a plateau of equal scores never sets off a storm of exploits that rewinds
+everyone; ``ties = "rank"`` and ``"random"`` let exact ties exploit (ExploitSpec).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ Snapshot = Sequence[tuple[str, float]]
 class ExploitSpec:
     rule: str = "truncation"  # "truncation" | "tournament" | "none"
     quantile: float = 0.2
-    ties: str = "strict"  # "strict": equal scores never exploit; "rank": ties ranked as in ZREVRANGE
+    ties: str = "strict"  # "strict": equal scores never exploit; "rank": as in ZREVRANGE; "random": a fair draw
 
 
 @dataclass(frozen=True)
@@ -61,29 +62,49 @@ def exploit(
     it copies the ``int(u * c)``-th of the c = min(k, #strictly better) best members.
     tournament: the opponent is the ``int(u * (n - 1))``-th other member, copied if strictly better.
     With ``ties = "rank"`` an equal score counts as better for the member ranked higher in
-    ZREVRANGE order (the larger id): exactly symmetric members (the paper's toy) still exploit.
+    ZREVRANGE order (the larger id): exactly symmetric members (the paper's toy) still exploit,
+    but always the same one copies. ``ties = "random"`` breaks a tie by the same draw ``u``, so
+    no member is favoured: truncation places the member at a uniformly random position among
+    the t others tied with it (the first ``j = int(u * (t + 1))`` of them, in ZREVRANGE order,
+    rank above it) and picks the donor with what is left of the draw, ``u * (t + 1) - j``
+    (uniform again, independent of j); tournament picks the opponent with ``int(u * (n - 1))``
+    and, on a tie, copies it when the rest of the draw is below 0.5. No extra draw is taken,
+    so the rng stream (and explore after it) is the same for every ``ties``.
     """
     if spec.rule == "none":
         return None
     u = rng.random()
     others = sort_snapshot([(m, s) for m, s in snapshot if m != member])
     own = score if math.isfinite(score) else -math.inf
+    coin = 0.0  # tournament, ties = "random": the rest of the draw after the opponent's index
+    above: set[str] = set()  # truncation, ties = "random": the tied others drawn to rank above the member
 
     def beats(m: str, s: float) -> bool:  # does other member m (score s) outrank this member?
         if s != own or spec.ties == "strict" or not math.isfinite(own):
             return s > own
+        if spec.ties == "random":
+            return m in above if spec.rule == "truncation" else coin < 0.5
         return m > member  # ties = "rank": ZREVRANGE order, member id descending
 
     if spec.rule == "tournament":
         if not others:
             return None
-        opponent, opp_score = others[int(u * len(others))]
+        scaled = u * len(others)
+        index = int(scaled)
+        coin = scaled - index
+        opponent, opp_score = others[index]
         return opponent if beats(opponent, opp_score) else None
     if spec.rule != "truncation":
         raise ValueError(f"unknown exploit rule {spec.rule!r}")
+    if spec.ties == "random" and math.isfinite(own):
+        tied = [m for m, s in others if s == own]  # in ZREVRANGE order
+        scaled = u * (len(tied) + 1)
+        j = int(scaled)
+        u = scaled - j
+        above = set(tied[:j])
     k = truncation_size(len(others) + 1, spec.quantile)
     better = sum(1 for m, s in others if beats(m, s))
-    worse = sum(1 for m, s in others if not beats(m, s) and (s != own or spec.ties == "rank"))
+    worse = sum(1 for m, s in others if not beats(m, s) and (s != own or spec.ties != "strict"))
     candidates = min(k, better)
     if worse >= k or candidates == 0:
         return None

@@ -84,6 +84,7 @@ def test_toy_file():
     assert all(isinstance(v, float) for entry in exp.initial for v in entry.values())
     assert exp.ready == Ready(steps=4) and exp.stop == Stop(steps=100)
     assert exp.explore.perturb.mode == "noise" and exp.explore.resample_probability == 0.0
+    assert exp.exploit == ExploitSpec("truncation", 0.2, ties="random")  # the two members tie exactly
     assert exp.spaces == {"h0": FloatSpace(0.0, 1.0), "h1": FloatSpace(0.0, 1.0)}
     assert exp.trainable_args == {"step_size": 0.05}
 
@@ -158,6 +159,7 @@ def test_overrides_apply(tmp_path: Path):
     )
     assert exp.population == 16 and exp.spaces["lr"].low == 1e-4
     assert exp.exploit.rule == "tournament" and exp.mode == "min" and exp.metric == "loss"
+    assert load_file(write(tmp_path, BASE), ['exploit.ties="random"']).exploit.ties == "random"
     assert exp.trainable_args == {"depth": 3} and exp.name == "renamed"
     assert exp.spaces["opt"] == CategoricalSpace(("a", "b", "c"))
 
@@ -250,6 +252,7 @@ BROKEN = [
      "population.initial[0]: must be a table like {lr = 0.01}"),
     ("quantile > 0.5", BASE + "[exploit]\nquantile = 0.6\n", "exploit.quantile: must be <= 0.5, got 0.6"),
     ("quantile 0", BASE + "[exploit]\nquantile = 0\n", "exploit.quantile: must be >= 1e-09, got 0"),
+    ("bad ties", BASE + "[exploit]\nties = 'coin'\n", "exploit.ties: must be one of strict, rank, random; got 'coin'"),
     ("bad exploit rule", BASE + "[exploit]\nrule = 'elitist'\n",
      "exploit.rule: must be one of truncation, tournament, none; got 'elitist'"),
     ("bad factors", BASE + "[explore]\nfactors = [0.8, -1]\n",

@@ -41,7 +41,7 @@ class FixedU(random.Random):
         return self.u
 
 
-@pytest.mark.parametrize("ties", ["strict", "rank"])
+@pytest.mark.parametrize("ties", ["strict", "rank", "random"])
 @pytest.mark.parametrize("rule", ["truncation", "tournament"])
 def test_script_and_pure_rule_pick_the_same_donor(r, rule, ties):
     rng = random.Random(f"{rule}/{ties}")
@@ -68,3 +68,30 @@ def test_rank_ties_let_symmetric_members_exploit_but_strict_never_does():
     assert exploit(board, "m000", 0.5, strict, random.Random(0)) is None
     assert exploit(board, "m000", 0.5, rank, random.Random(0)) == "m001"
     assert exploit(board, "m001", 0.5, rank, random.Random(0)) is None  # the higher-ranked one keeps going
+
+
+def test_random_ties_are_symmetric_and_drawn_from_u():
+    """ties = "random": which of two tied members copies the other is a fair draw from u, the
+    same in the script as in the pure rule; strictly better and worse scores are unaffected."""
+    board = [("m000", 0.5), ("m001", 0.5)]
+    spec = ExploitSpec("truncation", 0.2, "random")
+    for member, other in (("m000", "m001"), ("m001", "m000")):
+        picks = [exploit(board, member, 0.5, spec, FixedU(u)) for u in (0.1, 0.3, 0.6, 0.9)]
+        assert picks == [None, None, other, other]  # u * 2 = j + rest: j = 1 puts the other above
+    tournament = ExploitSpec("tournament", 0.2, "random")
+    assert [exploit(board, "m000", 0.5, tournament, FixedU(u)) for u in (0.2, 0.7)] == ["m001", None]
+    assert exploit([("a", 1.0), ("b", 2.0)], "a", 1.0, spec, FixedU(0.1)) == "b"  # no tie: strictly better
+    assert exploit([("a", 1.0), ("b", 2.0)], "b", 2.0, spec, FixedU(0.9)) is None
+    seen = {exploit(board, "m001", 0.5, spec, random.Random(s)) for s in range(40)}
+    assert seen == {None, "m000"}  # the larger id copies too, unlike ties = "rank"
+
+
+def test_random_ties_in_the_script_follow_the_draw(r):
+    board = {"m000": 0.5, "m001": 0.5, "m002": 0.5, "m003": 0.5, "m004": 1.0}
+    spec = ExploitSpec("truncation", 0.5, "random")  # n = 5: k = 2
+    for member in board:
+        if member == "m004":
+            continue
+        got = {lua_donor(r, board, member, 0.5, spec, u) for u in (i / 40 + 0.001 for i in range(40))}
+        assert {None, "m004"} < got <= {None, *board} - {member}  # never itself
+        assert len(got) >= 3  # copies the best, a tied member, or nobody, depending on u

@@ -313,6 +313,27 @@ def test_worst_member_with_nan_score_copies_a_top_member():
     assert exploit(board + [("x", math.nan)], "x", math.nan, ExploitSpec("tournament"), random.Random(0)) in "abcde"
 
 
+@given(board=boards, member=members, own=scores, seed=seeds, rule=st.sampled_from(["truncation", "tournament"]),
+       q=st.sampled_from([0.2, 0.5]))
+def test_random_ties_only_change_decisions_that_face_a_tie(board, member, own, seed, rule, q):
+    spec = ExploitSpec(rule, q, "random")
+    donor = exploit(list(board.items()), member, own, spec, random.Random(seed))
+    others = {m: s for m, s in board.items() if m != member and math.isfinite(s)}
+    if donor is not None:
+        assert donor in others and (not math.isfinite(own) or others[donor] >= own)
+    if own not in others.values():  # no tie: exactly the strict rule, draw for draw
+        assert donor == exploit(list(board.items()), member, own, ExploitSpec(rule, q), random.Random(seed))
+
+
+@pytest.mark.parametrize("rule", ["truncation", "tournament"])
+def test_random_ties_favour_neither_of_two_equal_members(rule):
+    board = [("m000", 0.5), ("m001", 0.5)]
+    spec = ExploitSpec(rule, 0.2, "random")
+    for member in ("m000", "m001"):
+        copies = sum(exploit(board, member, 0.5, spec, random.Random(s)) is not None for s in range(400))
+        assert 160 < copies < 240  # about half, whichever id it has ("rank": always or never)
+
+
 def test_unknown_exploit_rule_is_an_error():
     with pytest.raises(ValueError, match="unknown exploit rule 'elitist'"):
         exploit([("a", 1.0), ("b", 2.0)], "a", 1.0, ExploitSpec("elitist"), random.Random(0))

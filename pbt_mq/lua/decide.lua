@@ -8,10 +8,12 @@
 -- ARGV[6] rule: truncation | tournament | none             ARGV[7] quantile
 -- ARGV[8] u, the decision's uniform draw in [0, 1)         ARGV[9] return the board when n <= this
 -- ARGV[10] ties: strict (equal scores never exploit) | rank (ties ranked as in ZREVRANGE)
+--           | random (the member's place among its ties, or a tournament's coin, from u)
 -- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
 --   status 'dup': the seq is already decided or the member ended (nothing written);
 --   status 'ahead': the member is at an older seq than the event (nothing written).
--- Mirrors pbt_mq.rules.exploit exactly: ties rank as in ZREVRANGE (member id descending).
+-- Mirrors pbt_mq.rules.exploit exactly: ties rank as in ZREVRANGE (member id descending);
+-- ties = random splits u as the pure rule does (u * (t + 1) = j + the rest), with no other draw.
 local seq, state = unpack(redis.call('HMGET', KEYS[1], 'seq', 'state'))
 if state == 'done' or state == 'failed' or (seq and tonumber(seq) > tonumber(ARGV[2])) then
   return {'dup'}
@@ -33,20 +35,33 @@ local n = others + 1
 local rule, u = ARGV[6], tonumber(ARGV[8])
 local k = math.min(math.ceil(n * tonumber(ARGV[7])), math.floor(n / 2))
 local by_rank = finite and ARGV[10] == 'rank'
+local by_draw = finite and ARGV[10] == 'random'
 local worse = finite and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. score) or 0
 local better = finite and redis.call('ZCOUNT', KEYS[2], '(' .. score, '+inf') or others
 if by_rank then
   worse = redis.call('ZRANK', KEYS[2], member)
   better = redis.call('ZREVRANK', KEYS[2], member)
 end
-local index = -1
+if by_draw and rule == 'truncation' then
+  local tied = redis.call('ZCOUNT', KEYS[2], score, score) - 1  -- the others tied with the member
+  local scaled = u * (tied + 1)
+  local above = math.floor(scaled)  -- how many of them rank above it
+  u = scaled - above
+  better = better + above
+  worse = worse + tied - above
+end
+local index, coin = -1, 0
 if rule == 'truncation' then
   local candidates = math.min(k, better)
   if worse < k and candidates > 0 then
     index = math.floor(u * candidates)
+    if by_draw and index >= redis.call('ZREVRANK', KEYS[2], member) then
+      index = index + 1  -- an index among the others: step over the member's own place
+    end
   end
 elseif rule == 'tournament' and others > 0 then
   index = math.floor(u * others)
+  coin = u * others - index
   local own_rank = finite and redis.call('ZREVRANK', KEYS[2], member) or nil
   if own_rank and index >= own_rank then
     index = index + 1
@@ -58,6 +73,12 @@ if index >= 0 then
   local better_than_own = (not finite) or (tonumber(hit[2]) > tonumber(score))
   if by_rank and hit[1] then
     better_than_own = index < redis.call('ZREVRANK', KEYS[2], member)
+  elseif by_draw and hit[1] then
+    if rule == 'truncation' then
+      better_than_own = true  -- index < min(k, better): one of the others drawn above the member
+    elseif tonumber(hit[2]) == tonumber(score) then
+      better_than_own = coin < 0.5
+    end
   end
   if hit[1] and better_than_own then
     donor, donor_score = hit[1], hit[2]
