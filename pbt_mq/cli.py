@@ -1,4 +1,4 @@
-"""Command line: ``pbt`` (launch, status, wait, stop, list, local, bench, top, plot, lineage, export,
+"""Command line: ``pbt`` (launch, status, wait, stop, list, health, local, bench, top, plot, lineage, export,
 replay), ``pbt-worker``, ``pbt-arbiter``.
 
 Every option can also come from the environment (shown in ``--help``), so a
@@ -186,6 +186,34 @@ def cmd_list(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health(a: argparse.Namespace) -> int:
+    """For probes: 0 if Redis answers and, with --worker, that worker's heartbeat is fresh; else 1."""
+    import redis
+
+    from .keys import worker_key
+
+    wid = None if a.worker is None else (a.worker or env("PBT_WORKER_ID"))
+    if a.worker is not None and not wid:
+        raise UsageError("--worker: give an ID or set PBT_WORKER_ID")
+    r = connect(a.redis, retries=1)
+    if wid is None:
+        print("ok: Redis answers")
+        return EXIT_OK
+    try:
+        beat = r.hget(worker_key(wid), "beat_ms")
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"Redis: {exc}") from None
+    if beat is None:
+        print(f"pbt health: worker {wid}: no heartbeat ({worker_key(wid)} is missing)", file=sys.stderr)
+        return EXIT_FAIL
+    age_s = time.time() - int(beat) / 1000
+    if age_s > a.max_age_s:
+        print(f"pbt health: worker {wid}: last heartbeat {age_s:.1f} s ago (> {a.max_age_s:g} s)", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"ok: worker {wid} beat {age_s:.1f} s ago")
+    return EXIT_OK
+
+
 def cmd_local(a: argparse.Namespace) -> int:
     from .local import run_local
 
@@ -237,6 +265,14 @@ def build_pbt_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list experiments")
     _redis_opt(s)
     s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("health", help="for probes: exit 0 if Redis answers (and --worker's heartbeat is fresh), else 1")
+    s.add_argument("--worker", nargs="?", const="", default=None, metavar="ID",
+                   help="also require this worker's heartbeat (no ID: env PBT_WORKER_ID)")
+    s.add_argument("--max-age-s", type=float, default=3 * float(env("PBT_HEARTBEAT_S", "2")),
+                   help="oldest acceptable heartbeat (default three beats of env PBT_HEARTBEAT_S)")
+    _redis_opt(s)
+    s.set_defaults(fn=cmd_health)
 
     s = sub.add_parser("local", help="run an experiment on this machine: private Redis, local store, arbiter, workers")
     s.add_argument("file")
