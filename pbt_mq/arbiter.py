@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ from .reaper import sweep
 from .rules import decision_rng, explore
 from .scripts import call as call_script
 from .scripts import set_state_if
+from .scripts import sha as script_sha
 from .store import Store, StoreError, open_store
 
 log = logging.getLogger("pbt_mq.arbiter")
@@ -62,6 +64,16 @@ class Plan:
     snapshot: list[tuple[str, float]] | None = None  # the leaderboard the rules saw (n <= SNAPSHOT_MAX)
     declined_donor: str | None = None
     facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
+
+
+@dataclass
+class Prepared:
+    keys: list[str]
+    args: list[Any]
+    rng: random.Random
+    score: float
+    reason: str
+    target: bool
 
 
 class Arbiter:
@@ -90,6 +102,7 @@ class Arbiter:
         self._claimed = 0.0
         self._reaped = 0.0
         self.stores: dict[str, Store] = {}
+        self._queues: dict[tuple[str, str], Any] = {}
         self._gc_at: dict[str, float] = {}
         self._ended: dict[str, Experiment] = {}
         self.stopping = False
@@ -129,11 +142,17 @@ class Arbiter:
             self.collect_garbage(list(self.configs), now)
             self._reaped = now
         for stream, entries in self.read():
-            exp = self._exp_of(stream)
-            for entry_id, fields in entries:
-                self.handle(exp, entry_id, fields)
-                handled += 1
+            handled += self.handle_many(self._exp_of(stream), entries)
         return handled
+
+    def queue(self, cfg: Experiment, exp: str) -> Any:
+        """The RQ queue for ``exp``'s segments, built once (RQ's constructor is not free)."""
+        key = (cfg.queue, exp if is_cluster(self.r) else "")
+        if key not in self._queues:
+            if len(self._queues) > 1024:
+                self._queues.clear()
+            self._queues[key] = queue_for(self.r, cfg.queue, exp)
+        return self._queues[key]
 
     def read(self) -> list:
         """New events from every running experiment's stream: one blocking XREADGROUP, or on a
@@ -236,6 +255,80 @@ class Arbiter:
         s = stream.decode() if isinstance(stream, bytes) else stream
         return s[s.index("{") + 1 : s.rindex("}")]
 
+    # ------------------------------------------------------------ a batch of events
+
+    def handle_many(self, exp: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Decide what one read returned from ``exp``'s stream: rounds of distinct members, each
+        in three round trips (``decide_round``); an event a round cannot take goes one by one."""
+        cfg = self.configs.get(exp)
+        if cfg is None or len(entries) < 2 or is_cluster(self.r):  # a cluster MULTI must stay one member
+            for entry_id, fields in entries:
+                self.handle(exp, entry_id, fields)
+            return len(entries)
+        pending: list[tuple[bytes, dict[bytes, bytes], ReadyEvent]] = []
+        for entry_id, fields in entries:
+            try:
+                ev = ReadyEvent.decode(fields.get(b"msg"))
+            except ProtocolError:
+                self.handle(exp, entry_id, fields)  # dead-letters it, with the reason
+                continue
+            pending.append((entry_id, fields, ev))
+        while pending:
+            members: set[str] = set()
+            batch, later = [], []
+            for item in pending:
+                (later if item[2].member in members or item[2].experiment != exp else batch).append(item)
+                members.add(item[2].member)
+            if not batch:  # only events naming another experiment: handle() dead-letters them
+                batch, later = later[:1], later[1:]
+            outcomes = self.decide_round(cfg, exp, batch) if len(batch) > 1 else None
+            for (entry_id, fields, _), outcome in zip(batch, outcomes or [None] * len(batch), strict=True):
+                if outcome is None:
+                    self.handle(exp, entry_id, fields)
+                else:
+                    self._count(exp, outcome, entry_id)
+            pending = later
+        return len(entries)
+
+    def decide_round(self, cfg: Experiment, exp: str, batch: list[tuple[bytes, dict, ReadyEvent]]) -> list[str] | None:
+        """WATCH every member; every decide.lua in one pipelined write; one MULTI of every commit.
+
+        The same decisions as ``decide`` one by one (each member appears once), in three round
+        trips instead of three per event. None: something in the round needs the one-by-one
+        path (a member moved under the WATCH, a script to load, an event to refuse)."""
+        k = Keys(exp)
+        try:
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.watch(*[k.member(ev.member) for _, _, ev in batch])
+                preps = [self.prepare(cfg, ev) for _, _, ev in batch]
+                replies = _pipelined_scripts(pipe.connection, "decide", preps)
+                if replies is None:
+                    return None
+                plans = [self.interpret(cfg, ev, prep, reply, pipe, _entry_ms(entry_id))
+                         for (entry_id, _, ev), prep, reply in zip(batch, preps, replies, strict=True)]
+                pipe.multi()
+                ends = []
+                for (entry_id, _, ev), plan in zip(batch, plans, strict=True):
+                    if plan.action != "duplicate":
+                        self.commit(pipe, cfg, ev, plan)
+                    pipe.xack(k.events, GROUP, entry_id)
+                    ends.append(len(pipe.command_stack))
+                results = pipe.execute()
+        except redis.WatchError:
+            return None
+        except redis.RedisError:
+            raise  # the run loop backs off; the events stay pending
+        except Exception:  # refused events, plugin errors: one by one, where each is dealt with
+            return None
+        for (_, _, ev), plan, end in zip(batch, plans, ends, strict=True):
+            self.after_commit(cfg, ev, plan, results[end - 2] if plan.action == "done" else None)
+        return [plan.action for plan in plans]
+
+    def _count(self, exp: str, outcome: str, entry_id: bytes) -> None:
+        self.stats[outcome] += 1
+        if metrics.ON:
+            metrics.decided(exp, outcome, entry_id)
+
     # ------------------------------------------------------------ one event
 
     def handle(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
@@ -254,9 +347,7 @@ class Arbiter:
         except Exception:  # a bug or a plugin (PB2) failing on this event: keep the fleet alive
             log.exception("%s: event %s left pending after an unexpected error", exp, entry_id)
             outcome = "error"
-        self.stats[outcome] += 1
-        if metrics.ON:
-            metrics.decided(exp, outcome, entry_id)
+        self._count(exp, outcome, entry_id)
         return outcome
 
     def dead_letter(self, k: Keys, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
@@ -286,16 +377,27 @@ class Arbiter:
                     break
                 except redis.WatchError:
                     continue
+        self.after_commit(cfg, ev, plan, results[-2] if plan.action == "done" else None)
+        return plan.action
+
+    def after_commit(self, cfg: Experiment, ev: ReadyEvent, plan: Plan, finished: Any) -> None:
+        """What follows a committed decision (``finished``: the meta's count after a "done")."""
         if plan.target_reached:
-            set_state_if(self.r, k.meta, RUNNING, DONE, f"{ev.member} reached the target score", now_ms())
+            set_state_if(self.r, Keys(ev.experiment).meta, RUNNING, DONE, f"{ev.member} reached the target score",
+                         now_ms())
         if plan.action == "done":
-            complete_if_all_finished(self.r, cfg, ev.experiment, int(results[-2]))
+            complete_if_all_finished(self.r, cfg, ev.experiment, int(finished))
         if plan.action == "exploit":
             log.info("%s %s seq=%d exploit %s: %s", ev.experiment, ev.member, ev.seq, plan.cmd.parent, "; ".join(plan.ops))
-        return plan.action
 
     def plan(self, cfg: Experiment, ev: ReadyEvent, pipe: Any, ready_ms: int) -> Plan:
         """Record the score and pick the donor (decide.lua), then mutate; pipe is in immediate mode."""
+        prep = self.prepare(cfg, ev)
+        reply = call_script(pipe, "decide", prep.keys, prep.args)
+        return self.interpret(cfg, ev, prep, reply, pipe, ready_ms)
+
+    def prepare(self, cfg: Experiment, ev: ReadyEvent) -> Prepared:
+        """decide.lua's keys and arguments for ``ev``, and what interpreting its reply needs."""
         k = Keys(ev.experiment)
         score = cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
         reason, target = self.stop_reason(cfg, ev, RUNNING)
@@ -304,10 +406,15 @@ class Arbiter:
         u = rng.random() if rule != "none" else 0.0  # the draw rules.exploit takes first
         record = json.dumps({"key": ev.checkpoint.key, "sha256": ev.checkpoint.sha256, "size": ev.checkpoint.size,
                              "step": ev.step, "hparams": ev.hparams}, sort_keys=True)
-        reply = call_script(pipe, "decide", [k.member(ev.member), k.scores, k.ckpts, k.meta], [
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record, rule, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, cfg.exploit.ties,
-        ])
+        ], rng, score, reason, target)
+
+    def interpret(self, cfg: Experiment, ev: ReadyEvent, prep: Prepared, reply: Any, pipe: Any, ready_ms: int) -> Plan:
+        """decide.lua's reply as a plan: done, duplicate, or the next segment (explore runs here)."""
+        k = Keys(ev.experiment)
+        rng, score, reason, target = prep.rng, prep.score, prep.reason, prep.target
         status = _text(reply[0])
         if status == "dup":
             return Plan("duplicate", None, score)
@@ -384,13 +491,13 @@ class Arbiter:
                 member.update(parent=cmd.parent, parent_step=cmd.parent_step, last_exploit=f"{cmd.parent}@{ev.step}")
         else:
             member.update(step=ev.step, reason=plan.reason)
-        pipe.hset(k.member(ev.member), mapping=member)
         pipe.hset(k.parents, ev.checkpoint.key, ev.start_key or "")
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
-            enqueue_segment(pipe, queue_for(self.r, cfg.queue, cmd.experiment), cfg, cmd)
+            enqueue_segment(pipe, self.queue(cfg, cmd.experiment), cfg, cmd, member=member)
             pipe.hget(k.meta, "finished")
         else:
+            pipe.hset(k.member(ev.member), mapping=member)
             pipe.hincrby(k.meta, "finished", 1)
 
     @staticmethod
@@ -425,6 +532,21 @@ class Arbiter:
 
 def _text(v: bytes | str | int | None) -> str:
     return v.decode() if isinstance(v, bytes) else "" if v is None else str(v)
+
+
+def _pipelined_scripts(conn: Any, name: str, preps: list[Prepared]) -> list[Any] | None:
+    """EVALSHA of every prepared call in one write on ``conn``; None if any reply is an error
+    (a script not loaded yet, a refused argument): the caller goes one by one, which loads it."""
+    sha = script_sha(name)
+    conn.send_packed_command(conn.pack_commands([("EVALSHA", sha, len(p.keys), *p.keys, *p.args) for p in preps]))
+    replies, failed = [], False
+    for _ in preps:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError:
+            failed = True
+            replies.append(None)
+    return None if failed else replies
 
 
 def _entry_ms(entry_id: bytes | str) -> int:

@@ -75,16 +75,19 @@ def first_target(cfg: Experiment, step: int) -> dict[str, Any]:
     return {"until_step": max(until, step + 1)}
 
 
-def enqueue_segment(pipe: Any, queue: Queue, cfg: Experiment, cmd: SegmentCommand, suffix: str = "") -> str:
-    """Queue ``cmd`` inside ``pipe`` (already in MULTI) and make it the member's current job.
+def enqueue_segment(pipe: Any, queue: Queue, cfg: Experiment, cmd: SegmentCommand, suffix: str = "",
+                    member: dict[str, Any] | None = None) -> str:
+    """Queue ``cmd`` inside ``pipe`` (already in MULTI) and make it the member's current job
+    (``member``: more fields for the member hash, written in the same HSET).
 
     The member hash keeps the job id and the encoded command, so a reaper can queue the very
     same segment again if the worker running it dies, and a stale copy can recognise itself.
     """
     jid = job_id(cmd.experiment, cmd.member, cmd.seq) + suffix
+    wire = cmd.encode()
     job = queue.create_job(
         SEGMENT_FUNC,
-        args=[cmd.encode()],
+        args=[wire],
         job_id=jid,
         timeout=cfg.worker.segment_timeout_s,
         result_ttl=3600,
@@ -92,7 +95,8 @@ def enqueue_segment(pipe: Any, queue: Queue, cfg: Experiment, cmd: SegmentComman
         description=f"{cmd.experiment} {cmd.member} seq={cmd.seq} step={cmd.step} ({cmd.why})",
     )
     mkey = Keys(cmd.experiment).member(cmd.member)
-    pipe.hset(mkey, mapping={"state": "queued", "seq": cmd.seq, "job": jid, "cmd": cmd.encode(), "queued_ms": now_ms()})
+    fields = {**(member or {}), "state": "queued", "seq": cmd.seq, "job": jid, "cmd": wire, "queued_ms": now_ms()}
+    pipe.hset(mkey, mapping=fields)
     pipe.hdel(mkey, "limbo_ms")
     queue.enqueue_job(job, pipeline=pipe)
     return jid

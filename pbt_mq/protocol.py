@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Any
 
 import msgpack
@@ -32,6 +33,18 @@ HParams = dict[str, Scalar]
 
 class ProtocolError(ValueError):
     """A message that cannot be trusted; the text names the field and the fault."""
+
+
+@cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """The message's fields as a dict; nested refs are replaced by their wire form by the caller.
+
+    Not ``dataclasses.asdict``: its recursive deep copy was an eighth of an arbiter decision."""
+    return {name: getattr(obj, name) for name in _names(type(obj))}
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ class ReadyEvent:
     TYPE = "ready"
 
     def encode(self) -> bytes:
-        body = asdict(self)
+        body = _shallow(self)
         body["checkpoint"] = self.checkpoint.to_wire()
         return _pack(self.TYPE, body)
 
@@ -133,7 +146,7 @@ class SegmentCommand:
             raise ProtocolError(f"why: must be one of {WHY_VALUES}, got {self.why!r}")
 
     def encode(self) -> bytes:
-        body = asdict(self)
+        body = _shallow(self)
         body["start"] = self.start.to_wire() if self.start else None
         return _pack(self.TYPE, body)
 

@@ -20,13 +20,13 @@ def call(client: redis.Redis, name: str, keys: list[str], args: list) -> object:
     """
     # execute_command: a Redis Cluster pipeline has no evalsha/eval methods, but routes these
     try:
-        return client.execute_command("EVALSHA", _sha(name), len(keys), *keys, *args)
+        return client.execute_command("EVALSHA", sha(name), len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:  # EVAL runs it and caches it for the next EVALSHA
         return client.execute_command("EVAL", source(name), len(keys), *keys, *args)
 
 
 @cache
-def _sha(name: str) -> str:
+def sha(name: str) -> str:
     import hashlib
 
     return hashlib.sha1(source(name).encode()).hexdigest()

@@ -20,6 +20,7 @@ import redis
 from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.worker import SimpleWorker
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from .cluster import ExperimentQueue, TaggedSegmentJob, is_cluster
 from .experiment import now_ms, queue_for
@@ -86,6 +87,31 @@ class SegmentWorker(SimpleWorker):
         return super()._set_connection(connection)
 
 
+class WorkerIdInUse(RuntimeError):
+    pass
+
+
+def claim_worker_id(r: redis.Redis, worker_id: str, queue: str) -> None:
+    """Refuse an id a live worker heartbeats under; clear what a killed one left behind.
+
+    A worker restarted under its old id (a pod, a compose service, PID 1 in a container)
+    after SIGKILL or OOM finds RQ's registration of its previous life, which RQ keeps for
+    minutes and would refuse to start over. No heartbeat means no live owner."""
+    beat = r.hget(worker_key(worker_id), "beat_ms")
+    if beat is not None:
+        age_s = max(0.0, now_ms() - int(beat)) / 1000
+        raise WorkerIdInUse(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago"
+                            f" ({worker_key(worker_id)}); give this one another --id / PBT_WORKER_ID")
+    rq_key = SimpleWorker.redis_worker_namespace_prefix + worker_id
+    if r.exists(rq_key):
+        log.warning("worker %s: clearing the RQ registration its previous life left behind", worker_id)
+        pipe = r.pipeline(transaction=False)
+        pipe.delete(rq_key)
+        pipe.srem(REDIS_WORKER_KEYS, rq_key)
+        pipe.srem(WORKERS_BY_QUEUE_KEY % queue, rq_key)
+        pipe.execute()
+
+
 def serve(
     r: redis.Redis,
     queue: str = DEFAULT_QUEUE,
@@ -97,6 +123,7 @@ def serve(
     live_models: int = 1,
 ) -> Runtime:
     rt = Runtime(r, worker_id or default_worker_id(device), device, live_models)
+    claim_worker_id(r, rt.worker_id, queue)
     install(rt)
     hb = Heartbeat(r, rt, queue, heartbeat_s)
     hb.beat()

@@ -76,6 +76,24 @@ def test_heartbeat_key_expires_with_the_worker(fleet, redis_url, r):
     assert not r.exists(worker_key("hb1"))
 
 
+def test_a_worker_restarted_under_its_id_after_sigkill_starts_and_a_live_id_is_refused(fleet, redis_url, r, tmp_path):
+    fleet.start("worker", "pod-0", "--heartbeat-s", "0.5")
+    deadline = time.monotonic() + 30
+    while not r.exists(worker_key("pod-0")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    twin = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=60)
+    assert twin.returncode == 1 and "worker id 'pod-0' is in use" in twin.stderr, twin.stderr
+    fleet.kill("pod-0")  # SIGKILL: RQ's registration of this life stays behind
+    assert r.exists("rq:worker:pod-0")
+    time.sleep(2.0)  # the heartbeat expires (three beats)
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
+    again = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "There exists an active worker" not in again.stderr
+    assert wait_done(redis_url, exp, fleet)["state"] == "done"
+
+
 def test_a_job_naming_another_function_is_refused(fleet, redis_url, r, tmp_path):
     marker = tmp_path / "pwned"
     q = Queue("pbt", connection=r, serializer=MsgpackSerializer)
