@@ -19,6 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .store import CHUNK, PART_SIZE, S3Store, StoreError, open_store
@@ -30,11 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is reported)")
     p.add_argument("--quick", action="store_true", help="small and fast: 8 MB, 1 run (a CI smoke test)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--data", action="store_true", help="the checkpoint data plane (the default when no part is named)")
     p.add_argument("--control", action="store_true",
-                   help="measure the arbiter instead: decisions/s and latency per population (needs --redis;"
-                        " it writes bench experiments into that Redis)")
+                   help="the arbiter: decisions/s and latency per population, and 1/2/4 replicas with Redis CPU")
+    p.add_argument("--fleet", action="store_true",
+                   help="real workers: time in user code, warm segments, bytes per exploit, segments/s")
+    p.add_argument("--all", action="store_true", help="data, control and fleet")
     p.add_argument("--populations", default="16,256,4096", help="with --control: population sizes")
-    p.add_argument("--redis", default=os.environ.get("PBT_REDIS_URL"), help="with --control: Redis URL (env PBT_REDIS_URL)")
+    p.add_argument("--replicas", default="1,2,4", help="with --control: arbiter replica counts")
+    p.add_argument("--workers", type=int, default=2, help="with --fleet: pbt-worker processes (default 2)")
+    p.add_argument("--model-mb", type=float, default=50.0, help="with --fleet: the model's state size")
+    p.add_argument("--redis", default=os.environ.get("PBT_REDIS_URL"),
+                   help="with --control: a Redis it may write bench experiments to (env PBT_REDIS_URL;"
+                        " default: a private redis-server)")
     p.set_defaults(fn=run)
 
 
@@ -156,22 +167,53 @@ def format_table(rows: list[dict[str, Any]], store_url: str) -> str:
     return head
 
 
-def run_control(a: argparse.Namespace) -> int:
-    from .bench_control import format_control, measure
+def run_control(a: argparse.Namespace) -> dict[str, Any]:
+    from .bench_control import measure, measure_replicas
     from .redisconn import connect, redact
 
-    if not a.redis:
-        raise StoreError("--control needs --redis URL (or PBT_REDIS_URL): a Redis it may write bench experiments to")
-    pops = [int(x) for x in a.populations.split(",") if x.strip()]
-    r = connect(a.redis)
-    rows = [measure(r, n, 200 if a.quick else max(2000, 2 * n)) for n in ([16] if a.quick else pops)]
-    print(json.dumps({"control_plane": rows}, indent=2) if a.json else format_control(rows, redact(a.redis)))
-    return 0
+    try:
+        pops = [int(x) for x in a.populations.split(",") if x.strip()]
+        reps = [int(x) for x in a.replicas.split(",") if x.strip()]
+    except ValueError:
+        raise StoreError("--populations/--replicas: give comma-separated whole numbers, e.g. 16,256,4096") from None
+    if not pops or not reps or min(pops + reps) < 1:
+        raise StoreError("--populations/--replicas: give one or more numbers of at least 1")
+    with _redis_for_bench(a.redis) as url:
+        r = connect(url)
+        rows = [measure(r, n, 200 if a.quick else max(4000, 2 * n), 20 if a.quick else 200)
+                for n in ([16] if a.quick else pops)]
+        big = 64 if a.quick else max(pops)
+        replicas = [measure_replicas(url, n, big, rounds=1 if a.quick else 2) for n in ([1, 2] if a.quick else reps)]
+    return {"redis": redact(a.redis or "a private redis-server"), "control_plane": rows, "replicas": replicas}
 
 
-def run(a: argparse.Namespace) -> int:
-    if a.control:
-        return run_control(a)
+@contextmanager
+def _redis_for_bench(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from .local import private_redis
+
+    with tempfile.TemporaryDirectory(prefix="pbt-bench-redis-") as tmp:
+        with private_redis(Path(tmp)) as private:
+            yield private
+
+
+def run_fleet(a: argparse.Namespace) -> list[dict[str, Any]]:
+    from .bench_fleet import measure_fleet
+
+    w = a.workers
+    if w < 1:
+        raise StoreError("--workers must be at least 1")
+    if a.quick:
+        plan = [(w, 3, 0.05, 1.0), (2 * w, 5, 0.0, 0.01)]
+    else:
+        mb = a.model_mb
+        plan = [(w, 10, 0.5, mb), (4 * w, 6, 0.5, mb), (w, 4, 5.0, mb), (4 * w, 2, 5.0, mb), (8 * w, 20, 0.0, 0.01)]
+    return [measure_fleet(w, pop, segs, seg_s, mb) for pop, segs, seg_s, mb in plan]
+
+
+def run_data(a: argparse.Namespace) -> dict[str, Any]:
     try:
         sizes = [8.0] if a.quick else [float(s) for s in a.sizes_mb.split(",") if s.strip()]
     except ValueError:
@@ -184,9 +226,32 @@ def run(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pbt-bench-") as tmp:
         url = a.store or f"file://{tmp}"
         rows = measure(url, sizes, repeat)
-    if a.json:
-        print(json.dumps({"store": url, "repeat": repeat, "part_size_mb": PART_SIZE / 2**20, "data_plane": rows}, indent=2))
-    else:
-        sys.stdout.write(format_table(rows, url))
-    return 0
+    return {"store": url, "repeat": repeat, "part_size_mb": PART_SIZE / 2**20, "data_plane": rows}
 
+
+def run(a: argparse.Namespace) -> int:
+    from .bench_control import format_control, format_replicas
+    from .bench_fleet import format_fleet
+
+    parts = {"data": a.data or a.all, "control": a.control or a.all, "fleet": a.fleet or a.all}
+    if not any(parts.values()):
+        parts["data"] = True
+    out: dict[str, Any] = {}
+    if parts["data"]:
+        out.update(run_data(a))
+        if not a.json:
+            sys.stdout.write(format_table(out["data_plane"], out["store"]))
+    if parts["control"]:
+        out.update(run_control(a))
+        if not a.json:
+            sys.stdout.write("\n" + format_control(out["control_plane"], out["redis"]) + "\n")
+            sys.stdout.write("arbiter replicas, one consumer group, synthetic events\n")
+            sys.stdout.write(format_replicas(out["replicas"]) + "\n")
+    if parts["fleet"]:
+        out["fleet"] = run_fleet(a)
+        if not a.json:
+            sys.stdout.write("\nfleet: real pbt-worker processes and one arbiter on this machine (file:// store)\n")
+            sys.stdout.write(format_fleet(out["fleet"]))
+    if a.json:
+        print(json.dumps(out, indent=2))
+    return 0

@@ -58,42 +58,117 @@ def publish(r: redis.Redis, ev: ReadyEvent) -> None:
     r.xadd(Keys(ev.experiment).events, {"member": ev.member, "seq": ev.seq, "msg": ev.encode()})
 
 
-def measure(r: redis.Redis, population: int, decisions: int) -> dict[str, float]:
+def _backlog(r: redis.Redis, cfg: Any, rng: random.Random) -> int:
+    """Publish a ready event for every queued segment, as workers that train in no time would."""
+    cmds = take_commands(r, cfg.queue)
+    pipe = r.pipeline(transaction=False)
+    for cmd in cmds:
+        ev = fake_event(cmd, rng.random() * (cmd.until_step or 1))
+        pipe.xadd(Keys(ev.experiment).events, {"member": ev.member, "seq": ev.seq, "msg": ev.encode()})
+    pipe.execute()
+    return len(cmds)
+
+
+def _decided(arb: Arbiter) -> int:
+    return sum(arb.stats[a] for a in ("continue", "exploit", "done", "duplicate"))
+
+
+def measure(r: redis.Redis, population: int, decisions: int, latency_samples: int = 200) -> dict[str, float]:
+    """Throughput: the arbiter drains backlogs of one event per member (its batched path), timed
+    as arbiter wall time. Latency: one event at a time on an idle arbiter, from XADD until the
+    member's next segment is queued (what a worker waits when the arbiter keeps up)."""
     cfg = parse(synthetic_experiment(population))
     exp = launch(r, cfg, "file:///nonexistent")
     arb = Arbiter(r, f"bench-{population}", block_ms=10, reap_interval_s=0)
     arb.refresh()
-    latencies: list[float] = []
-    handle = arb.handle
-
-    def timed(*args: Any) -> str:
-        t = time.perf_counter()
-        out = handle(*args)
-        latencies.append(time.perf_counter() - t)
-        return out
-
-    arb.handle = timed  # type: ignore[method-assign]
     rng = random.Random(0)
-    while len(latencies) < decisions:
-        cmds = take_commands(r, cfg.queue)
-        if not cmds:
+    busy_s = 0.0
+    while _decided(arb) < decisions:
+        if not _backlog(r, cfg, rng):
             break
-        pipe = r.pipeline(transaction=False)
-        for cmd in cmds:
-            ev = fake_event(cmd, rng.random() * (cmd.until_step or 1))
-            pipe.xadd(Keys(ev.experiment).events, {"member": ev.member, "seq": ev.seq, "msg": ev.encode()})
-        pipe.execute()
-        arb.run(burst=True)
+        while True:  # the arbiter's own loop, less the idle read that ends each backlog
+            t = time.perf_counter()
+            if not arb.step():
+                break
+            busy_s += time.perf_counter() - t
+    done = _decided(arb)
+    latencies = []
+    for cmd in take_commands(r, cfg.queue)[:latency_samples]:
+        ev = fake_event(cmd, rng.random() * (cmd.until_step or 1))
+        t = time.perf_counter()
+        publish(r, ev)
+        while not arb.step():
+            pass
+        latencies.append(time.perf_counter() - t)
     stop(r, exp, "benchmark finished")
     queue_for(r, cfg.queue).empty()
     latencies.sort()
     return {
         "population": population,
-        "decisions": len(latencies),
+        "decisions": done,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-        "decisions_per_s": len(latencies) / sum(latencies),
+        "decisions_per_s": done / busy_s,
     }
+
+
+def _replica(url: str, name: str, go: Any, out: Any) -> None:
+    from .redisconn import connect
+
+    arb = Arbiter(connect(url), name, block_ms=50, reap_interval_s=0, claim_idle_ms=600_000)
+    arb.refresh()
+    go.wait()
+    arb.run(burst=True)
+    out.put(_decided(arb))
+
+
+def _redis_cpu_s(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure_replicas(url: str, replicas: int, population: int, rounds: int = 2) -> dict[str, float]:
+    """``replicas`` arbiter processes drain the same backlogs together (one consumer group):
+    decisions/s of wall time, and how busy Redis was meanwhile (1.0 = one core)."""
+    import multiprocessing as mp
+
+    from .redisconn import connect
+
+    r = connect(url)
+    cfg = parse(synthetic_experiment(population))
+    exp = launch(r, cfg, "file:///nonexistent")
+    rng = random.Random(0)
+    ctx = mp.get_context("fork")
+    total, wall, cpu = 0, 0.0, 0.0
+    for _ in range(rounds):
+        _backlog(r, cfg, rng)
+        go, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_replica, args=(url, f"rep{i}", go, out)) for i in range(replicas)]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)  # every replica connected and refreshed
+        cpu0, t = _redis_cpu_s(r), time.perf_counter()
+        go.set()
+        counts = [out.get(timeout=300) for _ in procs]
+        wall += time.perf_counter() - t
+        cpu += _redis_cpu_s(r) - cpu0
+        total += sum(counts)
+        for p in procs:
+            p.join()
+    stop(r, exp, "benchmark finished")
+    queue_for(r, cfg.queue).empty()
+    return {"replicas": replicas, "population": population, "decisions": total,
+            "decisions_per_s": total / wall, "redis_cpu": cpu / wall}
+
+
+def format_replicas(rows: list[dict[str, float]]) -> str:
+    out = f"{'replicas':>8} | {'population':>10} | {'decisions':>9} | {'decisions/s':>11} | {'vs 1':>5} | {'Redis CPU':>9}\n"
+    out += "-" * 68 + "\n"
+    base = rows[0]["decisions_per_s"] if rows else 1.0
+    for row in rows:
+        out += (f"{row['replicas']:>8} | {row['population']:>10} | {row['decisions']:>9} | {row['decisions_per_s']:>11.0f}"
+                f" | {row['decisions_per_s'] / base:>5.2f} | {row['redis_cpu']:>8.0%}\n")
+    return out
 
 
 def format_control(rows: list[dict[str, float]], url: str) -> str:
