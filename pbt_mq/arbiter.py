@@ -39,7 +39,7 @@ from .experiment import (
 )
 from .finish import complete_if_all_finished
 from .gc import collect
-from .keys import EXPERIMENTS, GROUP, Keys
+from .keys import EXPERIMENTS, GROUP, Keys, private_queue, worker_key
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
 from .reaper import sweep
 from .rules import decision_rng, explore
@@ -145,13 +145,14 @@ class Arbiter:
             handled += self.handle_many(self._exp_of(stream), entries)
         return handled
 
-    def queue(self, cfg: Experiment, exp: str) -> Any:
-        """The RQ queue for ``exp``'s segments, built once (RQ's constructor is not free)."""
-        key = (cfg.queue, exp if is_cluster(self.r) else "")
+    def queue(self, cfg: Experiment, exp: str, name: str | None = None) -> Any:
+        """The RQ queue for ``exp``'s segments (or the one ``name``d), built once: RQ's
+        constructor is not free."""
+        key = (name or cfg.queue, exp if is_cluster(self.r) else "")
         if key not in self._queues:
             if len(self._queues) > 1024:
                 self._queues.clear()
-            self._queues[key] = queue_for(self.r, cfg.queue, exp)
+            self._queues[key] = queue_for(self.r, key[0], exp)
         return self._queues[key]
 
     def read(self) -> list:
@@ -306,11 +307,12 @@ class Arbiter:
                     return None
                 plans = [self.interpret(cfg, ev, prep, reply, pipe, _entry_ms(entry_id))
                          for (entry_id, _, ev), prep, reply in zip(batch, preps, replies, strict=True)]
+                homes = self.homes(cfg, exp, [(ev, plan) for (_, _, ev), plan in zip(batch, plans, strict=True)])
                 pipe.multi()
                 ends = []
                 for (entry_id, _, ev), plan in zip(batch, plans, strict=True):
                     if plan.action != "duplicate":
-                        self.commit(pipe, cfg, ev, plan)
+                        self.commit(pipe, cfg, ev, plan, homes.get(ev.member))
                     pipe.xack(k.events, GROUP, entry_id)
                     ends.append(len(pipe.command_stack))
                 results = pipe.execute()
@@ -369,9 +371,10 @@ class Arbiter:
                 try:
                     pipe.watch(mkey)
                     plan = self.plan(cfg, ev, pipe, _entry_ms(entry_id))
+                    homes = self.homes(cfg, ev.experiment, [(ev, plan)])
                     pipe.multi()
                     if plan.action != "duplicate":
-                        self.commit(pipe, cfg, ev, plan)
+                        self.commit(pipe, cfg, ev, plan, homes.get(ev.member))
                     pipe.xack(k.events, GROUP, entry_id)
                     results = pipe.execute()
                     break
@@ -467,7 +470,24 @@ class Arbiter:
             return f"trained {s.seconds} s", False
         return "", False
 
-    def commit(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan) -> None:
+    def homes(self, cfg: Experiment, exp: str, decided: list[tuple[ReadyEvent, Plan]]) -> dict[str, str]:
+        """member -> the private queue of the worker that holds it live, for continuing segments,
+        when nothing waits in the shared queue (so a warm start never jumps a queue of others)
+        and that worker is alive on this queue. One read, outside the transaction: a hint."""
+        cands = [ev for ev, plan in decided if plan.action == "continue" and ev.worker]
+        if not cands or is_cluster(self.r):
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        pipe.llen(self.queue(cfg, exp).key)
+        for ev in cands:
+            pipe.hget(worker_key(ev.worker), "queue")
+        waiting, *queues = pipe.execute()
+        if waiting:
+            return {}
+        return {ev.member: private_queue(cfg.queue, ev.worker)
+                for ev, q in zip(cands, queues, strict=True) if q == cfg.queue.encode()}
+
+    def commit(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, home: str | None = None) -> None:
         k = Keys(ev.experiment)
         cmd = plan.cmd
         member = {
@@ -494,7 +514,7 @@ class Arbiter:
         pipe.hset(k.parents, ev.checkpoint.key, ev.start_key or "")
         pipe.xadd(k.lineage, self.lineage_record(ev, plan))
         if cmd:
-            enqueue_segment(pipe, self.queue(cfg, cmd.experiment), cfg, cmd, member=member)
+            enqueue_segment(pipe, self.queue(cfg, cmd.experiment, home), cfg, cmd, member=member)
             pipe.hget(k.meta, "finished")
         else:
             pipe.hset(k.member(ev.member), mapping=member)

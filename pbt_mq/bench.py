@@ -206,11 +206,13 @@ def run_fleet(a: argparse.Namespace) -> list[dict[str, Any]]:
     if w < 1:
         raise StoreError("--workers must be at least 1")
     if a.quick:
-        plan = [(w, 3, 0.05, 1.0), (2 * w, 5, 0.0, 0.01)]
+        plan = [(w, 3, 0.05, 1.0, True), (2 * w, 5, 0.0, 0.01, False)]
     else:
         mb = a.model_mb
-        plan = [(w, 10, 0.5, mb), (4 * w, 6, 0.5, mb), (w, 4, 5.0, mb), (4 * w, 2, 5.0, mb), (8 * w, 20, 0.0, 0.01)]
-    return [measure_fleet(w, pop, segs, seg_s, mb) for pop, segs, seg_s, mb in plan]
+        plan = [(pop, segs, seg_s, mb, overlap) for seg_s, segs in ((0.5, 10), (5.0, 4))
+                for pop in (w, 4 * w) for overlap in (False, True)]
+        plan.append((8 * w, 20, 0.0, 0.01, False))
+    return [measure_fleet(w, pop, segs, seg_s, mb, overlap) for pop, segs, seg_s, mb, overlap in plan]
 
 
 def run_data(a: argparse.Namespace) -> dict[str, Any]:

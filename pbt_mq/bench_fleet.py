@@ -28,8 +28,10 @@ from .protocol import ReadyEvent
 from .redisconn import connect
 
 
-def bench_experiment(population: int, segments: int, segment_s: float, model_mb: float) -> dict[str, Any]:
+def bench_experiment(population: int, segments: int, segment_s: float, model_mb: float,
+                     overlap: bool = False) -> dict[str, Any]:
     return {
+        "worker": {"overlap_upload": overlap},
         "name": "bench-fleet", "trainable": "pbt_mq.bench_trainable:BenchModel", "metric": "score",
         "seed": 0, "population": {"size": population}, "ready": {"steps": 1}, "stop": {"steps": segments},
         "trainable_args": {"model_mb": model_mb, "step_s": segment_s},
@@ -39,10 +41,10 @@ def bench_experiment(population: int, segments: int, segment_s: float, model_mb:
 
 
 def measure_fleet(workers: int, population: int, segments: int, segment_s: float, model_mb: float,
-                  timeout_s: float = 600.0) -> dict[str, Any]:
+                  overlap: bool = False, timeout_s: float = 600.0) -> dict[str, Any]:
     from .local import fleet
 
-    cfg = parse(bench_experiment(population, segments, segment_s, model_mb))
+    cfg = parse(bench_experiment(population, segments, segment_s, model_mb, overlap))
     with tempfile.TemporaryDirectory(prefix="pbt-bench-fleet-") as tmp:
         wd = Path(tmp)
         (wd / "logs").mkdir()
@@ -58,7 +60,8 @@ def measure_fleet(workers: int, population: int, segments: int, segment_s: float
             if (r.hget(Keys(exp).meta, "state") or b"").decode() != DONE:
                 raise RuntimeError(f"bench experiment {exp} ended {r.hget(Keys(exp).meta, 'reason')!r}")
             row = analyse(r, exp)
-    row.update(workers=workers, population=population, segment_s=segment_s, model_mb=model_mb)
+    row.update(workers=workers, population=population, segment_s=segment_s, model_mb=model_mb,
+               upload="overlap" if overlap else "sync")
     return row
 
 
@@ -115,11 +118,11 @@ def _start_size(ev: ReadyEvent, events: list[tuple[float, ReadyEvent]]) -> int:
 
 
 def format_fleet(rows: list[dict[str, Any]]) -> str:
-    out = (f"{'workers':>7} | {'pop':>4} | {'segment':>7} | {'model':>6} | {'segments':>8} | {'user time':>9} | "
+    out = (f"{'workers':>7} | {'pop':>4} | {'segment':>7} | {'model':>6} | {'upload':>7} | {'segments':>8} | {'user time':>9} | "
            f"{'warm':>6} | {'MB/exploit':>10} | {'segments/s':>10}\n")
-    out += "-" * 96 + "\n"
+    out += "-" * 106 + "\n"
     for x in rows:
-        out += (f"{x['workers']:>7} | {x['population']:>4} | {x['segment_s']:>6g}s | {x['model_mb']:>4g}MB | "
+        out += (f"{x['workers']:>7} | {x['population']:>4} | {x['segment_s']:>6g}s | {x['model_mb']:>4g}MB | {x['upload']:>7} | "
                 f"{x['segments']:>8} | {x['user_fraction']:>9.1%} | {x['warm_fraction']:>6.0%} | "
                 f"{x['mb_per_exploit']:>10.1f} | {x['segments_per_s']:>10.1f}\n")
     return out

@@ -7,6 +7,7 @@ and loaded back only after its sha256 is verified, with ``weights_only=True``.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -42,6 +43,28 @@ def save(store: Store, key: str, obj: Any) -> CheckpointRef:
             torch.save(obj, w)
         retrying(lambda: store.put_file(key, tmp, w.sha256, w.size), f"upload {key}")
         return CheckpointRef(key=key, sha256=w.sha256, size=w.size)
+    finally:
+        os.unlink(tmp)
+
+
+def serialize(obj: Any) -> tuple[memoryview, str, int]:
+    """``torch.save`` into memory, hashed in the same pass: (bytes, sha256, size)."""
+    import torch
+
+    buf = io.BytesIO()
+    with _no_zip_crc32():
+        w = HashingWriter(buf)
+        torch.save(obj, w)
+    return buf.getbuffer(), w.sha256, w.size
+
+
+def upload(store: Store, key: str, data: memoryview, sha256: str) -> None:
+    """Put serialized bytes under ``key`` (through a scratch file, as ``save`` does)."""
+    fd, tmp = tempfile.mkstemp(prefix="pbt-save-", suffix=".pt", dir=scratch_dir(store))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        retrying(lambda: store.put_file(key, tmp, sha256, len(data)), f"upload {key}")
     finally:
         os.unlink(tmp)
 

@@ -51,6 +51,7 @@ class Stop:
 class WorkerSettings:
     segment_timeout_s: int = 3600
     max_retries: int = 2
+    overlap_upload: bool = False  # publish once serialized and hashed; upload while the next segment trains
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ def _worker(t: _Reader) -> WorkerSettings:
     w = WorkerSettings(
         segment_timeout_s=t.int("segment_timeout_s", default=3600, low=1),
         max_retries=t.int("max_retries", default=2, low=0, high=100),
+        overlap_upload=t.bool("overlap_upload", default=False),
     )
     t.done()
     return w

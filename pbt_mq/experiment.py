@@ -95,7 +95,8 @@ def enqueue_segment(pipe: Any, queue: Queue, cfg: Experiment, cmd: SegmentComman
         description=f"{cmd.experiment} {cmd.member} seq={cmd.seq} step={cmd.step} ({cmd.why})",
     )
     mkey = Keys(cmd.experiment).member(cmd.member)
-    fields = {**(member or {}), "state": "queued", "seq": cmd.seq, "job": jid, "cmd": wire, "queued_ms": now_ms()}
+    fields = {**(member or {}), "state": "queued", "seq": cmd.seq, "job": jid, "cmd": wire, "queued_ms": now_ms(),
+              "queue": queue.name}
     pipe.hset(mkey, mapping=fields)
     pipe.hdel(mkey, "limbo_ms")
     queue.enqueue_job(job, pipeline=pipe)

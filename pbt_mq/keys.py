@@ -59,6 +59,12 @@ DEAD = f"{ROOT}:dead"  # dead letters that belong to no experiment (e.g. forged 
 DEFAULT_QUEUE = "pbt"
 
 
+def private_queue(queue: str, worker_id: str) -> str:
+    """A worker's own RQ queue, listened to before the shared one: the arbiter sends a member's
+    continuing segment there, to the worker that holds its model live, when no one waits."""
+    return f"{queue}@{worker_id}"
+
+
 def worker_key(worker_id: str) -> str:
     return f"{ROOT}:worker:{worker_id}"
 

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 
 import redis
+from rq import Queue
 
 from .config import Experiment
 from .experiment import enqueue_segment, member_ids, now_ms, queue_for
@@ -31,7 +32,7 @@ from .keys import Keys, worker_key
 from .protocol import ProtocolError, SegmentCommand
 
 log = logging.getLogger("pbt_mq.reaper")
-FIELDS = ("state", "seq", "job", "worker", "started_ms", "limbo_ms")
+FIELDS = ("state", "seq", "job", "worker", "started_ms", "limbo_ms", "queue")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Orphan:
     job: str
     state: str
     reason: str
+    queue: str = ""  # a worker's private queue the job was sent to, if any
 
 
 def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: int | None = None) -> list[Orphan]:
@@ -55,7 +57,12 @@ def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: 
     members = {m: dict(zip(FIELDS, [v.decode() if v is not None else None for v in row], strict=True))
                for m, row in zip(ids, rows, strict=True)}
     now = now if now is not None else now_ms()
-    beats = _heartbeats(r, {h["worker"] for h in members.values() if h["state"] == "running" and h["worker"]})
+    homes = {m: h["queue"] for m, h in members.items() if h["state"] == "queued" and h["job"]
+             and h["job"] not in in_queue and h["queue"] and h["queue"] != queue.name and "@" in h["queue"]}
+    owners = {m: q.rsplit("@", 1)[1] for m, q in homes.items()}
+    beats = _heartbeats(r, {h["worker"] for h in members.values() if h["state"] == "running" and h["worker"]}
+                        | set(owners.values()))
+    waiting = _in_private_queues(r, {m: (homes[m], members[m]["job"]) for m in homes})
     orphans, limbo = [], []
     for m, h in members.items():
         if h["state"] == "running":
@@ -64,6 +71,11 @@ def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: 
                 orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} stopped heartbeating"))
             elif beat != f"{exp}/{m}/{h['seq']}" and now - int(h["started_ms"] or 0) > grace_ms:
                 orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} is running {beat or 'nothing'}"))
+        elif m in homes and owners[m] not in beats:
+            orphans.append(Orphan(m, h["job"], "queued", f"worker {owners[m]} stopped heartbeating with the"
+                                  " segment in its own queue", homes[m]))
+        elif m in waiting:
+            continue  # in its live worker's own queue: it takes it next
         elif h["state"] == "queued" and h["job"] and h["job"] not in in_queue:
             if h["limbo_ms"] is None:
                 limbo.append(m)
@@ -75,6 +87,16 @@ def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: 
             pipe.hsetnx(k.member(m), "limbo_ms", now)
         pipe.execute()
     return orphans
+
+
+def _in_private_queues(r: redis.Redis, jobs: dict[str, tuple[str, str]]) -> set[str]:
+    """The members whose job still waits in the private queue it was sent to."""
+    if not jobs:
+        return set()
+    pipe = r.pipeline(transaction=False)
+    for name, job in jobs.values():
+        pipe.lpos(Queue.redis_queue_namespace_prefix + name, job)
+    return {m for m, pos in zip(jobs, pipe.execute(), strict=True) if pos is not None}
 
 
 def _heartbeats(r: redis.Redis, workers: set[str]) -> dict[str, str]:
@@ -111,6 +133,8 @@ def requeue(r: redis.Redis, exp: str, cfg: Experiment, orphan: Orphan) -> str:
             pipe.multi()
             pipe.hset(mkey, mapping={"reaped": n, "error": f"requeued: {orphan.reason}"})
             pipe.lrem(queue.intermediate_queue_key, 0, orphan.job)
+            if orphan.queue:  # a dead worker's own queue: take the stale copy out
+                pipe.lrem(Queue.redis_queue_namespace_prefix + orphan.queue, 0, orphan.job)
             enqueue_segment(pipe, queue, cfg, cmd, suffix=f"_r{n}")
             pipe.execute()
         except redis.WatchError:

@@ -34,11 +34,12 @@ from .experiment import (
 )
 from .finish import fail_member
 from .keys import Keys
-from .protocol import ReadyEvent, SegmentCommand
+from .protocol import CheckpointRef, ReadyEvent, SegmentCommand
 from .recovery import donors, quarantine
 from .scripts import claim_segment
 from .store import ChecksumError, MissingObject, Store, open_store
 from .trainable import import_trainable
+from .uploads import Uploads, await_upload
 
 log = logging.getLogger("pbt_mq.worker")
 
@@ -70,6 +71,8 @@ class Runtime:
         self.store_urls: dict[str, str] = {}
         self.stats: Counter[str] = Counter()
         self.current: str = ""
+        self.uploads = Uploads(r)
+        self.pending: tuple | None = None  # an overlapped upload waiting for its event to go out
 
     def store(self, url: str) -> Store:
         if url not in self.stores:
@@ -88,6 +91,7 @@ class Runtime:
             self.stats["skipped"] += 1
             return {"skipped": claim}
         self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
+        self.pending = None
         try:
             event = self._train(cfg, cmd)
         except Exception as exc:
@@ -98,11 +102,14 @@ class Runtime:
             self.current = ""
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
-        if not self._publish(k, cmd, job_id, event):
+        pending, self.pending = self.pending, None
+        if not self._publish(k, cmd, job_id, event, stored=pending is None):
             log.warning("%s %s seq=%d: a requeued copy owns the member now; result dropped",
                         cmd.experiment, cmd.member, cmd.seq)
             self.stats["superseded"] += 1
             return {"skipped": "superseded"}
+        if pending is not None:
+            self.uploads.start(*pending)
         self.stats["segments"] += 1
         if pbt_metrics.ON:
             pbt_metrics.segment_done(cmd, event)
@@ -112,7 +119,7 @@ class Runtime:
         )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
 
-    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent) -> bool:
+    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True) -> bool:
         """Publish the event and mark the member "ready", only if this job still owns the member.
 
         From then on the consumer group owns the member's progress (the reaper leaves it
@@ -132,8 +139,9 @@ class Runtime:
                     pipe.xadd(k.events, {"member": cmd.member, "seq": cmd.seq, "step": event.step,
                                          "score": repr(event.score), "msg": event.encode()})
                     pipe.hset(mkey, "state", "ready")
-                    pipe.zrem(k.uploading, event.checkpoint.key)
-                    pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
+                    if stored:  # else the upload in flight moves it when the object is in the store
+                        pipe.zrem(k.uploading, event.checkpoint.key)
+                        pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -155,7 +163,12 @@ class Runtime:
         key = f"{cmd.experiment}/{cmd.member}/{cmd.seq:06d}-s{step}-{secrets.token_hex(4)}.pt"
         state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
         self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
-        ref = checkpoint.save(store, key, state)
+        if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
+            data, sha256, size = checkpoint.serialize(state)
+            ref = CheckpointRef(key, sha256, size)
+            self.pending = (store, cmd.experiment, key, data, sha256)
+        else:
+            ref = checkpoint.save(store, key, state)
         t4 = time.perf_counter()
         if self.live_models:
             self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
@@ -189,7 +202,7 @@ class Runtime:
                 trainable = self._construct(cfg, cmd)
             return trainable, "fresh", Start(0, None)
         try:
-            state = checkpoint.load(store, cmd.start, map_location=self.device)
+            state = self._load(store, cmd.start, cmd.experiment)
         except (ChecksumError, MissingObject, UnsafeCheckpoint) as exc:
             return self._recover(cfg, cmd, store, trainable, exc)
         trainable.load_state_dict(state["state"])
@@ -207,7 +220,7 @@ class Runtime:
             if ref.key in bad:
                 continue
             try:
-                state = checkpoint.load(store, ref, map_location=self.device)
+                state = self._load(store, ref, cmd.experiment)
             except (ChecksumError, MissingObject, UnsafeCheckpoint) as again:
                 bad.add(ref.key)
                 quarantine(self.r, cmd.experiment, ref.key, str(again))
@@ -217,6 +230,15 @@ class Runtime:
             return trainable, "recovered", Start(step, ref.key)
         log.warning("%s %s: no good checkpoint left; starting afresh", cmd.experiment, cmd.member)
         return self._construct(cfg, cmd), "recovered", Start(0, None)
+
+    def _load(self, store: Store, ref: CheckpointRef, exp: str) -> Any:
+        """Download and verify; a checkpoint still being uploaded (overlap_upload) is waited for."""
+        try:
+            return checkpoint.load(store, ref, map_location=self.device)
+        except MissingObject:
+            if not await_upload(self.r, exp, ref.key):
+                raise
+            return checkpoint.load(store, ref, map_location=self.device)
 
     def _construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         cls = import_trainable(cfg.trainable)

@@ -24,7 +24,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from .cluster import ExperimentQueue, TaggedSegmentJob, is_cluster
 from .experiment import now_ms, queue_for
-from .keys import DEAD, DEFAULT_QUEUE, WORKERS, worker_key
+from .keys import DEAD, DEFAULT_QUEUE, WORKERS, private_queue, worker_key
 from .protocol import ProtocolError
 from .segment import Runtime, install
 from .serializer import MsgpackSerializer, SegmentJob
@@ -140,7 +140,8 @@ def serve(
         kind: dict = dict(queue_class=ExperimentQueue, job_class=TaggedSegmentJob)
         queues = [ExperimentQueue(queue, connection=r, serializer=MsgpackSerializer, job_class=TaggedSegmentJob)]
     else:
-        kind, queues = dict(job_class=SegmentJob), [queue_for(r, queue)]
+        kind = dict(job_class=SegmentJob)
+        queues = [queue_for(r, private_queue(queue, rt.worker_id)), queue_for(r, queue)]  # its own first
     w = SegmentWorker(
         queues,
         connection=r,
@@ -155,6 +156,7 @@ def serve(
         rq_level = "DEBUG" if log.getEffectiveLevel() <= logging.DEBUG else "WARNING"
         w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
     finally:
+        rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes
         hb.stop()
         log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
     return rt

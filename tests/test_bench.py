@@ -80,24 +80,23 @@ def test_bench_unreachable_store_is_a_clear_error() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_control_plane_bench_quick_reports_decisions(redis_url):
+def control_bench(redis_url: str) -> dict:
     res = subprocess.run(
         [sys.executable, "-m", "pbt_mq", "bench", "--control", "--quick", "--json", "--redis", redis_url],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout)["control_plane"]
+    return json.loads(res.stdout)
+
+
+def test_control_plane_bench_quick_reports_decisions(redis_url):
+    rows = control_bench(redis_url)["control_plane"]
     assert rows[0]["population"] == 16 and rows[0]["decisions"] >= 200
     assert rows[0]["p50_ms"] > 0 and rows[0]["decisions_per_s"] > 0
 
 
 def test_control_plane_bench_reports_replicas_and_redis_cpu(redis_url):
-    res = subprocess.run(
-        [sys.executable, "-m", "pbt_mq", "bench", "--control", "--quick", "--json", "--redis", redis_url],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr
-    reps = json.loads(res.stdout)["replicas"]
+    reps = control_bench(redis_url)["replicas"]
     assert [x["replicas"] for x in reps] == [1, 2]
     assert all(x["decisions"] == x["population"] for x in reps), reps  # each backlog event decided once
     assert all(x["decisions_per_s"] > 0 and 0 <= x["redis_cpu"] for x in reps)
@@ -113,4 +112,4 @@ def test_fleet_bench_quick_runs_real_workers(tmp_path):
     assert [(x["workers"], x["population"]) for x in rows] == [(2, 2), (2, 4)]
     first = rows[0]
     assert first["segments"] >= 6 and 0 < first["user_fraction"] <= 1 and 0 <= first["warm_fraction"] <= 1
-    assert first["segments_per_s"] > 0 and rows[1]["segments"] >= 20
+    assert first["segments_per_s"] > 0 and 4 <= rows[1]["segments"] <= 20  # an exploit skips ahead

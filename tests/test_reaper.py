@@ -10,7 +10,7 @@ from pbt_mq.arbiter import Arbiter
 from pbt_mq.config import load_file
 from pbt_mq.experiment import launch as launch_in_process
 from pbt_mq.experiment import queue_for
-from pbt_mq.keys import Keys
+from pbt_mq.keys import Keys, private_queue, worker_key
 from pbt_mq.protocol import ReadyEvent, SegmentCommand
 from pbt_mq.reaper import find_orphans, requeue, sweep
 
@@ -77,6 +77,22 @@ def test_a_job_lost_between_dequeue_and_start_is_queued_again(r, tmp_path):
     assert r.llen(q.intermediate_queue_key) == 0
     cmd = SegmentCommand.decode(r.hget(Keys(exp).member("m000"), "cmd"))
     assert cmd.seq == 0 and cmd.why == "start"
+
+
+def test_a_segment_in_a_dead_workers_own_queue_is_queued_again(r, tmp_path):
+    cfg = load_file(TOY, ["population.size=1", "population.initial=[]"])
+    exp = launch_in_process(r, cfg, f"file://{tmp_path}")
+    shared, own = queue_for(r, "pbt"), queue_for(r, private_queue("pbt", "gone"))
+    job = r.lmove(shared.key, own.key)  # the arbiter sent it to the worker holding the model live
+    r.hset(Keys(exp).member("m000"), "queue", own.name)
+    r.hset(worker_key("gone"), mapping={"queue": "pbt", "beat_ms": 1})  # alive: it takes it next
+    assert find_orphans(r, exp, cfg, grace_ms=0) == []
+    r.delete(worker_key("gone"))  # then it died
+    orphans = find_orphans(r, exp, cfg, grace_ms=60_000)  # no grace: its queue died with it
+    assert [(o.member, o.queue) for o in orphans] == [("m000", own.name)]
+    assert "gone stopped heartbeating" in orphans[0].reason
+    assert requeue(r, exp, cfg, orphans[0]) == "requeued"
+    assert shared.get_job_ids() == [job.decode() + "_r1"] and own.get_job_ids() == []
 
 
 def test_a_segment_that_keeps_killing_workers_fails_the_member(r, tmp_path):

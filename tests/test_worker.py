@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import msgpack
-from helpers import launch, pbt, status
+from helpers import PAPER_INIT_4, launch, pbt, status
 from rq import Queue
 
+from pbt_mq import checkpoint
 from pbt_mq.keys import Keys, worker_key
-from pbt_mq.protocol import ReadyEvent
+from pbt_mq.lineage import records
+from pbt_mq.protocol import CheckpointRef, ReadyEvent
 from pbt_mq.serializer import MsgpackSerializer
+from pbt_mq.store import open_store
+from pbt_mq.uploads import await_upload
 
 
 def events(r, exp: str) -> list[ReadyEvent]:
@@ -34,6 +39,49 @@ def test_a_continuing_member_is_served_warm(fleet, redis_url, r, s3_url):
     assert all("warm" in e.timings_s for e in evs[1:]), [sorted(e.timings_s) for e in evs]
     assert all(e.timings_s["load"] < 0.5 for e in evs[1:])  # sanity, not a benchmark
     assert evs[-1].step == 100 and evs[-1].score > 1.19
+
+
+def test_continuing_members_stay_on_the_worker_that_holds_them(fleet, redis_url, r, tmp_path):
+    # Instant segments on two idle workers: with one shared FIFO queue, about half of the
+    # continuing segments would land on the other worker and start cold.
+    for name in ("w1", "w2"):
+        fleet.start("worker", name)
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path}/ckpt", "exploit.rule=none", "stop.steps=60")
+    wait_done(redis_url, exp, fleet)
+    evs = events(r, exp)
+    assert len(evs) == 30
+    later = [e for e in evs if e.seq > 0]
+    assert all("warm" in e.timings_s for e in later), [(e.member, e.seq, e.worker, sorted(e.timings_s)) for e in later]
+    for m in ("m000", "m001"):
+        assert len({e.worker for e in later if e.member == m}) == 1
+
+
+def test_overlapped_uploads_lose_nothing(fleet, redis_url, r, s3_url):
+    for name in ("w1", "w2"):
+        fleet.start("worker", name)
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, s3_url, "population.size=4", PAPER_INIT_4, "worker.overlap_upload=true")
+    st = wait_done(redis_url, exp, fleet)
+    assert st["state"] == "done"
+    k = Keys(exp)
+    assert r.zcard(k.uploading) == 0  # every upload landed and was moved to "stored"
+    assert any(rec["action"] == "exploit" for rec in records(r, exp))
+    store = open_store(s3_url)
+    for m in ("m000", "m001", "m002", "m003"):
+        h = r.hgetall(k.member(m))
+        ref = CheckpointRef(h[b"ckpt_key"].decode(), h[b"ckpt_sha256"].decode(), int(h[b"ckpt_size"]))
+        assert checkpoint.load(store, ref)["step"] == 100
+    assert "recover" not in fleet.log("w1") + fleet.log("w2")
+
+
+def test_a_download_waits_for_an_upload_in_flight(r):
+    k = Keys("exp-x")
+    r.zadd(k.uploading, {"exp-x/m000/1.pt": 1})
+    threading.Timer(0.2, lambda: r.zrem(k.uploading, "exp-x/m000/1.pt")).start()
+    assert await_upload(r, "exp-x", "exp-x/m000/1.pt") is True
+    assert r.zscore(k.uploading, "exp-x/m000/1.pt") is None
+    assert await_upload(r, "exp-x", "exp-x/m000/2.pt") is False  # not uploading: really missing
 
 
 def test_a_failing_member_is_retried_then_marked_failed_and_the_rest_go_on(fleet, redis_url, r, tmp_path):

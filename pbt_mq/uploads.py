@@ -1,0 +1,66 @@
+"""Checkpoint uploads that overlap the next segment (``[worker] overlap_upload = true``).
+
+The worker serializes and hashes the state in memory, publishes the event at once, and
+uploads from a background thread while the arbiter decides and the next segment trains
+(warm, it needs no download). The key stays in ``pbt:{EXP}:uploading`` until the object is
+in the store, and a worker that must download it meanwhile waits for it (``await_upload``).
+The price: a worker killed in that window leaves an event whose checkpoint never lands, and
+a member that would start from it recovers from the best other checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from . import checkpoint
+from .experiment import now_ms
+from .keys import Keys
+
+log = logging.getLogger("pbt_mq.worker")
+WAIT_MAX_S = 600.0  # how long a download waits for an upload still in flight
+
+
+class Uploads:
+    """At most one upload in flight per worker: memory stays bounded by one checkpoint."""
+
+    def __init__(self, r: Any):
+        self.r = r
+        self._thread: threading.Thread | None = None
+
+    def start(self, store: Any, exp: str, key: str, data: memoryview, sha256: str) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(store, exp, key, data, sha256),
+                                        name="pbt-upload", daemon=True)
+        self._thread.start()
+
+    def _run(self, store: Any, exp: str, key: str, data: memoryview, sha256: str) -> None:
+        try:
+            checkpoint.upload(store, key, data, sha256)
+        except Exception as exc:  # the store stayed down past its retries
+            log.error("%s: upload of %s failed (%s); members starting from it will recover", exp, key, exc)
+            return
+        k = Keys(exp)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(k.uploading, key)
+        pipe.zadd(k.stored, {key: now_ms()})
+        pipe.execute()
+
+    def wait(self) -> None:
+        """Until the upload in flight (if any) is in the store: before the next, and at exit."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def await_upload(r: Any, exp: str, key: str, wait_max_s: float = WAIT_MAX_S) -> bool:
+    """Wait while ``key`` is still being uploaded; False if it is not (it is really missing)."""
+    uploading = Keys(exp).uploading
+    deadline = time.monotonic() + wait_max_s
+    if r.zscore(uploading, key) is None:
+        return False
+    while r.zscore(uploading, key) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
