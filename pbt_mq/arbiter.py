@@ -47,6 +47,7 @@ from .scripts import call as call_script
 from .scripts import set_state_if
 from .scripts import sha as script_sha
 from .store import Store, StoreError, open_store
+from .trim import trim_events
 
 log = logging.getLogger("pbt_mq.arbiter")
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
@@ -87,6 +88,7 @@ class Arbiter:
         refresh_s: float = 1.0,
         reap_interval_s: float = 2.0,
         reap_grace_ms: int = 10_000,
+        events_retention_s: float = 3600.0,
     ):
         self.r = r
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -101,6 +103,8 @@ class Arbiter:
         self._refreshed = 0.0
         self._claimed = 0.0
         self._reaped = 0.0
+        self._trimmed = 0.0
+        self.events_retention_s = events_retention_s  # < 0: never trim
         self.stores: dict[str, Store] = {}
         self._queues: dict[tuple[str, str], Any] = {}
         self._gc_at: dict[str, float] = {}
@@ -140,6 +144,7 @@ class Arbiter:
         if self.reap_interval_s > 0 and now - self._reaped >= self.reap_interval_s:
             self.reap()
             self.collect_garbage(list(self.configs), now)
+            self.trim(list(self.configs), now)
             self._reaped = now
         for stream, entries in self.read():
             handled += self.handle_many(self._exp_of(stream), entries)
@@ -235,6 +240,17 @@ class Arbiter:
                 raise StoreError(f"experiment {exp}: no store URL in its meta hash")
             self.stores[exp] = open_store(url.decode())
         return self.stores[exp]
+
+    def trim(self, exps: list[str], now: float) -> None:
+        """Bound every running experiment's events stream, once a minute each (trim.py)."""
+        if now - self._trimmed < 60.0 or self.events_retention_s < 0:
+            return
+        self._trimmed = now
+        for e in exps:
+            try:
+                self.stats["trimmed"] += trim_events(self.r, e, self.events_retention_s, now_ms())
+            except redis.RedisError as exc:
+                log.warning("trim: %s: %s", e, exc)
 
     def reap(self) -> None:
         """Requeue the segments of members whose worker died or whose job was lost."""

@@ -375,6 +375,9 @@ def build_arbiter_parser() -> argparse.ArgumentParser:
                    help="requeue a segment whose job left the queue but never started after this long (env PBT_REAP_GRACE_MS)")
     p.add_argument("--reap-interval-ms", type=int, default=int(env("PBT_REAP_INTERVAL_MS", "2000")),
                    help="how often to look for segments of dead workers; 0 turns the reaper off (env PBT_REAP_INTERVAL_MS)")
+    p.add_argument("--events-retention-s", type=float, default=float(env("PBT_EVENTS_RETENTION_S", "3600")),
+                   help="trim decided events older than this from each events stream; < 0 keeps all"
+                        " (env PBT_EVENTS_RETENTION_S; the lineage stream is never trimmed)")
     p.add_argument("--burst", action="store_true", help="exit when no events are waiting")
     _metrics_opt(p)
     _log_opt(p)
@@ -396,6 +399,7 @@ def arbiter_main(argv: Sequence[str] | None = None) -> int:
         arb = Arbiter(
             r, a.name, block_ms=a.block_ms, claim_idle_ms=a.claim_idle_ms,
             reap_interval_s=a.reap_interval_ms / 1000, reap_grace_ms=a.reap_grace_ms,
+            events_retention_s=a.events_retention_s,
         )
 
         def on_term(signum: int, frame: Any) -> None:

@@ -32,7 +32,9 @@ one Redis Cluster slot::
 
 The arbiters' consumer group on every events stream is ``arbiters``. RQ's own keys
 (``rq:queue:pbt``, ``rq:job:...``) hold queued segments; job ids are
-``EXP_M_SEQ`` so a redelivered decision can never queue a second copy.
+``EXP_M_SEQ`` so a redelivered decision can never queue a second copy. ``rq:queue:pbt@{ID}`` is
+worker ID's own queue (it reads it before the shared one): continuing segments of the members it
+holds live, sent there when no one waits in the shared queue.
 
 On a Redis Cluster (recognised when connecting) the RQ keys a decision writes move into
 the experiment's slot too (cluster.py): ``rq:queue:pbt:{EXP}`` (one queue per experiment;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import time
 
 import msgpack
 import pytest
@@ -131,3 +132,25 @@ def test_mode_min_prefers_lower_metric(r):
     by_ckpt = {x["ckpt_key"]: x for x in recs}
     for rec in exploits:
         assert float(by_ckpt[rec["next_start_key"]]["score"]) < float(rec["score"])
+
+
+def test_decided_events_are_trimmed_and_undecided_ones_never(r, toy):
+    from pbt_mq.trim import trim_events
+
+    cfg, exp = toy
+    k = Keys(exp)
+    arb = Arbiter(r, "t1", block_ms=10)
+    first = take_commands(r)
+    for cmd in first[:3]:
+        publish(r, fake_event(cmd, 1.0))
+    arb.run(burst=True)  # three decided events
+    for cmd in first[3:]:
+        publish(r, fake_event(cmd, 1.0))  # three not yet delivered
+    r.xreadgroup("arbiters", "t2", {k.events: ">"}, count=1)  # and one of them pending
+    assert r.xlen(k.events) == 6
+    later_ms = int(time.time() * 1000) + 3_600_000
+    assert trim_events(r, exp, 0.0, later_ms) == 3  # all decided ones are past the window
+    left = [f[b"member"].decode() for _, f in r.xrange(k.events)]
+    assert left == [c.member for c in first[3:]]  # the pending and the undelivered stay
+    assert trim_events(r, exp, 0.0, later_ms) == 0
+    assert trim_events(r, exp, 3600.0, int(time.time() * 1000)) == 0  # inside the window: kept
