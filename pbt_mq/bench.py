@@ -180,7 +180,7 @@ def run_control(a: argparse.Namespace) -> dict[str, Any]:
         raise StoreError("--populations/--replicas: give one or more numbers of at least 1")
     with _redis_for_bench(a.redis) as url:
         r = connect(url)
-        rows = [measure(r, n, 200 if a.quick else max(4000, 2 * n), 20 if a.quick else 200)
+        rows = [measure(r, n, 200 if a.quick else max(4000, 2 * n), 20 if a.quick else 1000)
                 for n in ([16] if a.quick else pops)]
         big = 64 if a.quick else max(pops)
         replicas = [measure_replicas(url, n, big, rounds=1 if a.quick else 2) for n in ([1, 2] if a.quick else reps)]

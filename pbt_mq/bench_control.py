@@ -92,14 +92,18 @@ def measure(r: redis.Redis, population: int, decisions: int, latency_samples: in
                 break
             busy_s += time.perf_counter() - t
     done = _decided(arb)
-    latencies = []
-    for cmd in take_commands(r, cfg.queue)[:latency_samples]:
-        ev = fake_event(cmd, rng.random() * (cmd.until_step or 1))
-        t = time.perf_counter()
-        publish(r, ev)
-        while not arb.step():
-            pass
-        latencies.append(time.perf_counter() - t)
+    latencies: list[float] = []
+    while len(latencies) < latency_samples:
+        cmds = take_commands(r, cfg.queue)[: latency_samples - len(latencies)]
+        if not cmds:
+            break
+        for cmd in cmds:
+            ev = fake_event(cmd, rng.random() * (cmd.until_step or 1))
+            t = time.perf_counter()
+            publish(r, ev)
+            while not arb.step():
+                pass
+            latencies.append(time.perf_counter() - t)
     stop(r, exp, "benchmark finished")
     queue_for(r, cfg.queue).empty()
     latencies.sort()
