@@ -4,7 +4,8 @@ For each ``ready`` event: validate it (else dead-letter it); WATCH the member's 
 ``decide.lua`` records the score and picks the donor from the sorted set in O(log n);
 then one MULTI/EXEC writes the member, appends the lineage record, queues the member's
 next segment and XACKs the event, so a decision and its acknowledgement land together
-(three round trips per event, whatever the population size). The member's
+(three round trips, whatever the population size). The events one read returns are decided
+in rounds of distinct members, in those same three round trips per round. The member's
 ``seq`` is the idempotency key: a redelivered or reclaimed event whose decision is
 already committed changes nothing, so no segment is ever queued twice. Every
 replica is the same; kill any of them and the others reclaim its pending events.
@@ -37,7 +38,7 @@ from .experiment import (
     now_ms,
     queue_for,
 )
-from .finish import complete_if_all_finished
+from .finish import complete_if_all_finished, fail_member
 from .gc import collect
 from .keys import EXPERIMENTS, GROUP, Keys, private_queue, worker_key
 from .protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
@@ -52,6 +53,7 @@ from .trim import trim_events
 log = logging.getLogger("pbt_mq.arbiter")
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
 DEAD_RAW_MAX = 64 << 10
+MAX_DELIVERIES = 5  # an event failing unexpectedly this many times is dead-lettered
 
 
 @dataclass
@@ -362,11 +364,33 @@ class Arbiter:
             outcome = "dead"
         except redis.RedisError:
             raise  # the run loop backs off; the event stays pending and is retried
-        except Exception:  # a bug or a plugin (PB2) failing on this event: keep the fleet alive
-            log.exception("%s: event %s left pending after an unexpected error", exp, entry_id)
-            outcome = "error"
+        except Exception as exc:  # a bug or a plugin (PB2) failing on this event: keep the fleet alive
+            outcome = self.poison(exp, entry_id, fields, exc)
         self._count(exp, outcome, entry_id)
         return outcome
+
+    def poison(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> str:
+        """An event that fails with an unexpected error stays pending and is retried (claimed
+        again after ``claim_idle_ms``); after MAX_DELIVERIES it is dead-lettered and its member
+        failed with the reason, so the experiment still ends."""
+        k = Keys(exp)
+        info = self.r.xpending_range(k.events, GROUP, min=entry_id, max=entry_id, count=1)
+        n = int(info[0]["times_delivered"]) if info else 1
+        if n < MAX_DELIVERIES:
+            log.exception("%s: event %s left pending after an unexpected error (delivery %d of %d)",
+                          exp, entry_id, n, MAX_DELIVERIES)
+            return "error"
+        reason = f"deciding it failed {n} times: {type(exc).__name__}: {exc}"
+        log.error("%s: event %s: %s; dead-lettered", exp, entry_id, reason)
+        self.dead_letter(k, entry_id, fields, reason)
+        try:
+            ev = ReadyEvent.decode(fields.get(b"msg"))
+            cfg = self.configs.get(exp) or load_config(self.r, exp)
+            fail_member(self.r, cfg, exp, ev.member, ev.seq, f"its ready event was dead-lettered: {reason}")
+        except ProtocolError:
+            pass
+        self.r.xack(k.events, GROUP, entry_id)
+        return "dead"
 
     def dead_letter(self, k: Keys, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering %s %s: %s", k.events, entry_id, reason)

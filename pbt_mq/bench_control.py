@@ -1,10 +1,11 @@
 """The control-plane benchmark: one arbiter fed by a synthetic event source, no workers.
 
 It launches a toy-shaped experiment, then repeatedly takes every queued segment (as
-workers would, without training) and publishes a ready event for it, and times the
-arbiter's handling of each event: per-decision latency and decisions per second of
-arbiter time, for several population sizes. Flat figures across populations are the
-point: a decision costs three Redis round trips whatever the population.
+workers would, without training) and publishes a ready event for it: decisions per second
+of arbiter time draining those backlogs, and the latency of single events on an idle
+arbiter, for several population sizes; then the same backlogs drained by 1, 2, 4 replica
+processes, with Redis's CPU. Flat figures across populations are the point: a round of
+decisions costs three Redis round trips whatever the population.
 """
 
 from __future__ import annotations

@@ -103,11 +103,13 @@ class Runtime:
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
         pending, self.pending = self.pending, None
-        if not self._publish(k, cmd, job_id, event, stored=pending is None):
-            log.warning("%s %s seq=%d: a requeued copy owns the member now; result dropped",
-                        cmd.experiment, cmd.member, cmd.seq)
-            self.stats["superseded"] += 1
-            return {"skipped": "superseded"}
+        outcome = self._publish(k, cmd, job_id, event, stored=pending is None)
+        if outcome != "published":
+            log.warning("%s %s seq=%d: %s; result dropped", cmd.experiment, cmd.member, cmd.seq,
+                        "a requeued copy owns the member now" if outcome == "superseded" else "the experiment ended")
+            self._drop(k, event.checkpoint.key, uploaded=pending is None)
+            self.stats[outcome] += 1
+            return {"skipped": outcome}
         if pending is not None:
             self.uploads.start(*pending)
         self.stats["segments"] += 1
@@ -119,22 +121,36 @@ class Runtime:
         )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
 
-    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True) -> bool:
-        """Publish the event and mark the member "ready", only if this job still owns the member.
+    def _drop(self, k: Keys, key: str, uploaded: bool) -> None:
+        """Delete a checkpoint no event will ever name (the garbage collector never sees it)."""
+        try:
+            if uploaded:
+                self.store(self._store_url(k.experiment)).delete(key)
+            self.r.zrem(k.uploading, key)
+        except Exception as exc:  # the store or Redis is down: gc's abandoned-upload rule takes it later
+            log.warning("%s: could not delete dropped checkpoint %s: %s", k.experiment, key, exc)
+
+    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True) -> str:
+        """Publish the event and mark the member "ready", only if this job still owns the member
+        and the experiment still runs: "published", "superseded" or "ended".
 
         From then on the consumer group owns the member's progress (the reaper leaves it
         alone however long the arbiters take). A worker whose segment was requeued meanwhile
-        (it lost its heartbeat but lived) must not overwrite the newer copy's state.
+        (it lost its heartbeat but lived) must not overwrite the newer copy's state; a segment
+        that ends after its experiment did has no one to decide it.
         """
         mkey = k.member(cmd.member)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(mkey)
+                    pipe.watch(mkey, k.meta)
                     job, state, worker = pipe.hmget(mkey, "job", "state", "worker")
                     if (job or b"").decode() != job_id or state != b"running" or (worker or b"").decode() != self.worker_id:
                         pipe.unwatch()
-                        return False
+                        return "superseded"
+                    if pipe.hget(k.meta, "state") != b"running":
+                        pipe.unwatch()
+                        return "ended"
                     pipe.multi()
                     pipe.xadd(k.events, {"member": cmd.member, "seq": cmd.seq, "step": event.step,
                                          "score": repr(event.score), "msg": event.encode()})
@@ -143,7 +159,7 @@ class Runtime:
                         pipe.zrem(k.uploading, event.checkpoint.key)
                         pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
                     pipe.execute()
-                    return True
+                    return "published"
                 except redis.WatchError:
                     continue
 

@@ -8,6 +8,7 @@ queued job is data, and the only function a worker will call is
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import msgpack
@@ -17,6 +18,17 @@ from .protocol import ProtocolError, safe_unpackb
 
 SEGMENT_FUNC = "pbt_mq.segment.run_segment"
 MAX_JOB_BYTES = 4 << 20
+REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
+
+
+def bounded_inflate(raw: bytes, limit: int) -> bytes | None:
+    """zlib-inflate at most ``limit`` bytes; None if it would be more (a zip bomb in Redis)."""
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(raw, limit + 1)
+    except zlib.error:
+        return raw  # RQ also falls back to the raw bytes
+    return None if len(out) > limit or d.unconsumed_tail else out
 
 
 class MsgpackSerializer:
@@ -28,6 +40,8 @@ class MsgpackSerializer:
 
     @staticmethod
     def loads(data: bytes) -> Any:
+        if data.startswith(REFUSED):  # SegmentJob.restore found the job's data too large to inflate
+            raise ProtocolError(data[len(REFUSED):].decode())
         return safe_unpackb(data, max_bytes=MAX_JOB_BYTES)
 
 
@@ -48,6 +62,19 @@ class SegmentJob(Job):
     ``func`` refuses a job) and stop, and sends webhooks from the worker; a forged job
     could use either, so both are refused here, not only in ``func``.
     """
+
+    def restore(self, raw_data: Any) -> Any:
+        """RQ inflates a job's data before any check of ours: bound it first, so a job written
+        straight into Redis cannot make a worker allocate gigabytes. Too large: the job is
+        refused (dead-lettered with the reason) when it runs, as any forged job is."""
+        data = raw_data.get(b"data") if isinstance(raw_data, dict) else None
+        if isinstance(data, bytes) and bounded_inflate(data, MAX_JOB_BYTES) is None:
+            why = f"job {self.id}: its data inflates past {MAX_JOB_BYTES >> 20} MiB; refused unread"
+            raw_data = {**raw_data, b"data": REFUSED + why.encode()}
+        exc_info = raw_data.get(b"exc_info") if isinstance(raw_data, dict) else None
+        if isinstance(exc_info, bytes) and bounded_inflate(exc_info, MAX_JOB_BYTES) is None:
+            raw_data = {**raw_data, b"exc_info": b"(refused: inflates past the limit)"}
+        return super().restore(raw_data)
 
     @property
     def func(self):  # type: ignore[override]

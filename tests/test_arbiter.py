@@ -154,3 +154,30 @@ def test_decided_events_are_trimmed_and_undecided_ones_never(r, toy):
     assert left == [c.member for c in first[3:]]  # the pending and the undelivered stay
     assert trim_events(r, exp, 0.0, later_ms) == 0
     assert trim_events(r, exp, 3600.0, int(time.time() * 1000)) == 0  # inside the window: kept
+
+
+def test_an_event_that_keeps_failing_is_dead_lettered_and_its_member_failed(r, toy, monkeypatch, caplog):
+    cfg, exp = toy
+    k = Keys(exp)
+    first = take_commands(r)
+    for cmd in first[:2]:
+        publish(r, fake_event(cmd, 1.0))
+    real = Arbiter.interpret
+
+    def flaky(self, cfg, ev, *args):
+        if ev.member == first[0].member:
+            raise RuntimeError("a bug that only this event hits")
+        return real(self, cfg, ev, *args)
+
+    monkeypatch.setattr(Arbiter, "interpret", flaky)
+    arb = Arbiter(r, "t1", block_ms=10, claim_idle_ms=1)
+    deadline = time.monotonic() + 30
+    while r.xpending(k.events, GROUP)["pending"] or arb.stats["dead"] == 0:
+        arb.step()
+        assert time.monotonic() < deadline, dict(arb.stats)
+    assert arb.stats["error"] == 4 and arb.stats["dead"] == 1  # retried, then given up on
+    dead = r.xrange(k.dead)
+    assert len(dead) == 1 and b"failed 5 times: RuntimeError: a bug that only this event hits" in dead[0][1][b"reason"]
+    h = r.hgetall(k.member(first[0].member))
+    assert h[b"state"] == b"failed" and b"dead-lettered" in h[b"error"]
+    assert r.hget(k.member(first[1].member), "state") == b"queued"  # the other event was decided

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from helpers import TOY
 
 from pbt_mq.arbiter import Arbiter
@@ -9,6 +11,7 @@ from pbt_mq.bench_control import fake_event, publish, take_commands
 from pbt_mq.config import load_file
 from pbt_mq.experiment import launch, stop
 from pbt_mq.keys import Keys
+from pbt_mq.protocol import ReadyEvent
 from pbt_mq.reaper import find_orphans, requeue
 from pbt_mq.segment import Runtime
 
@@ -23,7 +26,7 @@ def test_a_superseded_worker_does_not_publish_over_the_requeued_copy(r, tmp_path
     orphan = find_orphans(r, exp, cfg, grace_ms=0)[0]
     assert requeue(r, exp, cfg, orphan) == "requeued"  # the ghost "died"; a copy is queued
     rt = Runtime(r, "ghost")
-    assert rt._publish(k, cmd, first_job, fake_event(cmd, 1.0)) is False  # ...but the ghost was alive
+    assert rt._publish(k, cmd, first_job, fake_event(cmd, 1.0)) == "superseded"  # ...but the ghost was alive
     assert r.xlen(k.events) == 0 and r.hget(k.member("m000"), "state") == b"queued"
 
 
@@ -61,3 +64,28 @@ def test_stop_never_overwrites_done(r, tmp_path):
     r.hset(Keys(exp).meta, "state", "done")
     assert stop(r, exp) is False
     assert r.hget(Keys(exp).meta, "state") == b"done"
+
+
+def test_a_segment_ending_after_its_experiment_leaves_no_checkpoint_behind(fleet, redis_url, r, tmp_path):
+    from helpers import launch as launch_cli
+    from helpers import pbt
+
+    from pbt_mq.store import open_store
+
+    store_url = f"file://{tmp_path / 'ckpt'}"
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch_cli(redis_url, store_url, "population.size=1", "population.initial=[]", "trainable_args.delay_s=1.5")
+    k = Keys(exp)
+    deadline = time.monotonic() + 60
+    while not (r.hget(k.member("m000"), "state") == b"running" and int(r.hget(k.member("m000"), "seq")) >= 1):
+        assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.05)
+    assert pbt("stop", exp, "--redis", redis_url).returncode == 0
+    while "the experiment ended; result dropped" not in fleet.log("w1"):
+        assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.1)
+    published = {ReadyEvent.decode(f[b"msg"]).checkpoint.key for _, f in r.xrange(k.events)}
+    stored = set(open_store(store_url).list())
+    assert stored <= published, stored - published  # the dropped segment's checkpoint is gone
+    assert r.zcard(k.uploading) == 0

@@ -203,3 +203,13 @@ def test_worker_runs_no_forged_func_and_no_callback(r: redis.Redis, func):
     back = q.fetch_job(job.id)
     assert back.get_status() == "failed"
     assert "UnsafeJob" in back.latest_result().exc_string
+
+
+def test_job_data_is_inflated_only_up_to_the_limit():
+    import zlib
+
+    from pbt_mq.serializer import bounded_inflate
+
+    assert bounded_inflate(zlib.compress(b"a" * 10), 10) == b"a" * 10
+    assert bounded_inflate(zlib.compress(b"a" * 11), 10) is None
+    assert bounded_inflate(b"\x93\x01\x02\x03", 10) == b"\x93\x01\x02\x03"  # not zlib: as RQ, the raw bytes

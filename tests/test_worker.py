@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 
 import msgpack
 from helpers import PAPER_INIT_4, launch, pbt, status
@@ -184,6 +185,9 @@ def test_forged_jobs_are_dead_lettered_with_the_reason(fleet, redis_url, r, tmp_
     q.enqueue("os.system", "true")
     r.hset("rq:job:pickled", mapping={"data": pickle.dumps({"x": 1}), "status": "queued", "origin": "pbt"})
     r.rpush("rq:queue:pbt", "pickled")
+    bomb = zlib.compress(b"\0" * (256 << 20), 9)  # 256 MiB once inflated, 250 KB in Redis
+    r.hset("rq:job:bomb", mapping={"data": bomb, "status": "queued", "origin": "pbt"})
+    r.rpush("rq:queue:pbt", "bomb")
     fleet.start("worker", "w1")
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
@@ -191,3 +195,4 @@ def test_forged_jobs_are_dead_lettered_with_the_reason(fleet, redis_url, r, tmp_
     dead = {f[b"entry"].decode(): f[b"reason"].decode() for _, f in r.xrange(DEAD)}
     assert any("refusing to run 'os.system'" in reason for reason in dead.values()), dead
     assert "looks like a Python pickle" in dead["pickled"], dead
+    assert "inflates past 4 MiB; refused unread" in dead["bomb"], dead
