@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
+from rq import Queue
 
 from . import metrics
-from .cluster import POLL_S, is_cluster
+from .cluster import POLL_S, drain, is_cluster
 from .config import Experiment
 from .experiment import (
     DONE,
@@ -122,7 +124,7 @@ class Arbiter:
             try:
                 handled = self.step()
                 backoff = 0.25
-            except redis.RedisError as exc:  # Redis restarting, failing over (READONLY), out of memory
+            except (redis.RedisError, RedisClusterException) as exc:  # restarting, failing over, out of memory
                 log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -196,6 +198,12 @@ class Arbiter:
         self.configs = configs
         if ended:  # a last collection leaves each member's final checkpoint and nothing else
             self.collect_garbage(ended, time.monotonic(), final=True)
+            if is_cluster(self.r):  # no worker sweeps an ended experiment's own queue
+                for e in ended:
+                    try:
+                        drain(self.r, self._ended[e].queue, e)
+                    except (redis.RedisError, RedisClusterException) as exc:
+                        log.warning("%s: could not drain its queue: %s", e, exc)
             for e in ended:
                 self.stores.pop(e, None)
                 self._gc_at.pop(e, None)
@@ -255,10 +263,13 @@ class Arbiter:
                 log.warning("trim: %s: %s", e, exc)
 
     def reap(self) -> None:
-        """Requeue the segments of members whose worker died or whose job was lost."""
+        """Requeue the segments of members whose worker died or whose job was lost; end an
+        experiment whose members all finished if the decision that should have ended it did not
+        (its reply was lost with the connection after EXEC committed)."""
         for e, cfg in list(self.configs.items()):
             try:
                 self.stats["requeued"] += sweep(self.r, e, cfg, self.reap_grace_ms)
+                complete_if_all_finished(self.r, cfg, e, int(self.r.hget(Keys(e).meta, "finished") or 0))
             except redis.RedisError as exc:
                 log.warning("reaper: %s: %s", e, exc)
 
@@ -341,7 +352,11 @@ class Arbiter:
         except Exception:  # refused events, plugin errors: one by one, where each is dealt with
             return None
         for (_, _, ev), plan, end in zip(batch, plans, ends, strict=True):
-            self.after_commit(cfg, ev, plan, results[end - 2] if plan.action == "done" else None)
+            try:  # each on its own: one failing must not skip the others' (all are committed)
+                self.after_commit(cfg, ev, plan, results[end - 2] if plan.action == "done" else None)
+            except redis.RedisError as exc:
+                log.warning("%s %s: after the decision: %s (the reaper finishes the experiment if needed)",
+                            exp, ev.member, exc)
         return [plan.action for plan in plans]
 
     def _count(self, exp: str, outcome: str, entry_id: bytes) -> None:
@@ -512,20 +527,29 @@ class Arbiter:
 
     def homes(self, cfg: Experiment, exp: str, decided: list[tuple[ReadyEvent, Plan]]) -> dict[str, str]:
         """member -> the private queue of the worker that holds it live, for continuing segments,
-        when nothing waits in the shared queue (so a warm start never jumps a queue of others)
-        and that worker is alive on this queue. One read, outside the transaction: a hint."""
+        when nothing waits in the shared queue (a warm start never jumps a queue of others) and
+        that worker is alive on this queue, idle (or still finishing this very segment) and has
+        nothing in its own queue; one member per worker. One read, outside the transaction: a
+        hint, which the reaper corrects if the worker takes other work meanwhile."""
         cands = [ev for ev, plan in decided if plan.action == "continue" and ev.worker]
         if not cands or is_cluster(self.r):
             return {}
         pipe = self.r.pipeline(transaction=False)
         pipe.llen(self.queue(cfg, exp).key)
         for ev in cands:
-            pipe.hget(worker_key(ev.worker), "queue")
-        waiting, *queues = pipe.execute()
+            pipe.hmget(worker_key(ev.worker), "queue", "current")
+            pipe.llen(Queue.redis_queue_namespace_prefix + private_queue(cfg.queue, ev.worker))
+        waiting, *rows = pipe.execute()
         if waiting:
             return {}
-        return {ev.member: private_queue(cfg.queue, ev.worker)
-                for ev, q in zip(cands, queues, strict=True) if q == cfg.queue.encode()}
+        out: dict[str, str] = {}
+        taken: set[str] = set()
+        for ev, (queue, current), own in zip(cands, rows[::2], rows[1::2], strict=True):
+            idle = (current or b"").decode() in ("", f"{exp}/{ev.member}/{ev.seq}")
+            if queue == cfg.queue.encode() and idle and not own and ev.worker not in taken:
+                out[ev.member] = private_queue(cfg.queue, ev.worker)
+                taken.add(ev.worker)
+        return out
 
     def commit(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, home: str | None = None) -> None:
         k = Keys(ev.experiment)

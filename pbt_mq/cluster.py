@@ -169,7 +169,7 @@ def _tag(key: str) -> str:
     return key[key.index("{") + 1 : key.index("}")]
 
 
-_running: dict[str, Any] = {"at": 0.0, "ids": []}
+_running: dict[str, Any] = {"at": 0.0, "ids": [], "turn": 0}
 
 
 def running_queue_keys(r: Any, bases: list[str], refresh_s: float = 1.0) -> list[str]:
@@ -186,7 +186,23 @@ def running_queue_keys(r: Any, bases: list[str], refresh_s: float = 1.0) -> list
         rows = pipe.execute()
         _running.update(at=now, ids=[(e, (q or b"").decode()) for e, (s, q) in zip(ids, rows, strict=True)
                                      if s == RUNNING.encode()])
-    return [Queue.redis_queue_namespace_prefix + queue_name(q, e) for e, q in _running["ids"] if q in bases]
+    keys = [Queue.redis_queue_namespace_prefix + queue_name(q, e) for e, q in _running["ids"] if q in bases]
+    _running["turn"] += 1  # start each sweep at the next experiment: none starves behind an older one
+    i = _running["turn"] % len(keys) if keys else 0
+    return keys[i:] + keys[:i]
+
+
+def drain(r: RedisCluster, base: str, exp: str) -> int:
+    """An ended experiment's queued jobs: no worker sweeps its queue any more, so delete them."""
+    key = Queue.redis_queue_namespace_prefix + queue_name(base, exp)
+    ids = [j.decode() for j in r.lrange(key, 0, -1)]
+    pipe = r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.delete(TaggedSegmentJob.key_for(jid))
+    pipe.delete(key)
+    pipe.delete(f"rq:queues:{{{exp}}}")
+    pipe.execute()
+    return len(ids)
 
 
 def connect_cluster(url: str, **kw: Any) -> ClusterClient:

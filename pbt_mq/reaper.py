@@ -57,21 +57,27 @@ def find_orphans(r: redis.Redis, exp: str, cfg: Experiment, grace_ms: int, now: 
     members = {m: dict(zip(FIELDS, [v.decode() if v is not None else None for v in row], strict=True))
                for m, row in zip(ids, rows, strict=True)}
     now = now if now is not None else now_ms()
+    mine = cfg.queue + "@"
     homes = {m: h["queue"] for m, h in members.items() if h["state"] == "queued" and h["job"]
-             and h["job"] not in in_queue and h["queue"] and h["queue"] != queue.name and "@" in h["queue"]}
-    owners = {m: q.rsplit("@", 1)[1] for m, q in homes.items()}
+             and h["job"] not in in_queue and (h["queue"] or "").startswith(mine)}
+    owners = {m: q[len(mine):] for m, q in homes.items()}
     beats = _heartbeats(r, {h["worker"] for h in members.values() if h["state"] == "running" and h["worker"]}
                         | set(owners.values()))
     waiting = _in_private_queues(r, {m: (homes[m], members[m]["job"]) for m in homes})
+    busy = [m for m in waiting if owners[m] in beats and not _free_for(beats[owners[m]], exp, m, members[m]["seq"],
+                                                                        cfg.queue)]
+    for m in busy:  # its worker took other work meanwhile: don't make the member wait for it
+        if _to_shared(r, k, m, homes[m], members[m]["job"], queue):
+            log.info("%s %s: %s is busy; its continuing segment moved to the shared queue", exp, m, owners[m])
     orphans, limbo = [], []
     for m, h in members.items():
         if h["state"] == "running":
-            beat = beats.get(h["worker"] or "")
+            beat = beats.get(h["worker"] or "", (None, ""))[0]
             if beat is None:
                 orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} stopped heartbeating"))
             elif beat != f"{exp}/{m}/{h['seq']}" and now - int(h["started_ms"] or 0) > grace_ms:
                 orphans.append(Orphan(m, h["job"] or "", "running", f"worker {h['worker']} is running {beat or 'nothing'}"))
-        elif m in homes and owners[m] not in beats:
+        elif m in homes and (owners[m] not in beats or beats[owners[m]][1] != cfg.queue):
             orphans.append(Orphan(m, h["job"], "queued", f"worker {owners[m]} stopped heartbeating with the"
                                   " segment in its own queue", homes[m]))
         elif m in waiting:
@@ -99,17 +105,31 @@ def _in_private_queues(r: redis.Redis, jobs: dict[str, tuple[str, str]]) -> set[
     return {m for m, pos in zip(jobs, pipe.execute(), strict=True) if pos is not None}
 
 
-def _heartbeats(r: redis.Redis, workers: set[str]) -> dict[str, str]:
-    """worker id -> what it says it is running ('' if idle), for workers still alive."""
+def _heartbeats(r: redis.Redis, workers: set[str]) -> dict[str, tuple[str, str]]:
+    """worker id -> (what it says it is running, '' if idle; its queue), for workers still alive."""
     names = sorted(workers)
     pipe = r.pipeline(transaction=False)
     for w in names:
-        pipe.hmget(worker_key(w), "beat_ms", "current")
+        pipe.hmget(worker_key(w), "beat_ms", "current", "queue")
     out = {}
-    for w, (beat, current) in zip(names, pipe.execute(), strict=True):
+    for w, (beat, current, queue) in zip(names, pipe.execute(), strict=True):
         if beat is not None:
-            out[w] = (current or b"").decode()
+            out[w] = ((current or b"").decode(), (queue or b"").decode())
     return out
+
+
+def _free_for(beat: tuple[str, str], exp: str, member: str, seq: str | None, queue: str) -> bool:
+    """Will this worker take the member's next segment now: idle, or still finishing the member's
+    previous one, and reading this queue?"""
+    current, on = beat
+    return on == queue and current in ("", f"{exp}/{member}/{int(seq or 0) - 1}")
+
+
+def _to_shared(r: redis.Redis, k: Keys, member: str, own: str, job: str, shared: Queue) -> bool:
+    from .scripts import call
+
+    return bool(call(r, "move_job", [Queue.redis_queue_namespace_prefix + own, shared.key, k.member(member)],
+                     [job, shared.name]))
 
 
 def requeue(r: redis.Redis, exp: str, cfg: Experiment, orphan: Orphan) -> str:

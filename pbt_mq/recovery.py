@@ -30,6 +30,7 @@ def quarantine(r: redis.Redis, exp: str, key: str, reason: str) -> None:
                 if raw is not None and json.loads(raw).get("key") == key:
                     pipe.zrem(k.scores, owner)
                     pipe.hdel(k.ckpts, owner)
+                pipe.zrem(k.uploading, key)  # no download waits for it any longer
                 pipe.xadd(k.dead, {"reason": f"bad checkpoint: {reason}", "source": "store", "entry": key},
                           maxlen=10_000, approximate=True)
                 pipe.execute()

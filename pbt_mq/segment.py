@@ -33,9 +33,10 @@ from .experiment import (
     queue_for,
 )
 from .finish import fail_member
-from .keys import Keys
+from .keys import Keys, worker_key
 from .protocol import CheckpointRef, ReadyEvent, SegmentCommand
 from .recovery import donors, quarantine
+from .scripts import call as call_script
 from .scripts import claim_segment
 from .store import ChecksumError, MissingObject, Store, open_store
 from .trainable import import_trainable
@@ -91,6 +92,7 @@ class Runtime:
             self.stats["skipped"] += 1
             return {"skipped": claim}
         self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
+        self._announce(self.current)
         self.pending = None
         try:
             event = self._train(cfg, cmd)
@@ -112,6 +114,7 @@ class Runtime:
             return {"skipped": outcome}
         if pending is not None:
             self.uploads.start(*pending)
+        self._announce("")  # idle: the arbiter may send this member's next segment to this worker
         self.stats["segments"] += 1
         if pbt_metrics.ON:
             pbt_metrics.segment_done(cmd, event)
@@ -120,6 +123,13 @@ class Runtime:
             cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"],
         )
         return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
+
+    def _announce(self, current: str) -> None:
+        """Say what this worker runs at once, not at the next heartbeat (warm routing reads it)."""
+        try:
+            call_script(self.r, "set_current", [worker_key(self.worker_id)], [current])
+        except redis.RedisError as exc:
+            log.debug("could not announce %r: %s", current, exc)
 
     def _drop(self, k: Keys, key: str, uploaded: bool) -> None:
         """Delete a checkpoint no event will ever name (the garbage collector never sees it)."""
@@ -252,8 +262,7 @@ class Runtime:
         try:
             return checkpoint.load(store, ref, map_location=self.device)
         except MissingObject:
-            if not await_upload(self.r, exp, ref.key):
-                raise
+            await_upload(self.r, exp, ref.key)  # and once more even if it was not marked: it may just have landed
             return checkpoint.load(store, ref, map_location=self.device)
 
     def _construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:

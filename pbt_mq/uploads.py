@@ -18,9 +18,10 @@ from typing import Any
 from . import checkpoint
 from .experiment import now_ms
 from .keys import Keys
+from .recovery import quarantine
 
 log = logging.getLogger("pbt_mq.worker")
-WAIT_MAX_S = 600.0  # how long a download waits for an upload still in flight
+WAIT_MAX_S = 120.0  # how long a download waits for an upload still in flight (its uploader may be dead)
 
 
 class Uploads:
@@ -39,8 +40,12 @@ class Uploads:
     def _run(self, store: Any, exp: str, key: str, data: memoryview, sha256: str) -> None:
         try:
             checkpoint.upload(store, key, data, sha256)
-        except Exception as exc:  # the store stayed down past its retries
+        except Exception as exc:  # the store stayed down past its retries: no one may wait for it
             log.error("%s: upload of %s failed (%s); members starting from it will recover", exp, key, exc)
+            try:
+                quarantine(self.r, exp, key, f"its upload failed: {exc}")
+            except Exception as again:
+                log.error("%s: could not quarantine %s: %s", exp, key, again)
             return
         k = Keys(exp)
         pipe = self.r.pipeline(transaction=False)

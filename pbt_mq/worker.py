@@ -15,8 +15,10 @@ import os
 import re
 import socket
 import threading
+import time
 
 import redis
+from rq import Queue
 from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.worker import SimpleWorker
@@ -91,17 +93,39 @@ class WorkerIdInUse(RuntimeError):
     pass
 
 
+WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def _outlive_previous_heartbeat(r: redis.Redis, worker_id: str) -> None:
+    key = worker_key(worker_id)
+    beat = r.hget(key, "beat_ms")
+    if beat is None:
+        return
+    log.warning("worker %s: a heartbeat under this id is still there; waiting for it to expire", worker_id)
+    deadline = time.monotonic() + max(r.pttl(key), 0) / 1000 + 1.0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now_beat = r.hget(key, "beat_ms")
+        if now_beat is None:
+            return
+        if now_beat != beat:
+            break
+    age_s = max(0.0, now_ms() - int(r.hget(key, "beat_ms") or beat)) / 1000
+    raise WorkerIdInUse(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago ({key});"
+                        " give this one another --id / PBT_WORKER_ID")
+
+
 def claim_worker_id(r: redis.Redis, worker_id: str, queue: str) -> None:
     """Refuse an id a live worker heartbeats under; clear what a killed one left behind.
 
     A worker restarted under its old id (a pod, a compose service, PID 1 in a container)
-    after SIGKILL or OOM finds RQ's registration of its previous life, which RQ keeps for
-    minutes and would refuse to start over. No heartbeat means no live owner."""
-    beat = r.hget(worker_key(worker_id), "beat_ms")
-    if beat is not None:
-        age_s = max(0.0, now_ms() - int(beat)) / 1000
-        raise WorkerIdInUse(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago"
-                            f" ({worker_key(worker_id)}); give this one another --id / PBT_WORKER_ID")
+    after SIGKILL or OOM finds its previous life's heartbeat, alive for up to three beats,
+    and RQ's registration of it, which RQ keeps for minutes and would refuse to start over.
+    So it waits for that heartbeat to expire (a live twin would refresh it: refused), then
+    clears RQ's leftovers."""
+    if not WORKER_ID.fullmatch(worker_id):
+        raise WorkerIdInUse(f"worker id {worker_id!r}: use 1-100 letters, digits, '.', '_' or '-'")
+    _outlive_previous_heartbeat(r, worker_id)
     rq_key = SimpleWorker.redis_worker_namespace_prefix + worker_id
     if r.exists(rq_key):
         log.warning("worker %s: clearing the RQ registration its previous life left behind", worker_id)
@@ -157,6 +181,11 @@ def serve(
         w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
     finally:
         rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes
+        if not is_cluster(r):  # RQ indexes every queue it ever saw; this worker's own one goes with it
+            try:
+                r.srem(Queue.redis_queues_keys, queues[0].key)
+            except redis.RedisError:
+                pass
         hb.stop()
         log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
     return rt

@@ -226,9 +226,11 @@ def test_plot_writes_a_png_with_every_panel(run, tmp_path):
     assert {"score", "hparam:h0", "hparam:h1", "lineage"} <= set(panels) <= {"score", "score:zoom", "hparam:h0",
                                                                            "hparam:h1", "lineage"}
     img = imread(out)[:, :, :3]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     rep = collect(run.r, run.exp)
     fig = figure(rep)
-    fig.canvas.draw()
+    FigureCanvasAgg(fig).draw()  # the renderer savefig uses: the same constrained layout as the PNG
     assert [ax.get_label() for ax in fig.axes] == panels
     assert img.shape[:2] == (round(fig.bbox.height), round(fig.bbox.width))
     for ax in fig.axes:  # inside every panel's frame: data drawn in colour or black, not a blank grid

@@ -95,6 +95,20 @@ def test_a_segment_in_a_dead_workers_own_queue_is_queued_again(r, tmp_path):
     assert shared.get_job_ids() == [job.decode() + "_r1"] and own.get_job_ids() == []
 
 
+def test_a_segment_waiting_on_a_busy_worker_moves_to_the_shared_queue(r, tmp_path):
+    cfg = load_file(TOY, ["population.size=1", "population.initial=[]"])
+    exp = launch_in_process(r, cfg, f"file://{tmp_path}")
+    shared, own = queue_for(r, "pbt"), queue_for(r, private_queue("pbt", "w9"))
+    job = r.lmove(shared.key, own.key).decode()
+    r.hset(Keys(exp).member("m000"), "queue", own.name)
+    r.hset(worker_key("w9"), mapping={"queue": "pbt", "beat_ms": 1, "current": ""})  # idle: it takes it
+    assert find_orphans(r, exp, cfg, grace_ms=0) == [] and own.get_job_ids() == [job]
+    r.hset(worker_key("w9"), "current", "other-exp/m003/7")  # it took other work meanwhile
+    assert find_orphans(r, exp, cfg, grace_ms=0) == []
+    assert own.get_job_ids() == [] and shared.get_job_ids() == [job]  # the same job, now for anyone
+    assert r.hget(Keys(exp).member("m000"), "queue") == b"pbt"
+
+
 def test_a_segment_that_keeps_killing_workers_fails_the_member(r, tmp_path):
     cfg = load_file(TOY, ["population.size=2", "worker.max_retries=1"])
     exp = launch_in_process(r, cfg, f"file://{tmp_path}")

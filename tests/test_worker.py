@@ -132,13 +132,13 @@ def test_a_worker_restarted_under_its_id_after_sigkill_starts_and_a_live_id_is_r
         time.sleep(0.05)
     twin = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=60)
     assert twin.returncode == 1 and "worker id 'pod-0' is in use" in twin.stderr, twin.stderr
-    fleet.kill("pod-0")  # SIGKILL: RQ's registration of this life stays behind
-    assert r.exists("rq:worker:pod-0")
-    time.sleep(2.0)  # the heartbeat expires (three beats)
+    fleet.kill("pod-0")  # SIGKILL: its heartbeat lives on for three beats, RQ's registration for minutes
+    assert r.exists("rq:worker:pod-0") and r.exists(worker_key("pod-0"))
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
-    again = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=120)
+    again = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=120)  # at once: it waits
     assert again.returncode == 0, again.stderr
+    assert "waiting for it to expire" in again.stderr
     assert "There exists an active worker" not in again.stderr
     assert wait_done(redis_url, exp, fleet)["state"] == "done"
 
