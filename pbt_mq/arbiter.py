@@ -334,30 +334,40 @@ class Arbiter:
                 replies = _pipelined_scripts(pipe.connection, "decide", preps)
                 if replies is None:
                     return None
-                plans = [self.interpret(cfg, ev, prep, reply, pipe, _entry_ms(entry_id))
-                         for (entry_id, _, ev), prep, reply in zip(batch, preps, replies, strict=True)]
-                homes = self.homes(cfg, exp, [(ev, plan) for (_, _, ev), plan in zip(batch, plans, strict=True)])
-                pipe.multi()
-                ends = []
-                for (entry_id, _, ev), plan in zip(batch, plans, strict=True):
-                    if plan.action != "duplicate":
-                        self.commit(pipe, cfg, ev, plan, homes.get(ev.member))
-                    pipe.xack(k.events, GROUP, entry_id)
-                    ends.append(len(pipe.command_stack))
-                results = pipe.execute()
+                decided = [(entry_id, ev, self.interpret(cfg, ev, prep, reply, pipe, _entry_ms(entry_id)))
+                           for (entry_id, _, ev), prep, reply in zip(batch, preps, replies, strict=True)]
+                finished = self.commit_all(pipe, cfg, exp, decided)
         except redis.WatchError:
             return None
         except redis.RedisError:
             raise  # the run loop backs off; the events stay pending
         except Exception:  # refused events, plugin errors: one by one, where each is dealt with
             return None
-        for (_, _, ev), plan, end in zip(batch, plans, ends, strict=True):
+        self.after_all(cfg, decided, finished)
+        return [plan.action for _, _, plan in decided]
+
+    def commit_all(self, pipe: Any, cfg: Experiment, exp: str, decided: list[tuple[bytes, ReadyEvent, Plan]]) -> list:
+        """One MULTI/EXEC of every decision's writes and XACK (``pipe`` is WATCHing its members);
+        returns, per decision, the meta's count of finished members after a "done"."""
+        k = Keys(exp)
+        homes = self.homes(cfg, exp, [(ev, plan) for _, ev, plan in decided])
+        pipe.multi()
+        ends = []
+        for entry_id, ev, plan in decided:
+            if plan.action != "duplicate":
+                self.commit(pipe, cfg, ev, plan, homes.get(ev.member))
+            pipe.xack(k.events, GROUP, entry_id)
+            ends.append(len(pipe.command_stack))
+        results = pipe.execute()
+        return [results[end - 2] if plan.action == "done" else None for end, (_, _, plan) in zip(ends, decided, strict=True)]
+
+    def after_all(self, cfg: Experiment, decided: list[tuple[bytes, ReadyEvent, Plan]], finished: list) -> None:
+        for (_, ev, plan), count in zip(decided, finished, strict=True):
             try:  # each on its own: one failing must not skip the others' (all are committed)
-                self.after_commit(cfg, ev, plan, results[end - 2] if plan.action == "done" else None)
+                self.after_commit(cfg, ev, plan, count)
             except redis.RedisError as exc:
                 log.warning("%s %s: after the decision: %s (the reaper finishes the experiment if needed)",
-                            exp, ev.member, exc)
-        return [plan.action for plan in plans]
+                            ev.experiment, ev.member, exc)
 
     def _count(self, exp: str, outcome: str, entry_id: bytes) -> None:
         self.stats[outcome] += 1
@@ -419,24 +429,17 @@ class Arbiter:
 
     def decide(self, cfg: Experiment, ev: ReadyEvent, entry_id: bytes) -> str:
         """Three round trips: WATCH the member, run decide.lua, then MULTI (commit, enqueue, XACK) EXEC."""
-        k = Keys(ev.experiment)
-        mkey = k.member(ev.member)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(mkey)
-                    plan = self.plan(cfg, ev, pipe, _entry_ms(entry_id))
-                    homes = self.homes(cfg, ev.experiment, [(ev, plan)])
-                    pipe.multi()
-                    if plan.action != "duplicate":
-                        self.commit(pipe, cfg, ev, plan, homes.get(ev.member))
-                    pipe.xack(k.events, GROUP, entry_id)
-                    results = pipe.execute()
+                    pipe.watch(Keys(ev.experiment).member(ev.member))
+                    decided = [(entry_id, ev, self.plan(cfg, ev, pipe, _entry_ms(entry_id)))]
+                    finished = self.commit_all(pipe, cfg, ev.experiment, decided)
                     break
                 except redis.WatchError:
                     continue
-        self.after_commit(cfg, ev, plan, results[-2] if plan.action == "done" else None)
-        return plan.action
+        self.after_all(cfg, decided, finished)
+        return decided[0][2].action
 
     def after_commit(self, cfg: Experiment, ev: ReadyEvent, plan: Plan, finished: Any) -> None:
         """What follows a committed decision (``finished``: the meta's count after a "done")."""

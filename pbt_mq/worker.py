@@ -89,7 +89,7 @@ class SegmentWorker(SimpleWorker):
         return super()._set_connection(connection)
 
 
-class WorkerIdInUse(RuntimeError):
+class WorkerIdRefused(RuntimeError):
     pass
 
 
@@ -111,7 +111,7 @@ def _outlive_previous_heartbeat(r: redis.Redis, worker_id: str) -> None:
         if now_beat != beat:
             break
     age_s = max(0.0, now_ms() - int(r.hget(key, "beat_ms") or beat)) / 1000
-    raise WorkerIdInUse(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago ({key});"
+    raise WorkerIdRefused(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago ({key});"
                         " give this one another --id / PBT_WORKER_ID")
 
 
@@ -124,7 +124,7 @@ def claim_worker_id(r: redis.Redis, worker_id: str, queue: str) -> None:
     So it waits for that heartbeat to expire (a live twin would refresh it: refused), then
     clears RQ's leftovers."""
     if not WORKER_ID.fullmatch(worker_id):
-        raise WorkerIdInUse(f"worker id {worker_id!r}: use 1-100 letters, digits, '.', '_' or '-'")
+        raise WorkerIdRefused(f"worker id {worker_id!r}: use 1-100 letters, digits, '.', '_' or '-'")
     _outlive_previous_heartbeat(r, worker_id)
     rq_key = SimpleWorker.redis_worker_namespace_prefix + worker_id
     if r.exists(rq_key):

@@ -430,10 +430,11 @@ def test_sparkline():
 def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
     code = (
         "import sys, redis\n"
-        "import pbt_mq.arbiter, pbt_mq.cli\n"
+        "import pbt_mq.arbiter, pbt_mq.cli, pbt_mq.experiment, pbt_mq.gc, pbt_mq.reaper, pbt_mq.cluster\n"
         "from pbt_mq import metrics\n"
         f"metrics.start(redis.Redis.from_url({redis_url!r}), 'arbiter', {free_port()}, '127.0.0.1')\n"
-        "pbt_mq.cli.build_pbt_parser()\n"
+        "c = pbt_mq.cli; c.build_pbt_parser(); c.build_arbiter_parser(); c.build_worker_parser()\n"
+        "from pbt_mq.config import load_file; load_file('workers/digits.toml', [])\n"
         "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
     )
     import subprocess
