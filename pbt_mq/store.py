@@ -379,6 +379,8 @@ class S3Store:
             raise StoreError(f"checkpoint {key}: {path} holds {actual} bytes, not the recorded {size}")
         exists = StoreError(f"checkpoint {key}: already exists in {self.url}; keys are write-once")
         if self.exists(key):
+            if self._stored_sha256(name) == (sha256, size):
+                return  # our earlier attempt landed and only its answer was lost (retrying() tried again)
             raise exists
         headers = {"Content-Type": "application/octet-stream", "x-amz-meta-sha256": sha256}
         with open(path, "rb") as f, self._errors(f"checkpoint {key}: upload"):
