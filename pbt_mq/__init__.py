@@ -1,6 +1,6 @@
 """pbt-mq: Population Based Training as a message-queue fleet (Redis streams + RQ + S3)."""
 
-from .trainable import Trainable
+from pbt_mq.worker.trainable import Trainable
 
 __all__ = ["Trainable", "__version__"]
 __version__ = "0.1.0"

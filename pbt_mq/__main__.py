@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import arbiter_main, main, worker_main
+from pbt_mq.cli.pbt import arbiter_main, main, worker_main
 
 if __name__ == "__main__":
     role = sys.argv[1] if len(sys.argv) > 1 else ""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from pbt_mq.keys import Keys
-from pbt_mq.lineage import records
+from pbt_mq.core.keys import Keys
+from pbt_mq.state.lineage import records
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = str(ROOT / "workers" / "toy.toml")
@@ -45,7 +45,7 @@ def status(redis_url: str, exp: str) -> dict:
 
 
 def lineage_counts(r: redis.Redis, exp: str) -> Counter:
-    return Counter((rec["member"], int(rec["seq"])) for rec in records(r, exp))
+    return Counter((rec.member, int(rec.seq)) for rec in records(r, exp))
 
 
 def event_counts(r: redis.Redis, exp: str) -> Counter:

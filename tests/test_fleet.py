@@ -6,8 +6,8 @@ import time
 
 from helpers import PAPER_INIT_4, event_counts, launch, lineage_counts, pbt, status
 
-from pbt_mq.keys import Keys
-from pbt_mq.lineage import records
+from pbt_mq.core.keys import Keys
+from pbt_mq.state.lineage import records
 
 
 def run_toy(fleet, redis_url: str, store: str, *sets: str) -> str:
@@ -35,13 +35,13 @@ def test_toy_population_of_4_on_2_workers_and_2_arbiters(fleet, redis_url, r, s3
     for m in st["members"]:
         assert sorted(s for (mm, s) in counts if mm == m["id"]) == list(range(m["seq"] + 1))
     recs = records(r, exp)
-    exploits = [rec for rec in recs if rec["action"] == "exploit"]
+    exploits = [rec for rec in recs if rec.action == "exploit"]
     assert exploits, "PBT on the toy problem must exploit at least once"
-    assert all(rec["parent"] and rec["parent"] != rec["member"] for rec in exploits)
+    assert all(rec.parent and rec.parent != rec.member for rec in exploits)
 
     baseline = run_toy(fleet, redis_url, s3_url, "exploit.rule=none", "explore.rule=none")
     base = status(redis_url, baseline)
-    assert not [rec for rec in records(r, baseline) if rec["action"] == "exploit"]
+    assert not [rec for rec in records(r, baseline) if rec.action == "exploit"]
     assert base["best"]["score"] < 0.4  # h = [1,0] or [0,1] alone: Q = 1.2 - 0.81
     assert st["best"]["score"] > base["best"]["score"] + 0.3, (st["best"], base["best"])
 
@@ -99,7 +99,7 @@ def test_wait_times_out_with_124(redis_url, tmp_path):
 def test_workers_time_share_the_population_and_may_join_and_leave(fleet, redis_url, r, tmp_path):
     from collections import defaultdict
 
-    from pbt_mq.protocol import ReadyEvent
+    from pbt_mq.core.protocol import ReadyEvent
 
     fleet.start("arbiter", "a1")
     for name in ("w1", "w2"):

@@ -17,10 +17,10 @@ import pytest
 from helpers import pbt
 from report import RESULTS
 
-from pbt_mq.keys import GROUP, Keys
-from pbt_mq.lineage import ancestry, records
-from pbt_mq.protocol import ReadyEvent
-from pbt_mq.store import fetch_verified, open_store
+from pbt_mq.core.keys import GROUP, Keys
+from pbt_mq.core.protocol import ReadyEvent
+from pbt_mq.state.lineage import ancestry, records
+from pbt_mq.store.open import open_store
 
 SEEDS = (1, 2)
 POP = 4
@@ -65,7 +65,7 @@ def check_invariants(r, exp: str, store_url: str, fleet, fault: str, injected: i
     states = {m: r.hgetall(k.member(m)) for m in (f"m{i:03d}" for i in range(POP))}
     lost = [m for m, h in states.items() if h.get(b"state") not in (b"done", b"failed")]
     unexplained = [m for m, h in states.items() if h.get(b"state") == b"failed" and not h.get(b"error")]
-    decided = Counter((rec["member"], rec["seq"]) for rec in records(r, exp))
+    decided = Counter((rec.member, rec.seq) for rec in records(r, exp))
     ran = Counter((f[b"member"], f[b"seq"]) for _, f in r.xrange(k.events))
     result = {
         "fault": fault, "injected": injected, "completed": int(res.returncode == 0 and not lost),
@@ -82,9 +82,9 @@ def check_invariants(r, exp: str, store_url: str, fleet, fault: str, injected: i
     refs = {ev.checkpoint.key: ev.checkpoint for ev in (ReadyEvent.decode(f[b"msg"]) for _, f in r.xrange(k.events))}
     store = open_store(store_url)
     for rec in chain:
-        if rec["ckpt_key"] == corrupted:  # what we broke on purpose (a segment used it while still good)
+        if rec.ckpt_key == corrupted:  # what we broke on purpose (a segment used it while still good)
             continue
-        with fetch_verified(store, refs[rec["ckpt_key"]]):
+        with store.fetch_verified(refs[rec.ckpt_key]):
             pass
     for name, proc in fleet.procs.items():
         if proc.poll() is None or proc.returncode == 0:
@@ -188,8 +188,8 @@ def test_corrupt_checkpoint(chaos_fleet, chaos_redis, s3_proxy, s3_endpoint, see
     key = json.loads(r.hget(k.ckpts, best))["key"]
     raw = open_store(store.replace(str(s3_proxy.port), s3_endpoint.rsplit(":", 1)[1]))
     garbage = b"\x00" * 128
-    raw.client.remove_object(raw.bucket, raw._name(key))
-    raw.client.put_object(raw.bucket, raw._name(key), io.BytesIO(garbage), len(garbage))
+    raw.client.minio.remove_object(raw.bucket, raw.name(key))
+    raw.client.minio.put_object(raw.bucket, raw.name(key), io.BytesIO(garbage), len(garbage))
     corrupted = time.time()
     recovered = wait_until(lambda: any(b"bad checkpoint" in f[b"reason"] for _, f in r.xrange(k.dead)), 120)
     check_invariants(r, exp, store, chaos_fleet, "checkpoint corrupted in the store", 1,

@@ -1,0 +1,280 @@
+"""The RQ adapter: every use of RQ (and of its internals) in pbt-mq is in this module.
+
+Segment jobs are data: msgpack (``MsgpackSerializer``), never pickle, and ``SegmentJob`` runs
+nothing but the segment runner the worker installs (``SegmentJob.install_runner``). RQ pickles
+by default; anyone who can write to Redis could then run code on every GPU node.
+
+RQ internals relied on (``tests/broker/test_rq_contract.py`` checks each against the installed
+RQ): ``Queue.redis_queue_namespace_prefix``, ``Queue.redis_queues_keys``,
+``Queue.intermediate_queue_key``, ``Queue._fetch_dequeued_job`` (the cluster sweep),
+``Job.restore`` (bounding inflation), the ``_*_callback_name`` attributes (refused),
+``Worker._set_connection`` and ``rq.worker_registration``'s key names (clearing a killed
+worker's registration).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+import redis
+from rq import Queue, get_current_job
+from rq.exceptions import DequeueTimeout, DeserializationError
+from rq.job import Job
+from rq.worker import SimpleWorker
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+
+from pbt_mq.broker.cluster import JOB_ID, POLL_S, is_cluster, queue_name, running_queue_keys
+from pbt_mq.core.protocol import ProtocolError, safe_unpackb
+
+# The job's function as named on the wire. Jobs carry it as a name, not an import path that is
+# followed (SegmentJob.func returns the installed runner), and it is the first release's name,
+# so workers and arbiters of both releases take each other's jobs during a rolling upgrade.
+SEGMENT_FUNC = "pbt_mq.segment.run_segment"
+MAX_JOB_BYTES = 4 << 20
+REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
+QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:"
+
+
+def queue_key(name: str) -> str:
+    """The Redis list of a queue named ``name``."""
+    return QUEUE_PREFIX + name
+
+
+def bounded_inflate(raw: bytes, limit: int) -> bytes | None:
+    """zlib-inflate at most ``limit`` bytes; None if it would be more (a zip bomb in Redis)."""
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(raw, limit + 1)
+    except zlib.error:
+        return raw  # RQ also falls back to the raw bytes
+    return None if len(out) > limit or d.unconsumed_tail else out
+
+
+class MsgpackSerializer:
+    """RQ's serializer protocol (``dumps``/``loads``); tuples come back as lists."""
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True, default=_default)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        if data.startswith(REFUSED):  # SegmentJob.restore found the job's data too large to inflate
+            raise ProtocolError(data[len(REFUSED):].decode())
+        return safe_unpackb(data, max_bytes=MAX_JOB_BYTES)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot msgpack a {type(obj).__name__}; RQ jobs carry plain data only")
+
+
+class UnsafeJob(ProtocolError):
+    """A queued job that asks for anything but the segment runner."""
+
+
+class SegmentJob(Job):
+    """Runs only ``run_segment``: no other function, no bound method, no callbacks, no webhooks.
+
+    RQ resolves callbacks by import path and calls them on success, failure (also when
+    ``func`` refuses a job) and stop, and sends webhooks from the worker; a forged job
+    could use either, so both are refused here, not only in ``func``.
+    """
+
+    def restore(self, raw_data: Any) -> Any:
+        """RQ inflates a job's data before any check of ours: bound it first, so a job written
+        straight into Redis cannot make a worker allocate gigabytes. Too large: the job is
+        refused (dead-lettered with the reason) when it runs, as any forged job is."""
+        data = raw_data.get(b"data") if isinstance(raw_data, dict) else None
+        if isinstance(data, bytes) and bounded_inflate(data, MAX_JOB_BYTES) is None:
+            why = f"job {self.id}: its data inflates past {MAX_JOB_BYTES >> 20} MiB; refused unread"
+            raw_data = {**raw_data, b"data": REFUSED + why.encode()}
+        exc_info = raw_data.get(b"exc_info") if isinstance(raw_data, dict) else None
+        if isinstance(exc_info, bytes) and bounded_inflate(exc_info, MAX_JOB_BYTES) is None:
+            raw_data = {**raw_data, b"exc_info": b"(refused: inflates past the limit)"}
+        return super().restore(raw_data)
+
+    runner: Callable[[bytes], Any] | None = None  # set by the worker process: run_segment
+
+    @classmethod
+    def install_runner(cls, fn: Callable[[bytes], Any]) -> None:
+        """What a segment job calls: set once by ``pbt-worker`` before it takes jobs."""
+        SegmentJob.runner = fn
+
+    @property
+    def func(self):  # type: ignore[override]
+        if self.func_name != SEGMENT_FUNC or self.instance is not None:
+            raise UnsafeJob(f"job {self.id}: refusing to run {self.func_name!r}; only {SEGMENT_FUNC} is allowed")
+        self._refuse_extras()
+        if SegmentJob.runner is None:
+            raise RuntimeError("segment jobs run only inside pbt-worker (no runner installed)")
+        return SegmentJob.runner
+
+    def _refuse_extras(self) -> None:
+        names = (self._success_callback_name, self._failure_callback_name, self._stopped_callback_name)
+        if any(names):
+            raise UnsafeJob(f"job {self.id}: callbacks are not allowed on segment jobs")
+        if self.webhooks:
+            raise UnsafeJob(f"job {self.id}: webhooks are not allowed on segment jobs")
+
+    def _no_callback(self, name: str | None) -> None:
+        if name:
+            raise UnsafeJob(f"job {self.id}: refusing callback {name!r}; callbacks are not allowed on segment jobs")
+
+    @property
+    def success_callback(self):  # type: ignore[override]
+        self._no_callback(self._success_callback_name)
+        return None
+
+    @property
+    def failure_callback(self):  # type: ignore[override]
+        self._no_callback(self._failure_callback_name)
+        return None
+
+    @property
+    def stopped_callback(self):  # type: ignore[override]
+        self._no_callback(self._stopped_callback_name)
+        return None
+
+    def send_webhooks(self, *args: Any, **kwargs: Any) -> None:
+        """Never: a segment job has no webhooks, and a forged one gets no HTTP request from a GPU node."""
+        if self.webhooks:
+            self.log.warning("Job %s: ignoring %d webhook(s); not allowed on segment jobs", self.id, len(self.webhooks))
+
+
+class TaggedSegmentJob(SegmentJob):
+    """A segment job whose hash lives in its experiment's slot (Redis Cluster)."""
+
+    @classmethod
+    def key_for(cls, job_id: str) -> str:
+        m = JOB_ID.match(job_id)
+        if m is None:  # not a segment id (a forged job): RQ's plain key; the worker refuses it
+            return cls.redis_job_namespace_prefix + job_id
+        return f"{cls.redis_job_namespace_prefix}{{{m['exp']}}}{job_id}"
+
+
+class ExperimentQueue(Queue):
+    """One experiment's queue on a Redis Cluster; a worker's dequeue sweeps every running one."""
+
+    @classmethod
+    def for_experiment(cls, r: Any, base: str, exp: str, **kw: Any) -> ExperimentQueue:
+        q = cls(queue_name(base, exp), connection=r, job_class=TaggedSegmentJob, **kw)
+        q.redis_queues_keys = f"rq:queues:{{{exp}}}"
+        return q
+
+    @classmethod
+    def dequeue_any(cls, queues: Iterable[Queue], timeout: int | None, connection: Any,
+                    job_class: Any = None, serializer: Any = None, death_penalty_class: Any = None) -> Any:
+        """Pop from the running experiments' queues of the worker's queue names (no cross-slot BLPOP)."""
+        bases = [q.name for q in queues]
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            for key in running_queue_keys(connection, bases):
+                job_id = connection.lpop(key)
+                if job_id is None:
+                    continue
+                found = cls._fetch_dequeued_job(connection, key, job_id.decode(), job_class=job_class,
+                                                serializer=serializer, death_penalty_class=death_penalty_class)
+                if found is not None:
+                    job, queue = found
+                    queue.redis_queues_keys = f"rq:queues:{{{key[key.index('{') + 1 : key.index('}')]}}}"
+                    return job, queue
+            if timeout is None or time.monotonic() >= deadline:
+                if timeout is not None:
+                    raise DequeueTimeout(timeout, ",".join(bases))
+                return None
+            time.sleep(POLL_S)
+
+
+def queue_for(r: Any, name: str, exp: str | None = None) -> Queue:
+    """The RQ queue ``exp``'s segments go to: the shared ``name``, or on a Redis Cluster
+    the experiment's own queue in its hash slot (see cluster.py)."""
+    if is_cluster(r):
+        if exp is None:
+            raise ValueError("on a Redis Cluster every queue belongs to one experiment")
+        return ExperimentQueue.for_experiment(r, name, exp, serializer=MsgpackSerializer)
+    return Queue(name, connection=r, serializer=MsgpackSerializer, job_class=SegmentJob)
+
+
+def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str) -> None:
+    """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue."""
+    job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=3600,
+                           failure_ttl=7 * 86400, description=description)
+    queue.enqueue_job(job, pipeline=pipe)
+
+
+def intermediate_key(queue: Queue) -> str:
+    """Where a job sits between a worker's pop and its start (RQ's intermediate queue)."""
+    return queue.intermediate_queue_key
+
+
+def current_job_id() -> str:
+    job = get_current_job()
+    return job.id if job else ""
+
+
+def is_unreadable_job(exc: BaseException) -> BaseException | None:
+    """The reason a job could not even be read (forged, pickled, too large), or None."""
+    if isinstance(exc, (ProtocolError, DeserializationError)):
+        return exc.__cause__ or exc  # RQ's DeserializationError wraps our ProtocolError
+    return None
+
+
+class SegmentWorker(SimpleWorker):
+    """RQ's in-process worker (no fork per job: the model stays live between segments)."""
+
+    def _set_connection(self, connection: redis.Redis) -> redis.Redis:
+        if is_cluster(connection):  # RQ tunes a pool's socket timeout; a cluster has one pool per node
+            return connection
+        return super()._set_connection(connection)
+
+
+def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handlers: list) -> tuple[SegmentWorker, list]:
+    """An RQ worker reading ``own_queue`` first, then ``queue`` (on a cluster: every running
+    experiment's queue of that name); returns it and its queues."""
+    if is_cluster(r):
+        kind: dict = dict(queue_class=ExperimentQueue, job_class=TaggedSegmentJob)
+        queues = [ExperimentQueue(queue, connection=r, serializer=MsgpackSerializer, job_class=TaggedSegmentJob)]
+    else:
+        kind = dict(job_class=SegmentJob)
+        queues = [queue_for(r, own_queue), queue_for(r, queue)]
+    w = SegmentWorker(queues, connection=r, name=name, serializer=MsgpackSerializer, job_monitoring_interval=5,
+                      exception_handlers=exception_handlers, **kind)
+    return w, queues
+
+
+def forget_registration(r: Any, worker_id: str, queue: str) -> bool:
+    """Clear RQ's registration of a killed worker under ``worker_id`` (RQ keeps it for minutes and
+    would refuse to start a worker with that name); False if there was none."""
+    rq_key = SimpleWorker.redis_worker_namespace_prefix + worker_id
+    if not r.exists(rq_key):
+        return False
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(rq_key)
+    pipe.srem(REDIS_WORKER_KEYS, rq_key)
+    pipe.srem(WORKERS_BY_QUEUE_KEY % queue, rq_key)
+    pipe.execute()
+    return True
+
+
+def forget_queue(r: Any, queue: Queue) -> None:
+    """Take a queue out of RQ's index of queues (a worker's own queue, when the worker goes)."""
+    r.srem(Queue.redis_queues_keys, queue.key)
+
+
+def drain(r: Any, base: str, exp: str) -> int:
+    """An ended experiment's queued jobs on a Redis Cluster: no worker sweeps its queue any more."""
+    key = queue_key(queue_name(base, exp))
+    ids = [j.decode() for j in r.lrange(key, 0, -1)]
+    pipe = r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.delete(TaggedSegmentJob.key_for(jid))
+    pipe.delete(key)
+    pipe.delete(f"rq:queues:{{{exp}}}")
+    pipe.execute()
+    return len(ids)

@@ -1,0 +1,106 @@
+"""What every command shares: one-line errors, options bound to ``PBT_*`` settings, logging, exit codes.
+
+An option bound to a setting has a ``FromEnv`` default; once the command line is parsed,
+``resolve`` replaces it with the setting's value, read and validated by ``core.settings``.
+Nothing is parsed from the environment while the parser is built, and ``run`` validates every
+``PBT_*`` variable before doing anything: a bad value is one line naming it, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pbt_mq.broker.connect import RedisUnavailable
+from pbt_mq.config.reader import ConfigError
+from pbt_mq.core import settings
+from pbt_mq.core.settings import SettingError
+from pbt_mq.observe.lineage import NoCheckpoint
+from pbt_mq.state.experiment import UnknownExperiment
+from pbt_mq.store.base import StoreError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+
+
+class UsageError(ValueError):
+    """Bad input on the command line; printed as one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class FromEnv:
+    """The default of an option bound to a ``PBT_*`` setting, resolved after parsing."""
+
+    def __init__(self, env: str) -> None:
+        self.env = env
+
+    def __repr__(self) -> str:
+        return f"${self.env}"
+
+
+def env_option(p: argparse.ArgumentParser, *flags: str, env: str, help: str, **kw: Any) -> None:
+    default = settings.SETTINGS[env].default
+    shown = "" if default is None else f", default {default}"
+    p.add_argument(*flags, default=FromEnv(env), help=f"{help} (env {env}{shown})", **kw)
+
+
+def redis_option(p: argparse.ArgumentParser) -> None:
+    env_option(p, "--redis", env="PBT_REDIS_URL", help="Redis URL: redis://[user:pass@]host:port/db, rediss:// for TLS")
+
+
+def log_option(p: argparse.ArgumentParser) -> None:
+    env_option(p, "--log-level", env="PBT_LOG_LEVEL", help="log level", type=str.upper, choices=settings.LOG_LEVELS)
+
+
+def resolve(ns: argparse.Namespace) -> argparse.Namespace:
+    """Replace every ``FromEnv`` default with its setting's validated value."""
+    for name, value in vars(ns).items():
+        if isinstance(value, FromEnv):
+            setattr(ns, name, settings.read(value.env))
+    return ns
+
+
+def setup_logging(level: str | None, default: str) -> None:
+    logging.basicConfig(level=getattr(logging, (level or default).upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+    """Run a command; a known failure is one line on stderr and an exit code, never a traceback."""
+    try:
+        return fn(args)
+    except (ConfigError, UsageError, SettingError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RedisUnavailable, StoreError, UnknownExperiment, NoCheckpoint) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `pbt lineage EXP | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (RuntimeError, ImportError, OSError) as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, default_level: str,
+        fn: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Validate the environment, parse, resolve settings, set up logging, run (``fn`` or ``a.fn``)."""
+    try:
+        settings.check_environment()
+    except SettingError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    a = resolve(parser.parse_args(argv))
+    setup_logging(getattr(a, "log_level", None) or settings.read("PBT_LOG_LEVEL"), default_level)
+    return guard(fn or a.fn, a, parser.prog)

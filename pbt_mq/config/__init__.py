@@ -1,0 +1,1 @@
+"""The experiment file: TOML parsed into a frozen, validated ``Experiment``."""

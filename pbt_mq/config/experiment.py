@@ -1,0 +1,79 @@
+"""The experiment as every process sees it: a frozen ``Experiment``, parsed once from the file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbt_mq.core.space import AnySpace
+from pbt_mq.rules.base import ExploitSpec, ExploreSpec
+
+
+@dataclass(frozen=True)
+class Ready:
+    steps: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    steps: int | None = None
+    seconds: float | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    segment_timeout_s: int = 3600
+    max_retries: int = 2
+    overlap_upload: bool = False  # publish once serialized and hashed; upload while the next segment trains
+
+
+@dataclass(frozen=True)
+class GCSettings:
+    """Checkpoint garbage collection: delete what no member, queued segment or pending event needs."""
+
+    enabled: bool = True
+    min_age_s: float = 600.0  # an upload whose event never came is abandoned after this long
+    interval_s: float = 10.0
+    lineage_depth: int = -1  # ancestors kept per member: -1 all (a live lineage is never cut), 0 none
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    trainable: str
+    metric: str
+    mode: str
+    seed: int
+    population: int
+    initial: tuple[dict[str, Any], ...]
+    ready: Ready
+    stop: Stop
+    exploit: ExploitSpec
+    explore: ExploreSpec
+    spaces: dict[str, AnySpace]
+    trainable_args: dict[str, Any] = field(default_factory=dict)
+    store: str | None = None
+    queue: str = "pbt"
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    gc: GCSettings = field(default_factory=GCSettings)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, sort_keys=True)
+
+    def higher_is_better(self, metric_value: float) -> float:
+        """The leaderboard score: the metric, negated when lower is better."""
+        return metric_value if self.mode == "max" else -metric_value
+
+    def first_target(self, step: int) -> dict[str, Any]:
+        """The target of a segment starting at ``step``: the next ready point, capped by the stop
+        (keyword arguments of ``SegmentCommand``)."""
+        if self.ready.seconds is not None:
+            return {"seconds": self.ready.seconds}
+        until = step + (self.ready.steps or 1)
+        if self.stop.steps is not None:
+            until = min(until, self.stop.steps)
+        return {"until_step": max(until, step + 1)}

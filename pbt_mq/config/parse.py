@@ -1,0 +1,290 @@
+"""The experiment file (TOML): parsed into a frozen ``Experiment``, every error with its key path.
+
+The same parser reads the file at ``pbt launch`` and the JSON copy that travels
+with the experiment in Redis, so arbiters and workers see exactly what was
+launched. See the README's config reference for every key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from pbt_mq.config.experiment import Experiment, GCSettings, Ready, Stop, WorkerSettings
+from pbt_mq.config.reader import ConfigError, Reader, is_number
+from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
+from pbt_mq.rules.base import ExploitSpec, ExploreSpec
+from pbt_mq.rules.registry import EXPLOIT_RULES, EXPLORE_RULES, missing_requirement
+
+TRAINABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_POPULATION = 100_000
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def load_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the experiment file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw.setdefault("name", _default_name(p.stem))
+    for item in overrides:
+        apply_override(raw, item)
+    return parse(raw)
+
+
+def load_json(text: str) -> Experiment:
+    try:
+        raw = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: the stored experiment is not valid JSON ({exc})") from None
+    return parse(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``section.key=value``; the value is read as TOML, else taken as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    path, _, text = item.partition("=")
+    parts = [p.strip() for p in path.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {item}: empty key in {path!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item}: {part} is not a table")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse(raw: dict[str, Any]) -> Experiment:
+    r = Reader(raw, "")
+    name = r.str("name", default="experiment")
+    if not NAME_RE.match(name):
+        raise ConfigError(f"name: {name!r} must be 1-64 letters, digits, '_' or '-'")
+    trainable = r.str("trainable")
+    if not TRAINABLE_RE.match(trainable):
+        raise ConfigError(f"trainable: {trainable!r} must be an import path like 'package.module:Class'")
+    spaces = _spaces(r.table("hparams"))
+    pop = r.table("population")
+    size = pop.int("size", low=1, high=MAX_POPULATION)
+    initial = _initial(pop, spaces, size)
+    pop.done()
+    exp = Experiment(
+        name=name,
+        trainable=trainable,
+        metric=r.str("metric"),
+        mode=r.choice("mode", ("max", "min"), default="max"),
+        seed=r.int("seed", default=0, low=0, high=2**63 - 1),
+        population=size,
+        initial=initial,
+        ready=_ready(r.table("ready")),
+        stop=_stop(r.table("stop")),
+        exploit=_exploit(r.table("exploit", optional=True)),
+        explore=_explore(r.table("explore", optional=True)),
+        spaces=spaces,
+        trainable_args=_plain(r.raw_table("trainable_args"), "trainable_args"),
+        store=r.str("store", default=None),
+        queue=r.str("queue", default="pbt"),
+        worker=_worker(r.table("worker", optional=True)),
+        gc=_gc(r.table("gc", optional=True)),
+        raw=raw,
+    )
+    r.done()
+    return exp
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _ready(t: Reader) -> Ready:
+    ready = Ready(
+        steps=t.int("steps", default=None, low=1), seconds=t.float("seconds", default=None, low=1e-3)
+    )
+    t.done()
+    if (ready.steps is None) == (ready.seconds is None):
+        raise ConfigError("ready: set exactly one of steps and seconds")
+    return ready
+
+
+def _stop(t: Reader) -> Stop:
+    stop = Stop(
+        steps=t.int("steps", default=None, low=1),
+        seconds=t.float("seconds", default=None, low=1e-3),
+        score=t.float("score", default=None),
+    )
+    t.done()
+    if stop.steps is None and stop.seconds is None and stop.score is None:
+        raise ConfigError("stop: set at least one of steps, seconds and score")
+    return stop
+
+
+def _exploit(t: Reader) -> ExploitSpec:
+    spec = ExploitSpec(
+        rule=_rule(t, EXPLOIT_RULES, "truncation"),
+        quantile=t.float("quantile", default=0.2, low=1e-9, high=0.5),
+        ties=t.choice("ties", ("strict", "rank", "random"), default="strict"),
+    )
+    t.done()
+    return spec
+
+
+def _explore(t: Reader) -> ExploreSpec:
+    factors = t.get("factors", [0.8, 1.2])
+    if (
+        not isinstance(factors, list)
+        or not factors
+        or not all(is_number(f) and 0 < f < math.inf for f in factors)
+    ):
+        raise ConfigError(f"{t.path}factors: must be a non-empty list of positive numbers, got {factors!r}")
+    perturb = PerturbSpec(
+        factors=tuple(float(f) for f in factors),
+        mode=t.choice("perturb", ("multiply", "noise"), default="multiply"),
+        noise_std=t.float("noise_std", default=0.1, low=1e-12, high=10.0),
+    )
+    spec = ExploreSpec(
+        rule=_rule(t, EXPLORE_RULES, "perturb"),
+        resample_probability=t.float("resample_probability", default=0.25, low=0.0, high=1.0),
+        perturb=perturb,
+    )
+    t.done()
+    return spec
+
+
+def _rule(t: Reader, registry: dict[str, Any], default: str) -> str:
+    """A registered rule's name, whose requirements (PB2: numpy) are installed here."""
+    name = t.choice("rule", tuple(registry), default=default)
+    problem = missing_requirement(registry, name)
+    if problem:
+        raise ConfigError(f"{t.path}rule: {problem}")
+    return name
+
+
+def _gc(t: Reader) -> GCSettings:
+    g = GCSettings(
+        enabled=t.bool("enabled", default=True),
+        min_age_s=t.float("min_age_s", default=600.0, low=0.0),
+        interval_s=t.float("interval_s", default=10.0, low=0.1),
+        lineage_depth=t.int("lineage_depth", default=-1, low=-1),
+    )
+    t.done()
+    return g
+
+
+def _worker(t: Reader) -> WorkerSettings:
+    w = WorkerSettings(
+        segment_timeout_s=t.int("segment_timeout_s", default=3600, low=1),
+        max_retries=t.int("max_retries", default=2, low=0, high=100),
+        overlap_upload=t.bool("overlap_upload", default=False),
+    )
+    t.done()
+    return w
+
+
+def _spaces(t: Reader) -> dict[str, AnySpace]:
+    spaces: dict[str, AnySpace] = {}
+    for name in t.keys():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", name):
+            raise ConfigError(f"hparams.{name}: name must be an identifier")
+        spaces[name] = _space(t.table(name))
+    if not spaces:
+        raise ConfigError("hparams: define at least one hyperparameter to tune")
+    return spaces
+
+
+def _space(t: Reader) -> AnySpace:
+    kind = t.choice("type", ("float", "int", "categorical"))
+    if kind == "categorical":
+        values = t.get("values")
+        if not isinstance(values, list) or len(values) < 1:
+            raise ConfigError(f"{t.path}values: must be a non-empty list")
+        if not all(isinstance(v, (bool, int, float, str)) for v in values):
+            raise ConfigError(f"{t.path}values: entries must be numbers, booleans or strings")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{t.path}values: entries must be finite (nan never equals itself)")
+        if len({(type(v), v) for v in values}) != len(values):
+            raise ConfigError(f"{t.path}values: entries must be distinct")
+        space: AnySpace = CategoricalSpace(tuple(values), ordered=t.bool("ordered", default=False))
+        t.done()
+        return space
+    log = t.bool("log", default=False)
+    perturb = t.choice("perturb", ("multiply", "noise"), default=None)
+    if kind == "int":
+        low, high = t.int("low"), t.int("high")
+    else:
+        low, high = t.float("low"), t.float("high")
+    if not low < high:
+        raise ConfigError(f"{t.path}low: must be < high (got low={low}, high={high})")
+    if log and low <= 0:
+        raise ConfigError(f"{t.path}low: must be > 0 for a log space (got {low})")
+    t.done()
+    if kind == "int":
+        return IntSpace(int(low), int(high), log=log, perturb_mode=perturb)
+    return FloatSpace(float(low), float(high), log=log, perturb_mode=perturb)
+
+
+def _initial(pop: Reader, spaces: dict[str, AnySpace], size: int) -> tuple[dict[str, Any], ...]:
+    initial = pop.get("initial", [])
+    if not isinstance(initial, list) or len(initial) > size:
+        raise ConfigError(f"population.initial: must be a list of at most size={size} tables")
+    out = []
+    for i, entry in enumerate(initial):
+        where = f"population.initial[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table like {{lr = 0.01}}")
+        for k, v in entry.items():
+            if k not in spaces:
+                raise ConfigError(f"{where}.{k}: not a hyperparameter defined under [hparams]")
+            if isinstance(spaces[k], FloatSpace) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+                entry[k] = v
+            if not spaces[k].contains(v):
+                raise ConfigError(f"{where}.{k}: {v!r} is outside hparams.{k}")
+        out.append(dict(entry))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- reader
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Check that ``value`` survives the JSON copy in Redis (TOML dates do not)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(f"{where}: must be a string, number, boolean, array or table, got {type(value).__name__}")
+    return value
+
+
+def _default_name(stem: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", stem).strip("-_") or "experiment"
+    return cleaned[:64]
+
+

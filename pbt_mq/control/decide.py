@@ -1,0 +1,147 @@
+"""Deciding one ready event: decide.lua's call, its reply read as a plan, and explore.
+
+``Decider.prepare`` builds ``decide.lua``'s keys and arguments (the decision's rng takes its
+first draw here, for the exploit rule); the script records the score and picks the donor in
+O(log n); ``Decider.interpret`` reads its reply by name and, after an exploit, mutates the
+donor's hyperparameters with the same rng. Nothing here writes to Redis: committing is
+``control.commit``'s.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbt_mq.broker.scripts import text
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Action, ExperimentState, Lineage, ScoredCheckpoint, Why
+from pbt_mq.core.protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
+from pbt_mq.rules.base import ExploreContext, decision_rng
+from pbt_mq.rules.registry import exploit_rule, explore_rule
+
+SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
+DUPLICATE = "duplicate"  # an outcome, not a lineage action: the event was decided before
+
+
+@dataclass
+class Plan:
+    """What to do with a ready event: the lineage action and, unless done, the next segment."""
+
+    action: str  # an Action value, or DUPLICATE
+    cmd: SegmentCommand | None
+    score: float  # leaderboard score (higher is better), NaN if unusable
+    ops: list[str] = field(default_factory=list)
+    reason: str = ""
+    target_reached: bool = False
+    snapshot: list[tuple[str, float]] | None = None  # the leaderboard the rules saw (n <= SNAPSHOT_MAX)
+    declined_donor: str | None = None
+    facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
+
+
+@dataclass
+class Prepared:
+    """decide.lua's call for one event, and what interpreting its reply needs."""
+
+    keys: list[str]
+    args: list[Any]
+    rng: random.Random
+    score: float
+    reason: str
+    target: bool
+
+
+@dataclass(frozen=True)
+class Reply:
+    """decide.lua's reply, by name (its header documents the positions)."""
+
+    status: str
+    meta_state: str = ""
+    n: int = 0
+    worse: int = 0
+    better: int = 0
+    k: int = 0
+    donor: str = ""
+    donor_record: str = ""
+    board: list[tuple[str, float]] | None = None
+
+    @classmethod
+    def parse(cls, raw: Sequence[Any]) -> Reply:
+        status = text(raw[0])
+        if status != "ok":
+            return cls(status, meta_state=text(raw[1]) if len(raw) > 1 else "")
+        board = raw[9:]
+        return cls(
+            status, text(raw[1]), *(int(x) for x in raw[2:6]), donor=text(raw[6]), donor_record=text(raw[8]),
+            board=[(text(m), float(v)) for m, v in zip(board[::2], board[1::2], strict=True)] if board else None,
+        )
+
+
+class Decider:
+    """The decisions of one experiment; built once per experiment by the arbiter."""
+
+    def __init__(self, cfg: Experiment) -> None:
+        self.cfg = cfg
+        self.exploit = exploit_rule(cfg.exploit)
+        self.explore = explore_rule(cfg.explore)
+
+    def stop_reason(self, ev: ReadyEvent) -> tuple[str, bool]:
+        """Why the member is done after this event ('' if it is not), and whether it hit the target score."""
+        s = self.cfg.stop
+        if s.score is not None and math.isfinite(ev.score):
+            if (ev.score >= s.score) if self.cfg.mode == "max" else (ev.score <= s.score):
+                return f"reached target {self.cfg.metric} {s.score}", True
+        if s.steps is not None and ev.step >= s.steps:
+            return f"reached {s.steps} steps", False
+        if s.seconds is not None and ev.train_s >= s.seconds:
+            return f"trained {s.seconds} s", False
+        return "", False
+
+    def prepare(self, ev: ReadyEvent) -> Prepared:
+        """decide.lua's keys and arguments for ``ev`` (see the script's header)."""
+        k = Keys(ev.experiment)
+        score = self.cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
+        reason, target = self.stop_reason(ev)
+        rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
+        mode = "none" if reason else self.exploit.lua or "none"
+        u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
+        record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams)
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta], [
+            ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
+            record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
+        ], rng, score, reason, target)
+
+    def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any], ready_ms: int,
+                  history: Callable[[int], Sequence[Lineage]]) -> Plan:
+        """decide.lua's reply as a plan: done, duplicate, or the next segment (explore runs here).
+        ``history(n)``: the newest n lineage records, for an explore rule that asks for them."""
+        reply = Reply.parse(raw)
+        score, reason, target = prep.score, prep.reason, prep.target
+        if reply.status == "dup":
+            return Plan(DUPLICATE, None, score)
+        if reply.status == "ahead":
+            raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
+        if reply.meta_state != ExperimentState.RUNNING:
+            reason, target = f"experiment {reply.meta_state or 'gone'}", False
+        if reason:
+            return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target)
+        facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}
+        common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, train_s=ev.train_s, ready_ms=ready_ms)
+        if reply.donor:
+            d = ScoredCheckpoint.from_json(reply.donor_record)
+            if self.cfg.stop.steps is None or d.step < self.cfg.stop.steps:
+                ctx = ExploreContext(self.cfg.spaces, self.cfg.population, ev.member, d.step, self.cfg.higher_is_better,
+                                     history(self.explore.history_size(self.cfg.population)))
+                hp, ops = self.explore.explore(d.hparams, ctx, prep.rng)
+                cmd = SegmentCommand(step=d.step, hparams=hp, why=Why.EXPLOIT.value, parent=reply.donor,
+                                     start=CheckpointRef(d.key, d.sha256, d.size), parent_step=d.step, **common,
+                                     **self.cfg.first_target(d.step))
+                return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts)
+        cmd = SegmentCommand(step=ev.step, hparams=dict(ev.hparams), why=Why.CONTINUE.value, start=ev.checkpoint,
+                             **common, **self.cfg.first_target(ev.step))
+        # a donor is declined only when it had already finished: copying it would end this member too
+        return Plan(Action.CONTINUE.value, cmd, score, snapshot=reply.board, declined_donor=reply.donor or None,
+                    facts=facts)

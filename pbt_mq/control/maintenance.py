@@ -1,0 +1,109 @@
+"""The arbiter's housekeeping, on timers: the reaper (no member is ever stuck), checkpoint garbage
+collection, and trimming the events streams; plus the last collection of an experiment that ended.
+
+Every replica runs it; running it twice at once is harmless (each piece is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException
+
+from pbt_mq.broker.cluster import is_cluster
+from pbt_mq.broker.jobs import drain
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.control.gc import collect
+from pbt_mq.control.reaper import sweep
+from pbt_mq.control.trim import trim_events
+from pbt_mq.core.ids import now_ms
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Meta
+from pbt_mq.state.finish import complete_if_all_finished
+from pbt_mq.store.base import Store, StoreError
+from pbt_mq.store.open import open_store
+
+log = logging.getLogger(__name__)
+TRIM_INTERVAL_S = 60.0
+
+
+class Maintenance:
+    def __init__(self, r: Any, stats: Counter[str], reap_interval_s: float = 2.0, reap_grace_ms: int = 10_000,
+                 events_retention_s: float = 3600.0) -> None:
+        self.r = r
+        self.stats = stats
+        self.reap_interval_s = reap_interval_s  # 0: no reaper, no GC, no trimming
+        self.reap_grace_ms = reap_grace_ms
+        self.events_retention_s = events_retention_s  # < 0: never trim
+        self.stores: dict[str, Store] = {}
+        self._reaped = 0.0
+        self._trimmed = 0.0
+        self._gc_at: dict[str, float] = {}
+
+    def tick(self, configs: dict[str, Experiment], now: float) -> None:
+        """Run what is due (``now``: time.monotonic())."""
+        if self.reap_interval_s <= 0 or now - self._reaped < self.reap_interval_s:
+            return
+        self._reaped = now
+        self.reap(configs)
+        self.collect_garbage(configs, now)
+        if self.events_retention_s >= 0 and now - self._trimmed >= TRIM_INTERVAL_S:
+            self._trimmed = now
+            self.trim(list(configs))
+
+    def reap(self, configs: dict[str, Experiment]) -> None:
+        """Requeue the segments of members whose worker died or whose job was lost; end an
+        experiment whose members all finished if the decision that should have ended it did not
+        (its reply was lost with the connection after EXEC committed)."""
+        for e, cfg in list(configs.items()):
+            try:
+                self.stats["requeued"] += sweep(self.r, e, cfg, self.reap_grace_ms)
+                complete_if_all_finished(self.r, cfg, e, Meta.read(self.r, Keys(e).meta, "finished").finished)
+            except redis.RedisError as exc:
+                log.warning("reaper: %s: %s", e, exc)
+
+    def collect_garbage(self, configs: dict[str, Experiment], now: float, final: bool = False) -> None:
+        """Delete checkpoints no one needs, every ``gc.interval_s`` per experiment (and once at its end)."""
+        for e, cfg in configs.items():
+            if not cfg.gc.enabled or (not final and now - self._gc_at.get(e, 0.0) < cfg.gc.interval_s):
+                continue
+            self._gc_at[e] = now
+            try:
+                self.stats["gc_deleted"] += collect(self.r, e, cfg, self.store(e), min_age_s=0.0 if final else None)
+            except (redis.RedisError, StoreError) as exc:
+                log.warning("gc: %s: %s", e, exc)
+
+    def trim(self, exps: list[str]) -> None:
+        """Bound every running experiment's events stream (trim.py)."""
+        for e in exps:
+            try:
+                self.stats["trimmed"] += trim_events(self.r, e, self.events_retention_s, now_ms())
+            except redis.RedisError as exc:
+                log.warning("trim: %s: %s", e, exc)
+
+    def ended(self, ended: dict[str, Experiment], now: float) -> None:
+        """Experiments that stopped running: a last collection leaves each member's final checkpoint
+        and nothing else; on a cluster their queued jobs are drained (no worker sweeps them)."""
+        if not ended:
+            return
+        self.collect_garbage(ended, now, final=True)
+        if is_cluster(self.r):
+            for e, cfg in ended.items():
+                try:
+                    drain(self.r, cfg.queue, e)
+                except (redis.RedisError, RedisClusterException) as exc:
+                    log.warning("%s: could not drain its queue: %s", e, exc)
+        for e in ended:
+            self.stores.pop(e, None)
+            self._gc_at.pop(e, None)
+
+    def store(self, exp: str) -> Store:
+        if exp not in self.stores:
+            url = Meta.read(self.r, Keys(exp).meta, "store").store
+            if not url:
+                raise StoreError(f"experiment {exp}: no store URL in its meta hash")
+            self.stores[exp] = open_store(url)
+        return self.stores[exp]

@@ -1,0 +1,37 @@
+"""Identifiers and clocks every process agrees on: experiment and member ids, member seeds, ms time."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+
+EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: what every ``*_ms`` field in Redis holds."""
+    return int(time.time() * 1000)
+
+
+def new_experiment_id(name: str) -> str:
+    """``NAME-YYYYmmdd-HHMMSS-xxxx``: sortable by launch time, unique without coordination."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def member_ids(n: int) -> list[str]:
+    """``m000``, ``m001``, ...: zero-padded so ids sort as members were numbered."""
+    width = max(3, len(str(n - 1)))
+    return [f"m{i:0{width}d}" for i in range(n)]
+
+
+def member_seed(seed: int, member: str) -> int:
+    """A member's init seed: stable across machines (sha256, not ``hash()``), different per member."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{member}".encode()).digest()[:4], "big")
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """When a Redis stream entry was added: its id's milliseconds."""
+    s = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(s.split("-", 1)[0])

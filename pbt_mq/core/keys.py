@@ -1,0 +1,175 @@
+"""Every Redis key pbt-mq uses, in one place. This docstring is the redis-cli reference.
+
+One experiment lives under one prefix whose ``{hash tag}`` keeps all its keys in one Redis
+Cluster slot. Hashes and stream entries are typed records in ``core.model`` (each field's
+meaning is its doc there, and in ``docs/redis.md``); the field lists below are checked
+against those records by ``tests/core/test_model.py``, so they cannot go stale::
+
+    pbt:{EXP}:meta              HASH   core.model.Meta: state, reason, name, created_ms, done_ms, population,
+                                       seed, queue, store, metric, mode, finished, config, schema
+    pbt:{EXP}:member:{M}        HASH   core.model.Member: state, seq, step, hparams, why, job, cmd, queue,
+                                       queued_ms, started_ms, updated_ms, limbo_ms, worker, score, scored_step,
+                                       ckpt_key, ckpt_sha256, ckpt_size, ckpt_hparams, train_s, parent,
+                                       parent_step, last_exploit, reason, error, attempt, reaped
+    pbt:{EXP}:scores            ZSET   member -> latest finite score of a member that has a checkpoint (the
+                                       leaderboard; donors come from here). Stored so that higher is
+                                       better: for mode = "min" the stored score is -metric.
+    pbt:{EXP}:ckpts             HASH   member -> core.model.ScoredCheckpoint (JSON: key, sha256, size,
+                                       step, hparams): the checkpoint its leaderboard score belongs to
+    pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
+                                       (the lineage as a tree, for garbage collection)
+    pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
+    pbt:{EXP}:stored            ZSET   published checkpoint key -> time (ms): what the garbage
+                                       collector may delete once nothing needs it
+    pbt:{EXP}:events            STREAM ready events: member, seq, step, score (plain fields) + msg
+                                       (the msgpack core.protocol.ReadyEvent)
+    pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
+                                       step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
+                                       parent_step, next_start_key, ops, reason, worker, declined_donor, n,
+                                       worse, better, k, snapshot
+    pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
+    pbt:experiments             ZSET   experiment id -> created time (ms); global index
+    pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
+                                       queue, current, beat_ms, segments, warm, cold
+    pbt:workers                 ZSET   worker id -> last heartbeat (ms)
+    pbt:dead                    STREAM core.model.DeadLetter (jobs refused by workers): reason, source, entry,
+                                       raw, worker
+
+The arbiters' consumer group on every events stream is ``arbiters``. RQ's own keys
+(``rq:queue:pbt``, ``rq:job:...``) hold queued segments; job ids are ``EXP_M_SEQ`` so a
+redelivered decision can never queue a second copy. ``rq:queue:pbt@{ID}`` is worker ID's own
+queue (it reads it before the shared one): continuing segments of the members it holds live,
+sent there when no one waits in the shared queue.
+
+On a Redis Cluster (recognised when connecting) the RQ keys a decision writes move into the
+experiment's slot too (``broker.cluster``): ``rq:queue:pbt:{EXP}`` (one queue per experiment;
+workers sweep those of the running experiments), ``rq:job:{EXP}EXP_M_SEQ`` and
+``rq:queues:{EXP}``. ``pbt:experiments``, ``pbt:workers`` and the worker heartbeats are
+single-key global entries, never written in the same transaction as an experiment's keys.
+
+Try::
+
+    redis-cli ZREVRANGE 'pbt:{EXP}:scores' 0 -1 WITHSCORES
+    redis-cli HGETALL 'pbt:{EXP}:member:m000'
+    redis-cli XRANGE 'pbt:{EXP}:events' - + COUNT 5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pbt_mq.core.model import DeadLetter, Heartbeat, Lineage, Member, Meta, Record
+
+ROOT = "pbt"
+GROUP = "arbiters"
+EXPERIMENTS = f"{ROOT}:experiments"
+WORKERS = f"{ROOT}:workers"
+DEAD = f"{ROOT}:dead"  # dead letters that belong to no experiment (e.g. forged RQ jobs)
+DEFAULT_QUEUE = "pbt"
+
+
+def private_queue(queue: str, worker_id: str) -> str:
+    """A worker's own RQ queue, listened to before the shared one: the arbiter sends a member's
+    continuing segment there, to the worker that holds its model live, when no one waits."""
+    return f"{queue}@{worker_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{ROOT}:worker:{worker_id}"
+
+
+def job_id(experiment: str, member: str, seq: int) -> str:
+    """RQ job id of a segment; RQ allows only [A-Za-z0-9_-], so dots become '_'."""
+    raw = f"{experiment}.{member}.{seq}"
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in raw)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one experiment."""
+
+    experiment: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}:{{{self.experiment}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.prefix}:scores"
+
+    @property
+    def ckpts(self) -> str:
+        return f"{self.prefix}:ckpts"
+
+    @property
+    def parents(self) -> str:
+        return f"{self.prefix}:parents"
+
+    @property
+    def uploading(self) -> str:
+        return f"{self.prefix}:uploading"
+
+    @property
+    def stored(self) -> str:
+        return f"{self.prefix}:stored"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def lineage(self) -> str:
+        return f"{self.prefix}:lineage"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def member(self, member: str) -> str:
+        return f"{self.prefix}:member:{member}"
+
+
+# ---------------------------------------------------------------- the reference, for people
+
+KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
+    ("pbt:{EXP}:meta", "hash", Meta),
+    ("pbt:{EXP}:member:{M}", "hash", Member),
+    ("pbt:{EXP}:scores", "zset", "the leaderboard: member -> latest finite score (negated for mode = min)"),
+    ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
+    ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
+    ("pbt:{EXP}:lineage", "stream", Lineage),
+    ("pbt:{EXP}:dead", "stream", DeadLetter),
+    ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
+    ("pbt:experiments", "zset", "experiment id -> created time (ms)"),
+    ("pbt:workers", "zset", "worker id -> last heartbeat (ms)"),
+    ("pbt:worker:{ID}", "hash", Heartbeat),
+    ("rq:queue:pbt", "list", "queued segment job ids (EXP_M_SEQ)"),
+    ("rq:queue:pbt@{ID}", "list", "a worker's own queue: continuing segments of the members it holds live"),
+)
+
+
+def key_table() -> str:
+    """The README's redis-cli table: every key, its type, and (for records) every field."""
+    rows = ["| key | type | what |", "|---|---|---|"]
+    for key, kind, what in KEY_TABLE:
+        if not isinstance(what, str):
+            what = f"{what.__doc__.splitlines()[0].split(': ', 1)[-1].rstrip('.')}: " + ", ".join(what.spec())
+        rows.append(f"| `{key}` | {kind} | {what} |")
+    return "\n".join(rows)
+
+
+def field_reference() -> str:
+    """``docs/redis.md``'s field-by-field reference of every record."""
+    out = []
+    for key, _, what in KEY_TABLE:
+        if isinstance(what, str):
+            continue
+        out += [f"### `{key}`", "", what.__doc__.splitlines()[0], "", "| field | what |", "|---|---|"]
+        out += [f"| `{name}` | {doc.replace('|', chr(92) + '|')} |" for name, (_, doc) in what.spec().items()]
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,2 @@
+"""Reading an experiment for people and tools: lineage views, stats, top, plots, export/replay,
+Prometheus and TensorBoard hooks."""

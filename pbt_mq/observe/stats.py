@@ -1,0 +1,69 @@
+"""``pbt stats EXP``: where an experiment's time went, from its event and lineage streams."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any
+
+from pbt_mq.core.ids import entry_ms
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.protocol import ProtocolError, ReadyEvent
+from pbt_mq.state.lineage import records
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
+    k = Keys(exp)
+    evs = []
+    for _, fields in r.xrange(k.events, "-", "+"):
+        try:
+            evs.append(ReadyEvent.decode(fields.get(b"msg")))
+        except ProtocolError:
+            continue
+    lineage = records(r, exp)
+    actions = Counter(str(rec.action) for rec in lineage)
+    waits = [e.timings_s["wait"] for e in evs if "wait" in e.timings_s]
+    phases = {p: sum(e.timings_s.get(p, 0.0) for e in evs) for p in ("load", "train", "eval", "save")}
+    busy = sum(phases.values())
+    kinds = Counter(next((h for h in ("warm", "cold", "fresh") if h in e.timings_s), "?") for e in evs)
+    span_s = 0.0
+    if len(lineage) > 1:
+        span_s = (entry_ms(lineage[-1].id) - entry_ms(lineage[0].id)) / 1000
+    continuing = kinds["warm"] + kinds["cold"]
+    return {
+        "segments": len(evs),
+        "decisions": len(lineage),
+        "actions": dict(actions),
+        "decisions_per_s": len(lineage) / span_s if span_s > 0 else None,
+        "ready_to_start_s": {
+            "p50": percentile(waits, 0.5),
+            "p99": percentile(waits, 0.99),
+            "mean": statistics.fmean(waits) if waits else None,
+            "n": len(waits),
+        },
+        "phases_s": phases,
+        "train_fraction_of_segment": phases["train"] / busy if busy else None,
+        "starts": dict(kinds),
+        "warm_fraction": kinds["warm"] / continuing if continuing else None,
+    }
+
+
+def format_stats(exp: str, st: dict[str, Any]) -> str:
+    w = st["ready_to_start_s"]
+    ph = st["phases_s"]
+    dps = st["decisions_per_s"]
+    lines = [
+        f"{exp}: {st['segments']} segments, {st['decisions']} decisions {st['actions']}",
+        f"  decisions/s over the run:         {dps:.1f}" if dps else "  decisions/s over the run:         -",
+        f"  ready -> next segment start (s):  p50 {w['p50'] * 1000:.1f} ms  p99 {w['p99'] * 1000:.1f} ms  (n={w['n']})",
+        "  segment time (s):                 " + "  ".join(f"{p} {v:.2f}" for p, v in ph.items()),
+        f"  starts: {st['starts']}  warm fraction of continuing segments: {st['warm_fraction']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""An experiment's life in Redis: launch, read back, status, stop."""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import lru_cache
+from typing import Any
+
+from pbt_mq.broker.jobs import queue_for
+from pbt_mq.broker.scripts import set_state_if
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.config.parse import load_json
+from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, new_experiment_id, now_ms
+from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
+from pbt_mq.core.model import SCHEMA, ExperimentState, Member, Meta, Why
+from pbt_mq.core.protocol import SegmentCommand
+from pbt_mq.core.space import sample_all
+from pbt_mq.state.segments import enqueue_segment
+
+
+class UnknownExperiment(KeyError):
+    def __str__(self) -> str:
+        return f"no experiment {self.args[0]!r} in this Redis (see: redis-cli ZRANGE {EXPERIMENTS} 0 -1)"
+
+
+def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -> str:
+    """Write the experiment to Redis and queue every member's first segment, atomically."""
+    exp = exp_id or new_experiment_id(cfg.name)
+    k = Keys(exp)
+    rng = random.Random(f"pbt-mq/{cfg.seed}/init")
+    if not EXPERIMENT_ID.match(exp):
+        raise ValueError(f"experiment id {exp!r} must be 1-100 letters, digits, '_' or '-'")
+    queue = queue_for(r, cfg.queue, exp)
+    r.zadd(EXPERIMENTS, {exp: now_ms()})  # first, outside the MULTI (another slot on a cluster);
+    # readers skip an id whose meta is not there yet
+    pipe = r.pipeline(transaction=True)
+    pipe.multi()  # explicit: RQ's enqueue_job expects a pipeline already in MULTI
+    pipe.hset(k.meta, mapping=Meta.fields(
+        state=ExperimentState.RUNNING, name=cfg.name, created_ms=now_ms(), population=cfg.population, seed=cfg.seed,
+        queue=cfg.queue, store=store_url, metric=cfg.metric, mode=cfg.mode, finished=0, config=cfg.to_json(),
+        schema=SCHEMA,
+    ))
+    pipe.xgroup_create(k.events, GROUP, id="0", mkstream=True)
+    for i, m in enumerate(member_ids(cfg.population)):
+        hp = sample_all(cfg.spaces, rng)
+        if i < len(cfg.initial):
+            hp.update(cfg.initial[i])
+        cmd = SegmentCommand(experiment=exp, member=m, seq=0, step=0, hparams=hp, why=Why.START.value,
+                             **cfg.first_target(0))
+        pipe.hset(k.member(m), mapping=Member.fields(step=0, hparams=hp, updated_ms=now_ms()))
+        enqueue_segment(pipe, queue, cfg, cmd)
+    pipe.execute()
+    return exp
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(text: str, schema: int) -> Experiment:
+    return load_json(text)
+
+
+def load_config(r: Any, exp: str) -> Experiment:
+    """The experiment as launched (its config travels in its meta hash)."""
+    text, schema = r.hmget(Keys(exp).meta, "config", "schema")
+    if text is None:
+        raise UnknownExperiment(exp)
+    return _parse_cached(text.decode(), int(schema or 1))
+
+
+def read_meta(r: Any, exp: str) -> Meta:
+    raw = r.hgetall(Keys(exp).meta)
+    if not raw:
+        raise UnknownExperiment(exp)
+    return Meta.decode(raw)
+
+
+def running_experiments(r: Any) -> dict[str, Meta]:
+    """Every running experiment's id and meta (state, queue, population, mode, ...), oldest first."""
+    ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+    fields = Meta.names("state", "queue", "population", "mode", "store")
+    pipe = r.pipeline(transaction=False)
+    for e in ids:
+        pipe.hmget(Keys(e).meta, *fields)
+    metas = {e: Meta.pick(fields, row) for e, row in zip(ids, pipe.execute(), strict=True)}
+    return {e: m for e, m in metas.items() if m.state is ExperimentState.RUNNING}
+
+
+def metric_value(cfg: Experiment, stored: float) -> float:
+    """Undo the sign flip of mode = "min"."""
+    return stored if cfg.mode == "max" else -stored
+
+
+def status(r: Any, exp: str) -> dict[str, Any]:
+    """The ``pbt status --json`` shape: the experiment and every member."""
+    k = Keys(exp)
+    meta = read_meta(r, exp)
+    cfg = load_config(r, exp)
+    ids = member_ids(cfg.population)
+    pipe = r.pipeline(transaction=False)
+    for m in ids:
+        pipe.hgetall(k.member(m))
+    rows = []
+    members = {}
+    for m, h in zip(ids, pipe.execute(), strict=True):
+        rec = members[m] = Member.decode(h)
+        rows.append({
+            "id": m,
+            "state": str(rec.state) if rec.state else "?",
+            "seq": rec.seq,
+            "step": rec.step,
+            "scored_step": rec.scored_step,
+            "score": None if rec.score is None or not math.isfinite(rec.score) else rec.score,
+            "hparams": rec.hparams or {},
+            "worker": rec.worker,
+            "parent": rec.parent or None,
+            "error": rec.error or None,
+        })
+    top = r.zrevrange(k.scores, 0, 0, withscores=True)
+    best = None
+    if top:
+        member = top[0][0].decode()
+        best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
+    return {
+        "experiment": exp,
+        "state": str(meta.state) if meta.state else None,
+        "reason": meta.reason or None,
+        "metric": cfg.metric,
+        "mode": cfg.mode,
+        "population": cfg.population,
+        "finished": meta.finished,
+        "store": meta.store,
+        "best": best,
+        "members": rows,
+    }
+
+
+def stop(r: Any, exp: str, reason: str = "stopped by user") -> bool:
+    """Mark the experiment stopped: workers skip its queued segments, arbiters queue no more."""
+    k = Keys(exp)
+    if not r.exists(k.meta):
+        raise UnknownExperiment(exp)
+    return set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.STOPPED, reason, now_ms())  # never overwrites done

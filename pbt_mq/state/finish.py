@@ -1,0 +1,56 @@
+"""Members and experiments reaching their end, each counted exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from pbt_mq.broker.scripts import set_state_if
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.ids import member_ids, now_ms
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Action, ExperimentState, Lineage, Member, MemberState
+
+
+def fail_member(r: Any, cfg: Experiment, exp: str, member: str, seq: int, reason: str) -> bool:
+    """Mark a member failed (it leaves the leaderboard); False if it had already ended."""
+    k = Keys(exp)
+    mkey = k.member(member)
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(mkey)
+                state = Member.read(pipe, mkey, "state").state
+                if state is not None and state.ended:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(mkey, mapping=Member.fields(state=MemberState.FAILED, error=reason, updated_ms=now_ms()))
+                pipe.zrem(k.scores, member)
+                pipe.xadd(k.lineage, Lineage.fields(member=member, seq=seq, action=Action.FAILED, reason=reason[-500:],
+                                                    ops=[]))
+                pipe.hincrby(k.meta, "finished", 1)
+                finished = pipe.execute()[-1]
+                break
+            except redis.WatchError:
+                continue
+    complete_if_all_finished(r, cfg, exp, int(finished))
+    return True
+
+
+def complete_if_all_finished(r: Any, cfg: Experiment, exp: str, finished: int) -> None:
+    """End the experiment once every member is done or failed (failed: when all of them failed)."""
+    if finished < cfg.population:
+        return
+    k = Keys(exp)
+    pipe = r.pipeline(transaction=False)
+    for m in member_ids(cfg.population):
+        pipe.hmget(k.member(m), "state")
+    states = [Member.pick(("state",), row).state for row in pipe.execute()]
+    n_failed = states.count(MemberState.FAILED)
+    if n_failed == len(states):
+        set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.FAILED, "every member failed", now_ms())
+    else:
+        reason = f"all members finished ({n_failed} failed)" if n_failed else "all members finished"
+        set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.DONE, reason, now_ms())

@@ -1,0 +1,131 @@
+"""The lineage log (``pbt:{EXP}:lineage``): one record per decision, append-only, replayable.
+
+Each record says: member M trained segment ``seq`` from checkpoint ``start_key`` (at
+``start_step``) with ``hparams`` to ``step``, wrote ``ckpt_key``, scored ``score``; then the
+arbiter chose ``action``. Following ``start_key`` back through ``ckpt_key``s gives the exact
+ancestry of any checkpoint across exploits. ``observe.lineage`` turns records into the views
+people read; ``replay_decisions`` re-derives every decision from them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Action, Lineage
+from pbt_mq.rules.base import ExploreContext, decision_rng
+from pbt_mq.rules.registry import exploit_rule, explore_rule
+
+
+def records(r: Any, exp: str, after: str | None = None) -> list[Lineage]:
+    """The typed records, oldest first; with ``after`` (an entry id) only the newer ones."""
+    return [Lineage.from_entry(entry_id, fields)
+            for entry_id, fields in r.xrange(Keys(exp).lineage, "-" if after is None else f"({after}", "+")]
+
+
+def by_checkpoint(recs: list[Lineage]) -> dict[str, Lineage]:
+    return {rec.ckpt_key: rec for rec in recs if rec.ckpt_key}
+
+
+def ancestry(recs: list[Lineage], ckpt_key: str) -> list[Lineage]:
+    """The segments that produced ``ckpt_key``, oldest first."""
+    by_ckpt = by_checkpoint(recs)
+    chain: list[Lineage] = []
+    cur = by_ckpt.get(ckpt_key)
+    seen: set[str] = set()
+    while cur is not None and cur.ckpt_key not in seen:
+        seen.add(cur.ckpt_key)
+        chain.append(cur)
+        cur = by_ckpt.get(cur.start_key)
+    return chain[::-1]
+
+
+def typed(rec: Lineage) -> dict[str, Any]:
+    """The fields every view of a segment shares (a schedule entry)."""
+    return {
+        "member": rec.member,
+        "seq": rec.seq,
+        "from_step": rec.start_step,
+        "to_step": rec.step,
+        "hparams": rec.hparams or {},
+        "score": rec.score,
+    }
+
+
+def schedule(chain: list[Lineage]) -> list[dict[str, Any]]:
+    """The hyperparameter schedule of a chain: which values were used from which step."""
+    return [typed(rec) for rec in chain]
+
+
+def format_schedule(sched: list[dict[str, Any]]) -> str:
+    lines = []
+    prev_member = None
+    for s in sched:
+        hp = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(s["hparams"].items()))
+        tag = "" if prev_member in (None, s["member"]) else f"  <- copied {prev_member}'s weights"
+        lines.append(f"  steps {s['from_step']:>6}-{s['to_step']:<6} {s['member']}  {hp}  score={s['score']:.4g}{tag}")
+        prev_member = s["member"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- replay
+
+
+def replay_decisions(cfg: Experiment, recs: list[Lineage]) -> list[str]:
+    """Re-derive every recorded exploit/explore decision from the log; return the mismatches.
+
+    A decision is a pure function of (the leaderboard it saw, member, seeded rng). Records of
+    populations up to 64 carry that leaderboard, so the donor and the mutation are re-derived
+    exactly; larger ones carry the counts the rule used (n, worse, better, k), which re-derive
+    whether the member exploited and the mutation it got.
+    """
+    by_ckpt = by_checkpoint(recs)
+    bad = []
+    for rec in recs:
+        if rec.action in (Action.CONTINUE, Action.EXPLOIT):
+            problem = _replay_one(cfg, rec, by_ckpt, recs)
+            if problem:
+                bad.append(f"{rec.member} seq {rec.seq}: {problem}")
+    return bad
+
+
+def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs: list[Lineage]) -> str | None:
+    score = cfg.higher_is_better(rec.score) if math.isfinite(rec.score) else math.nan
+    rng = decision_rng(cfg.seed, rec.member, rec.seq)
+    chosen = rec.chosen_donor
+    board = rec.board
+    if board is not None:
+        donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
+        if donor != chosen:
+            return f"log says donor {chosen}, replay picks {donor}"
+    elif rec.n is not None:
+        would = _exploits_by_counts(cfg, rec, rng)
+        if would != (chosen is not None):
+            return f"log says donor {chosen}, the counts say {'a donor' if would else 'none'}"
+    else:
+        return None
+    if rec.action is not Action.EXPLOIT:
+        return None
+    source = by_ckpt.get(rec.next_start_key)
+    if source is None:
+        return f"donor checkpoint {rec.next_start_key} has no lineage record"
+    rule = explore_rule(cfg.explore)
+    ctx = ExploreContext(cfg.spaces, cfg.population, rec.member, rec.parent_step or 0, cfg.higher_is_better,
+                         rule.replay_history(recs, rec.ops or []))
+    hp = rule.explore(source.hparams or {}, ctx, rng)[0]
+    if hp != rec.next_hparams:
+        return f"log says {rec.next_hparams}, replay gives {hp}"
+    return None
+
+
+def _exploits_by_counts(cfg: Experiment, rec: Lineage, rng: Any) -> bool:
+    """Truncation's verdict from the recorded counts (tournament needs the opponent's score)."""
+    if cfg.exploit.rule == "none":
+        return False
+    rng.random()  # the donor draw, consumed as the arbiter did
+    if cfg.exploit.rule == "tournament":
+        return bool(rec.parent)
+    worse, better, k = rec.worse or 0, rec.better or 0, rec.k or 0
+    return worse < k and min(k, better) > 0

@@ -1,0 +1,1 @@
+"""``pbt bench``: the data plane, the control plane and the fleet, measured."""

@@ -1,0 +1,1 @@
+"""``pbt study``: does PBT work here? Real experiments, compared and reported."""

@@ -1,0 +1,65 @@
+"""``pbt study``: does PBT work here? Four comparisons on the real system, one command.
+
+1. The paper's toy (workers/toy.toml): PBT vs exploit-only vs explore-only vs neither.
+2. Digits (workers/digits.toml): PBT vs random search at equal compute (the same initial
+   population with exploit/explore off) vs the best random-search configuration trained
+   alone, and PB2.
+3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
+   PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
+
+Every run is a real experiment on a real fleet (``tools.local.fleet``: a private
+redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
+arm gets the same warm workers; curves, schedules and compute are read back from each
+experiment's lineage log. Output: ``DIR/results.md``, ``DIR/*.png``, ``DIR/runs.json``.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pbt_mq.broker.connect import connect
+from pbt_mq.core.model import ExperimentState
+from pbt_mq.tools.local import fleet
+from pbt_mq.tools.study.report import write_report
+from pbt_mq.tools.study.tasks import FULL, QUICK, STUDIES, Fleet
+
+
+def run(a: argparse.Namespace) -> int:
+    chosen = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(STUDIES))
+    if unknown or not chosen:
+        print(f"pbt study: error: --only: unknown study {(unknown or [''])[0]!r}", file=sys.stderr)
+        return 2
+    scale = QUICK if a.quick else FULL
+    if a.seeds:
+        scale = dataclasses.replace(scale, seeds=a.seeds)
+    out = Path(a.out).resolve()
+    wd = out / "work"
+    (wd / "logs").mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with fleet(wd, a.workers) as (url, procs):
+        f = Fleet(connect(url), procs, wd, a.timeout)
+        for name in chosen:
+            print(f"pbt study: {name}", flush=True)
+            STUDIES[name](f, scale)
+    elapsed = time.monotonic() - t0
+    write_report(out, f.runs, command_line(a, chosen), elapsed, a.workers, quick=a.quick)
+    ok = all(r.state == ExperimentState.DONE for r in f.runs)
+    shutil.rmtree(wd if ok else wd / "checkpoints", ignore_errors=True)  # logs stay when a run failed
+    print(f"pbt study: {len(f.runs)} experiments in {elapsed:.0f} s; see {out / 'results.md'}")
+    return 0 if ok else 1
+
+
+def command_line(a: argparse.Namespace, chosen: Sequence[str]) -> str:
+    """The command that reproduces this report, for its header."""
+    parts = ["pbt study", "--quick" if a.quick else "", f"-o {a.out}",
+             f"--only {','.join(chosen)}" if set(chosen) != set(STUDIES) else "",
+             f"--seeds {a.seeds}" if a.seeds else "", f"--workers {a.workers}" if a.workers != 2 else ""]
+    return " ".join(p for p in parts if p)

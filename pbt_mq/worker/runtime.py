@@ -1,0 +1,265 @@
+"""The segment runner: the one function RQ jobs may call, and the worker state it keeps.
+
+A worker process keeps the last model it trained *live*: when the next segment continues
+that member from the checkpoint this worker just wrote, nothing is downloaded or rebuilt.
+Otherwise the live object is reused and only its state is loaded (``worker.loading``), so an
+exploit costs one verified download and no re-import or re-init.
+
+A segment: claim it (claim_segment.lua: only the member's current job runs), obtain the
+trainable, ``apply`` the hyperparameters, ``train`` to the target, ``evaluate``, save the
+checkpoint, then publish the ready event and mark the member ready in one transaction, only if
+this job still owns the member and the experiment still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import secrets
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+import redis
+
+from pbt_mq.broker.jobs import current_job_id, queue_for
+from pbt_mq.broker.scripts import call as call_script
+from pbt_mq.broker.scripts import claim_segment
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.hooks import Hooks
+from pbt_mq.core.ids import now_ms
+from pbt_mq.core.keys import Keys, worker_key
+from pbt_mq.core.model import ExperimentState, Member, MemberState, Meta
+from pbt_mq.core.protocol import CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
+from pbt_mq.state.experiment import load_config
+from pbt_mq.state.finish import fail_member
+from pbt_mq.state.segments import enqueue_segment
+from pbt_mq.store import checkpoint
+from pbt_mq.store.base import Store
+from pbt_mq.store.open import open_store
+from pbt_mq.worker.loading import Live, Loader
+from pbt_mq.worker.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Per-process worker state; set once by ``pbt-worker`` before it takes jobs."""
+
+    def __init__(self, r: Any, worker_id: str, device: str = "cpu", live_models: int = 1, hooks: Hooks | None = None):
+        self.r = r
+        self.worker_id = worker_id
+        self.device = device
+        self.live_models = live_models  # 0: never keep a model live (every segment downloads)
+        self.live: dict[str, Live] = {}  # experiment -> last trained model
+        self.stores: dict[str, Store] = {}
+        self.configs: dict[str, Experiment] = {}
+        self.store_urls: dict[str, str] = {}
+        self.stats: Counter[str] = Counter()
+        self.current: str = ""
+        self.hooks = hooks or Hooks()
+        self.loader = Loader(r, device, self.hooks)
+        self.uploads = Uploads(r, self.hooks)
+        self.pending: tuple | None = None  # an overlapped upload waiting for its event to go out
+
+    def store(self, url: str) -> Store:
+        if url not in self.stores:
+            self.stores[url] = open_store(url)
+        return self.stores[url]
+
+    def config(self, exp: str) -> Experiment:
+        """An experiment's config never changes after launch: read it from Redis once."""
+        if exp not in self.configs:
+            self.configs[exp] = load_config(self.r, exp)
+        return self.configs[exp]
+
+    def store_url(self, exp: str) -> str:
+        if exp not in self.store_urls:
+            url = Meta.read(self.r, Keys(exp).meta, "store").store
+            if not url:
+                raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
+            self.store_urls[exp] = url
+        return self.store_urls[exp]
+
+    # ------------------------------------------------------------ one segment
+
+    def run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
+        k = Keys(cmd.experiment)
+        cfg = self.config(cmd.experiment)
+        started_ms = now_ms()
+        claim = claim_segment(self.r, k.member(cmd.member), k.meta, job_id, self.worker_id, started_ms)
+        if claim != "ok":
+            log.info("skip %s %s seq=%d: %s", cmd.experiment, cmd.member, cmd.seq, claim)
+            self.stats["skipped"] += 1
+            return {"skipped": claim}
+        self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
+        self._announce(self.current)
+        self.pending = None
+        try:
+            event = self._train(cfg, cmd)
+        except Exception as exc:
+            self.live.pop(cmd.experiment, None)  # state may be half-loaded: never reuse it
+            self._failed(cfg, cmd, job_id, exc)
+            raise
+        finally:
+            self.current = ""
+        if cmd.ready_ms:
+            event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
+        pending, self.pending = self.pending, None
+        outcome = self._publish(k, cmd, job_id, event, stored=pending is None)
+        if outcome != "published":
+            log.warning("%s %s seq=%d: %s; result dropped", cmd.experiment, cmd.member, cmd.seq,
+                        "a requeued copy owns the member now" if outcome == "superseded" else "the experiment ended")
+            self._drop(k, event.checkpoint.key, uploaded=pending is None)
+            self.stats[outcome] += 1
+            return {"skipped": outcome}
+        if pending is not None:
+            self.uploads.start(*pending)
+        self._announce("")  # idle: the arbiter may send this member's next segment to this worker
+        self.stats["segments"] += 1
+        if self.hooks:
+            self.hooks.segment_done(cmd, event)
+        log.info("%s %s seq=%d steps %d-%d %s=%.6g (%s, train %.2fs)", cmd.experiment, cmd.member, cmd.seq,
+                 cmd.step, event.step, cfg.metric, event.score, cmd.why, event.timings_s["train"])
+        return {"step": event.step, "score": event.score, "checkpoint": event.checkpoint.key}
+
+    def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
+        t0 = time.perf_counter()
+        store = self.store(self.store_url(cmd.experiment))  # cached: one lookup per experiment
+        trainable, how, start = self.loader.obtain(cfg, cmd, store, self.live.get(cmd.experiment))
+        trainable.apply(dict(cmd.hparams))
+        t1 = time.perf_counter()
+        step = self._advance(trainable, cmd, start.step)
+        t2 = time.perf_counter()
+        metrics = trainable.evaluate()
+        if cfg.metric not in metrics:
+            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
+        clean = {str(a): _to_float(b) for a, b in metrics.items()}
+        t3 = time.perf_counter()
+        key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4), "pt")
+        state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
+        self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
+        if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
+            data, sha256, size = checkpoint.serialize(state)
+            ref = CheckpointRef(key, sha256, size)
+            self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
+        else:
+            ref = checkpoint.save(store, key, state)
+            if self.hooks:
+                self.hooks.checkpoint_saved(cmd.experiment, ref.size, time.perf_counter() - t3)
+        t4 = time.perf_counter()
+        if self.live_models:
+            self.live[cmd.experiment] = Live(cmd.member, ref.key, trainable)
+        self.stats[how] += 1
+        event = ReadyEvent(
+            experiment=cmd.experiment, member=cmd.member, seq=cmd.seq, step=step, score=clean[cfg.metric],
+            checkpoint=ref, hparams=dict(cmd.hparams), metrics=clean, worker=self.worker_id,
+            timings_s={"load": t1 - t0, "train": t2 - t1, "eval": t3 - t2, "save": t4 - t3, how: 1.0},
+            train_s=cmd.train_s + (t2 - t1), start_step=start.step, start_key=start.key,
+        )
+        ReadyEvent.decode(event.encode())  # an event the arbiter would reject fails here, as a segment failure
+        return event
+
+    @staticmethod
+    def _advance(trainable: Any, cmd: SegmentCommand, start: int) -> int:
+        """Train the segment's length from ``start`` (the command's step unless recovered)."""
+        if cmd.until_step is not None:
+            trainable.train(cmd.until_step - cmd.step)
+            return start + cmd.until_step - cmd.step
+        step, deadline = start, time.perf_counter() + float(cmd.seconds or 0)
+        while True:
+            trainable.train(1)
+            step += 1
+            if time.perf_counter() >= deadline:
+                return step
+
+    def _announce(self, current: str) -> None:
+        """Say what this worker runs at once, not at the next heartbeat (warm routing reads it)."""
+        try:
+            call_script(self.r, "set_current", [worker_key(self.worker_id)], [current])
+        except redis.RedisError as exc:
+            log.debug("could not announce %r: %s", current, exc)
+
+    def _drop(self, k: Keys, key: str, uploaded: bool) -> None:
+        """Delete a checkpoint no event will ever name (the garbage collector never sees it)."""
+        try:
+            if uploaded:
+                self.store(self.store_url(k.experiment)).delete(key)
+            self.r.zrem(k.uploading, key)
+        except Exception as exc:  # the store or Redis is down: gc's abandoned-upload rule takes it later
+            log.warning("%s: could not delete dropped checkpoint %s: %s", k.experiment, key, exc)
+
+    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True) -> str:
+        """Publish the event and mark the member "ready", only if this job still owns the member
+        and the experiment still runs: "published", "superseded" or "ended".
+
+        From then on the consumer group owns the member's progress (the reaper leaves it
+        alone however long the arbiters take). A worker whose segment was requeued meanwhile
+        (it lost its heartbeat but lived) must not overwrite the newer copy's state; a segment
+        that ends after its experiment did has no one to decide it.
+        """
+        mkey = k.member(cmd.member)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(mkey, k.meta)
+                    h = Member.read(pipe, mkey, "job", "state", "worker")
+                    if h.job != job_id or h.state is not MemberState.RUNNING or h.worker != self.worker_id:
+                        pipe.unwatch()
+                        return "superseded"
+                    if Meta.read(pipe, k.meta, "state").state is not ExperimentState.RUNNING:
+                        pipe.unwatch()
+                        return "ended"
+                    pipe.multi()
+                    pipe.xadd(k.events, {"member": cmd.member, "seq": cmd.seq, "step": event.step,
+                                         "score": repr(event.score), "msg": event.encode()})
+                    pipe.hset(mkey, mapping=Member.fields(state=MemberState.READY))
+                    if stored:  # else the upload in flight moves it when the object is in the store
+                        pipe.zrem(k.uploading, event.checkpoint.key)
+                        pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
+                    pipe.execute()
+                    return "published"
+                except redis.WatchError:
+                    continue
+
+    def _failed(self, cfg: Experiment, cmd: SegmentCommand, job_id: str, exc: BaseException) -> None:
+        """Retry the segment, or fail the member, but only if this job is still the member's current one."""
+        tb = traceback.format_exc(limit=30)[-4000:]
+        mkey = Keys(cmd.experiment).member(cmd.member)
+        log.error("segment %s %s seq=%d failed (attempt %d): %s", cmd.experiment, cmd.member, cmd.seq, cmd.attempt, exc)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(mkey)
+                if Member.read(pipe, mkey, "job").job != job_id:
+                    pipe.unwatch()
+                    return  # a requeued copy owns the member now
+                if cmd.attempt >= cfg.worker.max_retries:
+                    pipe.unwatch()
+                    fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+                    return
+                retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
+                pipe.multi()
+                pipe.hset(mkey, mapping=Member.fields(error=tb, attempt=retry.attempt))
+                enqueue_segment(pipe, queue_for(self.r, cfg.queue, retry.experiment), cfg, retry,
+                                suffix=f"_a{retry.attempt}")
+                pipe.execute()
+            except redis.WatchError:
+                log.warning("%s %s: member changed while recording the failure; leaving it", cmd.experiment, cmd.member)
+
+
+def _to_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def runner(rt: Runtime) -> Any:
+    """The function segment jobs call in this process (``broker.jobs.SegmentJob.install_runner``)."""
+
+    def run_segment(payload: bytes) -> dict[str, Any]:
+        return rt.run(SegmentCommand.decode(payload), current_job_id())
+
+    return run_segment

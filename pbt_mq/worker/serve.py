@@ -1,0 +1,144 @@
+"""``pbt-worker``: an RQ worker (one per GPU) that runs segments in its own process.
+
+It uses RQ's in-process worker (no fork per job) so the model stays live on the device between
+segments, the msgpack serializer, and ``SegmentJob`` so nothing but the segment runner can run
+(``broker.jobs``). A heartbeat thread refreshes ``pbt:worker:{ID}`` every ``--heartbeat-s``
+seconds with a TTL of three beats: a dead worker's key vanishes within seconds. SIGTERM finishes
+the current segment, then exits (RQ's warm shutdown); a second SIGTERM abandons it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from pbt_mq.broker.cluster import is_cluster
+from pbt_mq.broker.jobs import SegmentJob, forget_queue, forget_registration, is_unreadable_job, make_worker
+from pbt_mq.core.hooks import Hooks
+from pbt_mq.core.ids import now_ms
+from pbt_mq.core.keys import DEAD, DEFAULT_QUEUE, WORKERS, private_queue, worker_key
+from pbt_mq.core.model import Heartbeat
+from pbt_mq.state.recovery import dead_letter
+from pbt_mq.worker.runtime import Runtime, runner
+
+log = logging.getLogger(__name__)
+WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def default_worker_id(device: str) -> str:
+    raw = f"{socket.gethostname()}-{os.getpid()}-{device}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)[:100]
+
+
+class HeartbeatThread(threading.Thread):
+    def __init__(self, r: Any, rt: Runtime, queue: str, interval_s: float = 2.0):
+        super().__init__(name="pbt-heartbeat", daemon=True)
+        self.r, self.rt, self.queue, self.interval_s = r, rt, queue, interval_s
+        self.halt = threading.Event()
+
+    def beat(self) -> None:
+        key = worker_key(self.rt.worker_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping=Heartbeat.fields(
+            host=socket.gethostname(), pid=os.getpid(), device=self.rt.device, queue=self.queue,
+            current=self.rt.current, beat_ms=now_ms(), segments=self.rt.stats["segments"],
+            warm=self.rt.stats["warm"], cold=self.rt.stats["cold"],
+        ))
+        pipe.pexpire(key, int(self.interval_s * 3000))
+        pipe.zadd(WORKERS, {self.rt.worker_id: now_ms()})
+        pipe.execute()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval_s):
+            try:
+                self.beat()
+            except redis.RedisError as exc:  # Redis restarting: keep beating
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.halt.set()
+        try:
+            self.r.delete(worker_key(self.rt.worker_id))
+            self.r.zrem(WORKERS, self.rt.worker_id)
+        except redis.RedisError:
+            pass
+
+
+class WorkerIdRefused(RuntimeError):
+    pass
+
+
+def _outlive_previous_heartbeat(r: Any, worker_id: str) -> None:
+    key = worker_key(worker_id)
+    beat = Heartbeat.read(r, key, "beat_ms").beat_ms
+    if beat is None:
+        return
+    log.warning("worker %s: a heartbeat under this id is still there; waiting for it to expire", worker_id)
+    deadline = time.monotonic() + max(r.pttl(key), 0) / 1000 + 1.0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now_beat = Heartbeat.read(r, key, "beat_ms").beat_ms
+        if now_beat is None:
+            return
+        if now_beat != beat:
+            break
+    age_s = max(0.0, now_ms() - (Heartbeat.read(r, key, "beat_ms").beat_ms or beat)) / 1000
+    raise WorkerIdRefused(f"worker id {worker_id!r} is in use: a live worker beat {age_s:.1f} s ago ({key});"
+                          " give this one another --id / PBT_WORKER_ID")
+
+
+def claim_worker_id(r: Any, worker_id: str, queue: str) -> None:
+    """Refuse an id a live worker heartbeats under; clear what a killed one left behind.
+
+    A worker restarted under its old id (a pod, a compose service, PID 1 in a container)
+    after SIGKILL or OOM finds its previous life's heartbeat, alive for up to three beats,
+    and RQ's registration of it, which RQ keeps for minutes and would refuse to start over.
+    So it waits for that heartbeat to expire (a live twin would refresh it: refused), then
+    clears RQ's leftovers."""
+    if not WORKER_ID.fullmatch(worker_id):
+        raise WorkerIdRefused(f"worker id {worker_id!r}: use 1-100 letters, digits, '.', '_' or '-'")
+    _outlive_previous_heartbeat(r, worker_id)
+    if forget_registration(r, worker_id, queue):
+        log.warning("worker %s: cleared the RQ registration its previous life left behind", worker_id)
+
+
+def serve(r: Any, queue: str = DEFAULT_QUEUE, device: str = "cpu", worker_id: str | None = None,
+          burst: bool = False, heartbeat_s: float = 2.0, max_jobs: int | None = None, live_models: int = 1,
+          hooks: Hooks | None = None) -> Runtime:
+    rt = Runtime(r, worker_id or default_worker_id(device), device, live_models, hooks)
+    claim_worker_id(r, rt.worker_id, queue)
+    SegmentJob.install_runner(runner(rt))
+    hb = HeartbeatThread(r, rt, queue, heartbeat_s)
+    hb.beat()
+    hb.start()
+
+    def refuse(job: Any, exc_type: type, exc: BaseException, tb: object) -> bool:
+        """Dead-letter jobs that are not ours to run (forged, pickled, unreadable), with the reason."""
+        why = is_unreadable_job(exc)
+        if why is not None:
+            dead_letter(r, DEAD, reason=f"{type(why).__name__}: {why}"[:2000], source=f"rq:queue:{queue}",
+                        entry=job.id, worker=rt.worker_id)
+        return True  # and let RQ file it in its failed registry as usual
+
+    w, queues = make_worker(r, queue, private_queue(queue, rt.worker_id), rt.worker_id, [refuse])
+    try:
+        # RQ logs four lines per job; ours logs one per segment. RQ's own detail stays at DEBUG.
+        rq_level = "DEBUG" if log.getEffectiveLevel() <= logging.DEBUG else "WARNING"
+        w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
+    finally:
+        rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes
+        if not is_cluster(r):  # RQ indexes every queue it ever saw; this worker's own one goes with it
+            try:
+                forget_queue(r, queues[0])
+            except redis.RedisError:
+                pass
+        hb.stop()
+        log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
+    return rt

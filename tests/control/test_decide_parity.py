@@ -1,0 +1,98 @@
+"""decide.lua and rules.exploit must agree on every board: that is what makes decisions replayable."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from pbt_mq.broker.scripts import call
+from pbt_mq.core.keys import Keys
+from pbt_mq.rules.base import ExploitSpec
+from pbt_mq.rules.registry import exploit
+
+
+def lua_donor(r, board: dict[str, float], member: str, own: float, spec: ExploitSpec, u: float) -> str | None:
+    k = Keys("parity")
+    r.delete(k.scores, k.ckpts, k.member(member), k.meta)
+    r.hset(k.meta, "state", "running")
+    r.hset(k.member(member), mapping={"seq": 0, "state": "ready"})
+    for m, s in board.items():
+        if m != member and math.isfinite(s):
+            r.zadd(k.scores, {m: s})
+            r.hset(k.ckpts, m, json.dumps({"key": m}))
+    finite = math.isfinite(own)
+    reply = call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta], [
+        member, 0, repr(own) if finite else "nan", int(finite), json.dumps({"key": member}),
+        spec.rule, spec.quantile, repr(u), 0, spec.ties,
+    ])
+    return reply[6].decode() or None
+
+
+class FixedU(random.Random):
+    """An rng whose first draw is known, so the script gets the same u as the pure rule."""
+
+    def __init__(self, u: float):
+        super().__init__(0)
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+
+@pytest.mark.parametrize("ties", ["strict", "rank", "random"])
+@pytest.mark.parametrize("rule", ["truncation", "tournament"])
+def test_script_and_pure_rule_pick_the_same_donor(r, rule, ties):
+    rng = random.Random(f"{rule}/{ties}")
+    agree = exploits = 0
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        values = [0.0, 1.0, 2.0, 0.5, math.nan, math.inf, -1.0]  # few values: many ties
+        board = {f"m{i:02d}": rng.choice(values) for i in range(n)}
+        member = rng.choice(list(board))
+        own = board[member]
+        spec = ExploitSpec(rule, rng.choice([0.2, 0.25, 0.5]), ties)
+        u = rng.random()
+        pure = exploit(list(board.items()), member, own, spec, FixedU(u))
+        assert lua_donor(r, board, member, own, spec, u) == pure, (board, member, spec, u)
+        agree += 1
+        exploits += pure is not None
+    assert agree == 300 and exploits > 30  # the boards exercised both outcomes
+
+
+def test_rank_ties_let_symmetric_members_exploit_but_strict_never_does():
+    board = [("m000", 0.5), ("m001", 0.5)]
+    strict = ExploitSpec("truncation", 0.2, "strict")
+    rank = ExploitSpec("truncation", 0.2, "rank")
+    assert exploit(board, "m000", 0.5, strict, random.Random(0)) is None
+    assert exploit(board, "m000", 0.5, rank, random.Random(0)) == "m001"
+    assert exploit(board, "m001", 0.5, rank, random.Random(0)) is None  # the higher-ranked one keeps going
+
+
+def test_random_ties_are_symmetric_and_drawn_from_u():
+    """ties = "random": which of two tied members copies the other is a fair draw from u, the
+    same in the script as in the pure rule; strictly better and worse scores are unaffected."""
+    board = [("m000", 0.5), ("m001", 0.5)]
+    spec = ExploitSpec("truncation", 0.2, "random")
+    for member, other in (("m000", "m001"), ("m001", "m000")):
+        picks = [exploit(board, member, 0.5, spec, FixedU(u)) for u in (0.1, 0.3, 0.6, 0.9)]
+        assert picks == [None, None, other, other]  # u * 2 = j + rest: j = 1 puts the other above
+    tournament = ExploitSpec("tournament", 0.2, "random")
+    assert [exploit(board, "m000", 0.5, tournament, FixedU(u)) for u in (0.2, 0.7)] == ["m001", None]
+    assert exploit([("a", 1.0), ("b", 2.0)], "a", 1.0, spec, FixedU(0.1)) == "b"  # no tie: strictly better
+    assert exploit([("a", 1.0), ("b", 2.0)], "b", 2.0, spec, FixedU(0.9)) is None
+    seen = {exploit(board, "m001", 0.5, spec, random.Random(s)) for s in range(40)}
+    assert seen == {None, "m000"}  # the larger id copies too, unlike ties = "rank"
+
+
+def test_random_ties_in_the_script_follow_the_draw(r):
+    board = {"m000": 0.5, "m001": 0.5, "m002": 0.5, "m003": 0.5, "m004": 1.0}
+    spec = ExploitSpec("truncation", 0.5, "random")  # n = 5: k = 2
+    for member in board:
+        if member == "m004":
+            continue
+        got = {lua_donor(r, board, member, 0.5, spec, u) for u in (i / 40 + 0.001 for i in range(40))}
+        assert {None, "m004"} < got <= {None, *board} - {member}  # never itself
+        assert len(got) >= 3  # copies the best, a tied member, or nobody, depending on u

@@ -1,0 +1,134 @@
+"""The house rules, checked on the source: imports run one way, and nothing grows too big to read.
+
+The import graph is built from the AST of every module of ``pbt_mq``, imports inside functions
+included (``if TYPE_CHECKING:`` blocks excluded, they never run). It must have no cycle, and
+every import must point to the same subpackage or a lower layer (the README's "Layout").
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "pbt_mq"
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 250
+# Lower layers know nothing of higher ones; two subpackages on one layer know nothing of each other.
+LAYERS = {
+    "core": 0, "rules": 1, "config": 2, "broker": 3, "store": 3, "state": 4, "control": 5, "worker": 5,
+    "observe": 6, "tools": 7, "cli": 8,
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The pbt_mq modules ``name`` imports, wherever in the file (but not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _type_checking(node)
+            for n in ast.walk(node)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for a in node.names:  # `from pkg import mod` imports the module pkg.mod
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return {m for m in out if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(g):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_the_graph_sees_imports_inside_functions_and_skips_type_checking(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pbt_mq.a\n"
+                 "def g():\n    from pbt_mq import b\n    import pbt_mq.c\n")
+    assert imports_of("pbt_mq.x", f, {"pbt_mq.a", "pbt_mq.b", "pbt_mq.c"}) == {"pbt_mq.b", "pbt_mq.c"}
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle():
+    assert find_cycle(graph()) is None
+
+
+def test_imports_run_down_the_layers():
+    bad = []
+    for src, targets in graph().items():
+        a = layer(src)
+        for dst in targets:
+            b = layer(dst)
+            if a is None or b is None or a == b:
+                continue
+            if LAYERS[b] >= LAYERS[a]:
+                bad.append(f"{src} -> {dst} ({a} may not import {b})")
+    assert bad == []
+
+
+def test_every_subpackage_is_on_a_layer():
+    subpackages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert subpackages == set(LAYERS)
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_no_module_or_class_too_big(name):
+    path = modules()[name]
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{name}: {len(text.splitlines())} lines"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef):
+            size = node.end_lineno - node.lineno + 1
+            assert size <= MAX_CLASS_LINES, f"{name}.{node.name}: {size} lines"

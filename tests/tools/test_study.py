@@ -1,0 +1,132 @@
+"""``pbt study``: the analysis on hand-made lineage logs, and the --quick run end to end (a smoke test)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pbt_mq.config.parse import load_file
+from pbt_mq.core.model import Lineage
+from pbt_mq.tools.study import analysis as study
+from pbt_mq.tools.study import report as study_report
+from pbt_mq.tools.study import tasks as study_tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = ROOT / "workers" / "toy.toml"
+DRIFT = ROOT / "workers" / "nonstationary.toml"
+
+
+def seg(i: int, member: str, start: int, step: int, score: float, hp: dict, start_key: str = "",
+        action: str = "continue") -> Lineage:
+    return Lineage.from_entry(f"{i}-0", {
+        "member": member, "seq": str(i), "start_step": str(start), "step": str(step), "score": repr(score),
+        "action": action, "start_key": start_key, "ckpt_key": f"{member}/{i}", "hparams": json.dumps(hp)})
+
+
+def make_run(recs: list[Lineage], file=TOY, sets=(), study_name="toy", arm="PBT", wall_s=1.0) -> study.Run:
+    return study.Run(study_name, arm, 0, "exp", load_file(file, list(sets)), recs, wall_s, "done")
+
+
+def toy_log() -> list[Lineage]:
+    """m1 falls behind, copies m0 at step 4 (one rewound segment), and passes 1.19 at step 12."""
+    return [
+        seg(1, "m0", 0, 4, 0.50, {"h0": 1.0, "h1": 0.0}),
+        seg(2, "m1", 0, 4, 0.40, {"h0": 0.0, "h1": 1.0}, action="exploit"),
+        seg(3, "m0", 4, 8, 0.60, {"h0": 1.0, "h1": 0.0}, start_key="m0/1"),
+        seg(4, "m1", 4, 8, 1.00, {"h0": 1.0, "h1": 0.7}, start_key="m0/1"),
+        seg(5, "m0", 8, 12, 0.62, {"h0": 1.0, "h1": 0.0}, start_key="m0/3", action="done"),
+        seg(6, "m1", 8, 12, 1.195, {"h0": 1.0, "h1": 0.7}, start_key="m1/4", action="done"),
+        Lineage.from_entry("7-0", {"member": "m2", "seq": "0", "action": "failed", "ops": "[]"}),  # no score: ignored
+    ]
+
+
+def test_curve_reach_and_final_best_follow_the_population_best():
+    run = make_run(toy_log())
+    assert study.curve(run) == {4: 0.5, 8: 1.0, 12: 1.195}
+    assert study.first_reach(study.curve(run), 1.19) == 12 and study.first_reach(study.curve(run), 1.2) is None
+    assert study.final_best(run) == 1.195
+    assert study.compute_steps(run) == 24 and study.actions(run)["exploit"] == 1
+
+
+def test_best_schedule_goes_through_the_exploit():
+    sched = study.best_schedule(make_run(toy_log()))
+    assert [(s["member"], s["from_step"], s["to_step"], s["hparams"]["h1"]) for s in sched] == [
+        ("m0", 0, 4, 0.0), ("m1", 4, 8, 0.7), ("m1", 8, 12, 0.7)]
+    assert study.mean_log(sched, "h0", 0, 12) == pytest.approx(1.0)
+
+
+def test_min_mode_curves_take_the_lowest_score_and_treat_inf_as_worst():
+    recs = [seg(1, "m0", 0, 20, 0.5, {"lr": 1.0}), seg(2, "m1", 0, 20, math.inf, {"lr": 3.0}),
+            seg(3, "m0", 20, 40, 0.2, {"lr": 0.1}, start_key="m0/1"), seg(4, "m1", 20, 40, 0.3, {"lr": 0.01})]
+    run = make_run(recs, file=DRIFT, study_name="drift")
+    assert study.curve(run) == {20: 0.5, 40: 0.2}
+    assert study.best_hparams(run) == {"lr": 0.1}
+    assert study.mean_log(study.best_schedule(run), "lr", 0, 40) == pytest.approx(math.sqrt(0.1))
+
+
+def test_spread_handles_never_and_nothing():
+    assert study.spread([1.0, 2.0, 3.0, 4.0]) == (2.5, 1.75, 3.25)
+    assert study.spread([12.0, math.inf, math.inf]) == (math.inf, math.inf, math.inf)
+    assert study.spread([8.0, 12.0, math.inf, math.inf])[0] == math.inf
+    assert all(math.isnan(x) for x in study.spread([]))
+
+
+def test_overrides_built_by_the_study_parse_back_exactly():
+    cfg = load_file(DRIFT)
+    grid = study_tasks.lr_grid(cfg, 4)
+    assert grid[0]["lr"] == pytest.approx(cfg.spaces["lr"].low) and grid[-1]["lr"] == pytest.approx(cfg.spaces["lr"].high)
+    best = {"lr": 0.1 + 0.2, "momentum": 0.5, "weight_decay": 1.1e-06, "batch_size": 64}
+    back = load_file(ROOT / "workers" / "digits.toml", ["population.size=1", study_tasks.initial_set([best])])
+    assert back.initial == (best,)
+    assert load_file(DRIFT, [study_tasks.initial_set(grid[:3] + grid[:1] * 5)]).initial[0]["lr"] == grid[0]["lr"]
+
+
+def test_toy_verdicts_compare_reach_steps_across_arms():
+    fast, slow = make_run(toy_log()), make_run(toy_log()[:4], arm="explore only")
+    verdicts = study_report.toy_targets({"PBT": [fast] * 10, "explore only": [slow] * 10})
+    assert verdicts[0].startswith("- **met**") and "10/10" in verdicts[0]
+    assert verdicts[1].startswith("- **met**") and "median step 12 vs explore only never" in verdicts[1]
+    verdicts = study_report.toy_targets({"PBT": [fast] * 8 + [slow] * 2, "explore only": [fast] * 10})
+    assert verdicts[0].startswith("- **NOT met**") and "8/10" in verdicts[0]
+    assert verdicts[1].startswith("- **NOT met**")
+
+
+def test_digits_verdicts_use_medians_of_accuracy_and_wall_time():
+    def run(arm, acc, wall):
+        recs = [seg(1, "m0", 0, 400, acc, {"lr": 0.1})]
+        return make_run(recs, file=ROOT / "workers" / "digits.toml", study_name="digits", arm=arm, wall_s=wall)
+
+    arms = {"PBT": [run("PBT", a, w) for a, w in ((0.97, 10.0), (0.98, 10.5), (0.96, 30.0))],
+            "random search": [run("random search", a, w) for a, w in ((0.96, 10.0), (0.99, 9.9), (0.95, 9.0))]}
+    met_acc, wall = study_report.digits_targets(arms)
+    assert met_acc.startswith("- **met**") and "0.9700 vs random search's 0.9600" in met_acc
+    assert wall.startswith("- **met**") and "1.06 x random search's" in wall  # 10.5 / 9.9: the median, not the outlier
+    arms["PBT"][1].wall_s = 11.5
+    assert study_report.digits_targets(arms)[1].startswith("- **NOT met**")
+
+
+def test_pbt_study_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--quick", "-o", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    text = (out / "results.md").read_text()
+    for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## Targets"):
+        assert heading in text
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 8 + 4 + 3 and all(r["state"] == "done" for r in runs)
+    assert {r["arm"] for r in runs if r["study"] == "digits"} == {"PBT", "random search", "PB2", "best RS config alone"}
+    assert all(r["replay_mismatches"] == 0 for r in runs), "every decision, PB2's included, replays from the log"
+    pb2_ops = [op for r in runs if r["arm"] == "PB2" for op in r["exploit_ops"]]
+    assert any(op.startswith("pb2: upto=") for op in pb2_ops)
+    steps = {r["arm"]: r["steps_trained"] for r in runs if r["study"] == "digits"}
+    assert steps["random search"] == 4 * 100 and steps["best RS config alone"] == 100
+    pytest.importorskip("matplotlib")
+    for name in ("toy.png", "digits.png", "drift.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
+    assert not (out / "work" / "checkpoints").exists()
