@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 from services import IN_CI, ROOT, Fleet, free_port, redis_binary, stop_proc, unavailable, wait_port  # noqa: F401
+
+# Property tests: the same examples every run (seeded), and no failure because a shared machine is slow.
+settings.register_profile("pbt", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pbt")
 
 
 @pytest.fixture(scope="session")

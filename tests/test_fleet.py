@@ -118,7 +118,9 @@ def test_workers_time_share_the_population_and_may_join_and_leave(fleet, redis_u
     for _, f in r.xrange(k.events):
         ev = ReadyEvent.decode(f[b"msg"])
         members_by_worker[ev.worker].add(ev.member)
-    assert set(members_by_worker) == {"w1", "w2", "w3"}
-    assert all(len(ms) >= 2 for ms in members_by_worker.values()), dict(members_by_worker)
+    assert set(members_by_worker) == {"w1", "w2", "w3"}  # the late one took work too
+    # 6 members on 2 workers: each trained several of them. (The late joiner may keep to one: a member
+    # that continues stays on the worker that holds it live whenever no one waits in the shared queue.)
+    assert len(members_by_worker["w1"]) >= 2 and len(members_by_worker["w2"]) >= 2, dict(members_by_worker)
     assert fleet.procs["w1"].returncode == 0
     assert max(event_counts(r, exp).values()) == 1

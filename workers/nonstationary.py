@@ -1,11 +1,15 @@
-"""A task whose best learning rate falls 10x halfway through training.
+"""A task whose best learning rate changes 10x halfway through training (falls, or rises).
 
 Linear regression with minibatch SGD (gradient norm clipped at ``clip``, as one would
 for a real model), on inputs whose variances span ``cond`` (an ill-conditioned problem,
 so a larger learning rate makes more progress as long as it is stable). At
-``switch_step`` the input gain jumps by ``gain`` (a sensor recalibrated, a feature
-rescaled): every curvature grows ``gain``-fold, so the learning rate that was best
-becomes ``gain`` times too large. No fixed value is right for both halves; a schedule is.
+``switch_step`` the input gain changes by ``gain`` (a sensor recalibrated, a feature
+rescaled): every curvature changes ``gain``-fold, so the learning rate that was best
+becomes ``gain`` times too large (gain > 1: workers/nonstationary.toml) or too small
+(gain < 1: workers/rising.toml). With ``target_shift`` > 0 the relation itself moves at the
+switch too (the regression target jumps by that many standard deviations per weight), so
+everyone's loss jumps there: a member that reaches the switch first scores far worse than
+the others' scores from before it. No fixed value is right for both halves; a schedule is.
 
 The score is the exact expected squared error on the current input distribution (no
 validation-set noise), so differences between runs come from training alone.
@@ -31,11 +35,15 @@ class Drift(Trainable):
         switch_step: int = 200,
         gain: float = 10.0,
         clip: float = 1.0,
+        target_shift: float = 0.0,
+        pre_gain: float = 1.0,
     ) -> None:
         problem = torch.Generator().manual_seed(1234)  # the same problem for every member
         self.var = torch.logspace(0.0, -math.log10(cond), dim, dtype=torch.float64)
         self.w_true = torch.randn(dim, generator=problem, dtype=torch.float64)
+        self.w_after = self.w_true + target_shift * torch.randn(dim, generator=problem, dtype=torch.float64)
         self.noise, self.batch, self.switch_step, self.gain, self.clip = noise, batch, switch_step, gain, clip
+        self.pre_gain = pre_gain
         self.model = nn.Linear(dim, 1, bias=False, dtype=torch.float64)
         nn.init.zeros_(self.model.weight)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
@@ -49,13 +57,18 @@ class Drift(Trainable):
             g["lr"] = hparams["lr"]
 
     def scale(self, step: int) -> torch.Tensor:
-        """Per-feature input variance at ``step``: ``gain`` times larger from ``switch_step`` on."""
-        return self.var * (self.gain if step >= self.switch_step else 1.0)
+        """Per-feature input variance at ``step``: ``pre_gain`` times the base, ``gain`` times that from
+        ``switch_step`` on."""
+        return self.var * self.pre_gain * (self.gain if step >= self.switch_step else 1.0)
+
+    def target(self, step: int) -> torch.Tensor:
+        """The true weights at ``step``: they move at ``switch_step`` when ``target_shift`` > 0."""
+        return self.w_after if step >= self.switch_step else self.w_true
 
     def train(self, steps: int) -> None:
         for _ in range(steps):
             x = torch.randn(self.batch, len(self.var), generator=self.gen, dtype=torch.float64) * self.scale(self.step).sqrt()
-            y = x @ self.w_true + self.noise * torch.randn(self.batch, generator=self.gen, dtype=torch.float64)
+            y = x @ self.target(self.step) + self.noise * torch.randn(self.batch, generator=self.gen, dtype=torch.float64)
             loss = 0.5 * (self.model(x).squeeze(1) - y).pow(2).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -65,7 +78,7 @@ class Drift(Trainable):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        err = self.model.weight[0] - self.w_true
+        err = self.model.weight[0] - self.target(self.step)
         loss = float((err.pow(2) * self.scale(self.step)).sum() + self.noise**2)
         return {"loss": loss, "phase": 1.0 if self.step < self.switch_step else 2.0}
 

@@ -147,6 +147,7 @@ def _exploit(t: Reader) -> ExploitSpec:
         rule=_rule(t, EXPLOIT_RULES, "truncation"),
         quantile=t.float("quantile", default=0.2, low=1e-9, high=0.5),
         ties=t.choice("ties", ("strict", "rank", "random"), default="strict"),
+        compare=t.choice("compare", ("step", "latest"), default="step"),
     )
     t.done()
     return spec

@@ -39,7 +39,7 @@ def lineage_record(ev: ReadyEvent, plan: Plan) -> Lineage:
         parent_step=cmd.parent_step if cmd else None, next_start_key=cmd.start.key if cmd and cmd.start else "",
         ops=plan.ops, reason=plan.reason, worker=ev.worker, declined_donor=plan.declined_donor,
         snapshot=[list(e) for e in plan.snapshot] if plan.snapshot is not None else None,
-        **(plan.facts or {}),
+        board=plan.board, board_at=plan.board_at, **(plan.facts or {}),
     )
 
 
@@ -95,6 +95,7 @@ class Committer:
             enqueue_segment(pipe, self.queues.get(cfg, cmd.experiment, home), cfg, cmd, member=member)
         else:
             pipe.hset(k.member(ev.member), mapping=Member.fields(**member))
+            pipe.zrem(k.reached, ev.member)  # a member that is done holds no board back
             pipe.hincrby(k.meta, "finished", 1)
 
     def after_all(self, cfg: Experiment, decided: list[Decided], finished: list[int | None]) -> None:

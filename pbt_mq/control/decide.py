@@ -40,6 +40,8 @@ class Plan:
     snapshot: list[tuple[str, float]] | None = None  # the leaderboard the rules saw (n <= SNAPSHOT_MAX)
     declined_donor: str | None = None
     facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
+    board: str | None = None  # what the member was ranked against: "step", "time" or "latest"
+    board_at: int | None = None  # the board's ready point (step or time)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Prepared:
     score: float
     reason: str
     target: bool
+    board: str = "latest"
+    board_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,15 @@ class Decider:
             return f"trained {s.seconds} s", False
         return "", False
 
+    def ready_point(self, ev: ReadyEvent) -> tuple[str, int | None]:
+        """Which board ``ev`` is ranked on: ("step", its step), ("time", its train time in ready
+        periods) with exploit.compare = "step", or ("latest", None): every member's last score."""
+        if self.cfg.exploit.compare != "step":
+            return "latest", None
+        if self.cfg.ready.seconds is not None:
+            return "time", round(ev.train_s / self.cfg.ready.seconds)
+        return "step", ev.step
+
     def prepare(self, ev: ReadyEvent) -> Prepared:
         """decide.lua's keys and arguments for ``ev`` (see the script's header)."""
         k = Keys(ev.experiment)
@@ -108,11 +121,15 @@ class Decider:
         rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
         mode = "none" if reason else self.exploit.lua or "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
-        record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams)
-        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta], [
+        record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
+                                  ev.train_s)
+        board, at = self.ready_point(ev)
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, k.scores if at is None else k.board(at),
+                         k.boards, k.reached], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
-        ], rng, score, reason, target)
+            "" if at is None else at,
+        ], rng, score, reason, target, board, at)
 
     def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any], ready_ms: int,
                   history: Callable[[int], Sequence[Lineage]]) -> Plan:
@@ -126,22 +143,26 @@ class Decider:
             raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
         if reply.meta_state != ExperimentState.RUNNING:
             reason, target = f"experiment {reply.meta_state or 'gone'}", False
+        board = {"board": prep.board, "board_at": prep.board_at}
         if reason:
-            return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target)
+            return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target, **board)
         facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}
-        common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, train_s=ev.train_s, ready_ms=ready_ms)
-        if reply.donor:
+        common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
+        if reply.donor and reply.donor_record:
             d = ScoredCheckpoint.from_json(reply.donor_record)
             if self.cfg.stop.steps is None or d.step < self.cfg.stop.steps:
                 ctx = ExploreContext(self.cfg.spaces, self.cfg.population, ev.member, d.step, self.cfg.higher_is_better,
                                      history(self.explore.history_size(self.cfg.population)))
                 hp, ops = self.explore.explore(d.hparams, ctx, prep.rng)
+                # the checkpoint's age travels with it, as its step does (release 1's records lack it)
+                train_s = ev.train_s if d.train_s is None or prep.board == "latest" else d.train_s
                 cmd = SegmentCommand(step=d.step, hparams=hp, why=Why.EXPLOIT.value, parent=reply.donor,
-                                     start=CheckpointRef(d.key, d.sha256, d.size), parent_step=d.step, **common,
-                                     **self.cfg.first_target(d.step))
-                return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts)
+                                     start=CheckpointRef(d.key, d.sha256, d.size), parent_step=d.step, train_s=train_s,
+                                     **common, **self.cfg.first_target(d.step))
+                return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts, **board)
         cmd = SegmentCommand(step=ev.step, hparams=dict(ev.hparams), why=Why.CONTINUE.value, start=ev.checkpoint,
-                             **common, **self.cfg.first_target(ev.step))
-        # a donor is declined only when it had already finished: copying it would end this member too
+                             train_s=ev.train_s, **common, **self.cfg.first_target(ev.step))
+        # a donor is declined when it had already finished (copying it would end this member too)
+        # or has no scored checkpoint any more (its latest score was not finite)
         return Plan(Action.CONTINUE.value, cmd, score, snapshot=reply.board, declined_donor=reply.donor or None,
-                    facts=facts)
+                    facts=facts, **board)

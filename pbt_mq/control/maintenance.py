@@ -18,7 +18,7 @@ from pbt_mq.broker.jobs import drain
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.gc import collect
 from pbt_mq.control.reaper import sweep
-from pbt_mq.control.trim import trim_events
+from pbt_mq.control.trim import trim_boards, trim_events
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Meta
@@ -50,6 +50,7 @@ class Maintenance:
         self._reaped = now
         self.reap(configs)
         self.collect_garbage(configs, now)
+        self.trim_boards(configs)
         if self.events_retention_s >= 0 and now - self._trimmed >= TRIM_INTERVAL_S:
             self._trimmed = now
             self.trim(list(configs))
@@ -76,6 +77,16 @@ class Maintenance:
             except (redis.RedisError, StoreError) as exc:
                 log.warning("gc: %s: %s", e, exc)
 
+    def trim_boards(self, configs: dict[str, Experiment], everything: bool = False) -> None:
+        """Boards (exploit.compare = "step") every live member has passed; all of them once it ended."""
+        for e, cfg in configs.items():
+            if cfg.exploit.compare != "step":
+                continue
+            try:
+                self.stats["boards_trimmed"] += trim_boards(self.r, e, everything)
+            except redis.RedisError as exc:
+                log.warning("trim boards: %s: %s", e, exc)
+
     def trim(self, exps: list[str]) -> None:
         """Bound every running experiment's events stream (trim.py)."""
         for e in exps:
@@ -90,6 +101,7 @@ class Maintenance:
         if not ended:
             return
         self.collect_garbage(ended, now, final=True)
+        self.trim_boards(ended, everything=True)
         if is_cluster(self.r):
             for e, cfg in ended.items():
                 try:

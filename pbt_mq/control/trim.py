@@ -34,3 +34,24 @@ def trim_events(r: Any, exp: str, retention_s: float, now_ms: int) -> int:
     if floor[0] <= 0:
         return 0
     return int(r.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
+
+def trim_boards(r: Any, exp: str, everything: bool = False) -> int:
+    """Delete the boards (exploit.compare = "step") no member will be ranked on again: those below the
+    slowest live member's last ready point (all of them once the experiment ended); returns how many."""
+    k = Keys(exp)
+    slowest = r.zrange(k.reached, 0, 0, withscores=True)
+    floor = "+inf" if everything or not slowest else f"({slowest[0][1]!r}"
+    old = [b.decode() for b in r.zrangebyscore(k.boards, "-inf", floor)]
+    if not old:
+        if everything:
+            r.delete(k.reached)
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for at in old:
+        pipe.delete(k.board(int(float(at))))
+    pipe.zrem(k.boards, *old)
+    if everything:
+        pipe.delete(k.reached)
+    pipe.execute()
+    return len(old)

@@ -16,6 +16,11 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        better: for mode = "min" the stored score is -metric.
     pbt:{EXP}:ckpts             HASH   member -> core.model.ScoredCheckpoint (JSON: key, sha256, size,
                                        step, hparams): the checkpoint its leaderboard score belongs to
+    pbt:{EXP}:board:{B}         ZSET   member -> its score at ready point B (the step, or with [ready] seconds
+                                       the train time in ready periods), higher is better: the board a
+                                       member reporting B is ranked on (exploit.compare = "step")
+    pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
+    pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only)
     pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
                                        (the lineage as a tree, for garbage collection)
     pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
@@ -25,8 +30,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        (the msgpack core.protocol.ReadyEvent)
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
-                                       parent_step, next_start_key, ops, reason, worker, declined_donor, n,
-                                       worse, better, k, snapshot
+                                       parent_step, next_start_key, ops, reason, worker, declined_donor, board,
+                                       board_at, n, worse, better, k, snapshot
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
@@ -133,6 +138,18 @@ class Keys:
     def member(self, member: str) -> str:
         return f"{self.prefix}:member:{member}"
 
+    def board(self, at: int) -> str:
+        """The scores members reported at ready point ``at`` (exploit.compare = "step")."""
+        return f"{self.prefix}:board:{at}"
+
+    @property
+    def boards(self) -> str:
+        return f"{self.prefix}:boards"
+
+    @property
+    def reached(self) -> str:
+        return f"{self.prefix}:reached"
+
 
 # ---------------------------------------------------------------- the reference, for people
 
@@ -141,6 +158,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:member:{M}", "hash", Member),
     ("pbt:{EXP}:scores", "zset", "the leaderboard: member -> latest finite score (negated for mode = min)"),
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
+    ("pbt:{EXP}:board:{B}", "zset", "member -> its score at ready point B: what a member reporting B is ranked on"),
+    ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported"),
     ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:dead", "stream", DeadLetter),

@@ -264,7 +264,10 @@ class Lineage(Record):
     ops: list[str] | None = _f("json", "the mutations, e.g. 'lr: 0.01 --(x0.8)--> 0.008' (JSON)")
     reason: str = _f(str, "why a member is done or failed", "")
     worker: str = _f(str, "the worker that trained the segment", "")
-    declined_donor: str | None = _f(str, "a donor the rule chose but that had already finished")
+    declined_donor: str | None = _f(str, "a donor the rule chose but that had finished or has no checkpoint")
+    board: str | None = _f(str, "what the member was ranked against: step | time (others' scores at the same "
+                                "ready point) or latest (their last scores)")
+    board_at: int | None = _f(int, "the ready point of that board: the step, or the train time in ready periods")
     n: int | None = _f(int, "members on the board the rule saw")
     worse: int | None = _f(int, "of them, ranked below the member")
     better: int | None = _f(int, "of them, ranked above the member")
@@ -280,7 +283,8 @@ class Lineage(Record):
         return rec
 
     @property
-    def board(self) -> list[tuple[str, float]] | None:
+    def leaderboard(self) -> list[tuple[str, float]] | None:
+        """The snapshot as (member, score) pairs: what the exploit rule saw."""
         return None if self.snapshot is None else [(str(m), float(s)) for m, s in self.snapshot]
 
     @property
@@ -327,15 +331,20 @@ class ScoredCheckpoint:
     size: int
     step: int
     hparams: dict[str, Any]
+    train_s: float | None = None  # the training time the checkpoint embodies (absent from release 1's)
 
     def to_json(self) -> str:
-        return json.dumps({"key": self.key, "sha256": self.sha256, "size": self.size, "step": self.step,
-                           "hparams": self.hparams}, sort_keys=True)
+        d = {"key": self.key, "sha256": self.sha256, "size": self.size, "step": self.step, "hparams": self.hparams}
+        if self.train_s is not None:
+            d["train_s"] = self.train_s
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> ScoredCheckpoint:
         d = json.loads(raw)
-        return cls(str(d["key"]), str(d["sha256"]), int(d["size"]), int(d["step"]), dict(d.get("hparams") or {}))
+        train_s = d.get("train_s")
+        return cls(str(d["key"]), str(d["sha256"]), int(d["size"]), int(d["step"]), dict(d.get("hparams") or {}),
+                   None if train_s is None else float(train_s))
 
 
 RECORDS: tuple[type[Record], ...] = (Meta, Member, Lineage, Heartbeat, DeadLetter)

@@ -43,6 +43,7 @@ class ExploitSpec:
     rule: str = "truncation"
     quantile: float = 0.2
     ties: str = "strict"  # "strict": equal scores never exploit; "rank": as in ZREVRANGE; "random": a fair draw
+    compare: str = "step"  # "step": rank against the others' scores at the same ready point; "latest": their last
 
 
 @dataclass(frozen=True)

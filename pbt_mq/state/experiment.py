@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from functools import lru_cache
@@ -49,6 +50,8 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
         cmd = SegmentCommand(experiment=exp, member=m, seq=0, step=0, hparams=hp, why=Why.START.value,
                              **cfg.first_target(0))
         pipe.hset(k.member(m), mapping=Member.fields(step=0, hparams=hp, updated_ms=now_ms()))
+        if cfg.exploit.compare == "step":
+            pipe.zadd(k.reached, {m: 0})  # no board is trimmed before every member reported once
         enqueue_segment(pipe, queue, cfg, cmd)
     pipe.execute()
     return exp
@@ -56,6 +59,11 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
 
 @lru_cache(maxsize=256)
 def _parse_cached(text: str, schema: int) -> Experiment:
+    raw = json.loads(text)
+    if schema < 2 and isinstance(raw, dict) and isinstance(raw.get("exploit", {}), dict):
+        # launched by release 1, which ranked every member's latest score: it goes on as launched
+        raw.setdefault("exploit", {}).setdefault("compare", "latest")
+        text = json.dumps(raw)
     return load_json(text)
 
 

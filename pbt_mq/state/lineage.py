@@ -95,7 +95,7 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     score = cfg.higher_is_better(rec.score) if math.isfinite(rec.score) else math.nan
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     chosen = rec.chosen_donor
-    board = rec.board
+    board = rec.leaderboard
     if board is not None:
         donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
         if donor != chosen:

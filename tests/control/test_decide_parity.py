@@ -14,20 +14,28 @@ from pbt_mq.rules.base import ExploitSpec
 from pbt_mq.rules.registry import exploit
 
 
-def lua_donor(r, board: dict[str, float], member: str, own: float, spec: ExploitSpec, u: float) -> str | None:
+def lua_donor(r, board: dict[str, float], member: str, own: float, spec: ExploitSpec, u: float,
+              compare: str = "latest") -> str | None:
+    """decide.lua's donor on ``board``: the leaderboard itself (compare = latest), or a step's board
+    (compare = step) while the leaderboard holds other, misleading scores."""
     k = Keys("parity")
-    r.delete(k.scores, k.ckpts, k.member(member), k.meta)
+    ranked_on = k.scores if compare == "latest" else k.board(7)
+    r.delete(k.scores, k.ckpts, k.member(member), k.meta, k.board(7), k.boards, k.reached)
     r.hset(k.meta, "state", "running")
     r.hset(k.member(member), mapping={"seq": 0, "state": "ready"})
     for m, s in board.items():
         if m != member and math.isfinite(s):
-            r.zadd(k.scores, {m: s})
+            r.zadd(ranked_on, {m: s})
             r.hset(k.ckpts, m, json.dumps({"key": m}))
+            if compare == "step":
+                r.zadd(k.scores, {m: -s})  # their latest scores, reversed: ranking on them would differ
     finite = math.isfinite(own)
-    reply = call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta], [
+    reply = call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta, ranked_on, k.boards, k.reached], [
         member, 0, repr(own) if finite else "nan", int(finite), json.dumps({"key": member}),
-        spec.rule, spec.quantile, repr(u), 0, spec.ties,
+        spec.rule, spec.quantile, repr(u), 0, spec.ties, "" if compare == "latest" else 7,
     ])
+    if compare == "step" and finite:
+        assert r.zscore(k.board(7), member) == own and r.zscore(k.reached, member) == 7
     return reply[6].decode() or None
 
 
@@ -42,9 +50,10 @@ class FixedU(random.Random):
         return self.u
 
 
+@pytest.mark.parametrize("compare", ["latest", "step"])
 @pytest.mark.parametrize("ties", ["strict", "rank", "random"])
 @pytest.mark.parametrize("rule", ["truncation", "tournament"])
-def test_script_and_pure_rule_pick_the_same_donor(r, rule, ties):
+def test_script_and_pure_rule_pick_the_same_donor(r, rule, ties, compare):
     rng = random.Random(f"{rule}/{ties}")
     agree = exploits = 0
     for _ in range(300):
@@ -56,7 +65,7 @@ def test_script_and_pure_rule_pick_the_same_donor(r, rule, ties):
         spec = ExploitSpec(rule, rng.choice([0.2, 0.25, 0.5]), ties)
         u = rng.random()
         pure = exploit(list(board.items()), member, own, spec, FixedU(u))
-        assert lua_donor(r, board, member, own, spec, u) == pure, (board, member, spec, u)
+        assert lua_donor(r, board, member, own, spec, u, compare) == pure, (board, member, spec, u)
         agree += 1
         exploits += pure is not None
     assert agree == 300 and exploits > 30  # the boards exercised both outcomes

@@ -58,7 +58,7 @@ def test_a_lineage_record_round_trips_with_its_entry_id():
                   ops=["h0: 1 --(x0.8)--> 0.8"], n=4, worse=0, better=3, k=1, snapshot=[["m000", 1.0], ["m001", 0.5]])
     back = Lineage.from_entry(b"1700000000000-3", rec.encode())
     assert back.id == "1700000000000-3" and back == Lineage(**{**rec.__dict__, "id": back.id})
-    assert back.board == [("m000", 1.0), ("m001", 0.5)] and back.chosen_donor == "m000"
+    assert back.leaderboard == [("m000", 1.0), ("m001", 0.5)] and back.chosen_donor == "m000"
     assert "declined_donor" not in rec.encode()  # unset: not written
 
 

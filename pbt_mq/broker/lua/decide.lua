@@ -1,18 +1,24 @@
 -- decide.lua: record a member's new score and pick its donor, in one round trip and O(log n).
 -- KEYS[1]  pbt:{EXP}:member:{M}  (HASH; reads seq, state)
--- KEYS[2]  pbt:{EXP}:scores      (ZSET; writes the member's score, ZREM when unusable; reads ranks)
+-- KEYS[2]  pbt:{EXP}:scores      (ZSET; every member's latest score: writes the member's, ZREM when unusable)
 -- KEYS[3]  pbt:{EXP}:ckpts       (HASH; writes member -> its scored checkpoint (JSON); reads the donor's)
 -- KEYS[4]  pbt:{EXP}:meta        (HASH; reads state)
+-- KEYS[5]  the board the member is ranked on: KEYS[2] itself (compare = latest), or pbt:{EXP}:board:{B},
+--          the others' scores at the member's ready point B (compare = step: ZADD / ZREM the member)
+-- KEYS[6]  pbt:{EXP}:boards      (ZSET; B -> B, written when ranking on a board)
+-- KEYS[7]  pbt:{EXP}:reached     (ZSET; member -> B, written when ranking on a board)
 -- ARGV[1] member id           ARGV[2] the event's seq      ARGV[3] leaderboard score (higher is better)
 -- ARGV[4] 1 if the score is finite, else 0                 ARGV[5] the checkpoint record (JSON)
 -- ARGV[6] rule: truncation | tournament | none             ARGV[7] quantile
 -- ARGV[8] u, the decision's uniform draw in [0, 1)         ARGV[9] return the board when n <= this
 -- ARGV[10] ties: strict (equal scores never exploit) | rank (ties ranked as in ZREVRANGE)
 --           | random (the member's place among its ties, or a tournament's coin, from u)
+-- ARGV[11] B, the board's ready point ('' when KEYS[5] is KEYS[2])
 -- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
 --   status 'dup': the seq is already decided or the member ended (nothing written);
 --   status 'ahead': the member is at an older seq than the event (nothing written).
--- Mirrors pbt_mq.rules.exploit exactly: ties rank as in ZREVRANGE (member id descending);
+--   A donor with no scored checkpoint (its latest score was not finite) comes back with an empty record.
+-- Mirrors rules.exploit exactly, on the board KEYS[5]: ties rank as in ZREVRANGE (member id descending);
 -- ties = random splits u as the pure rule does (u * (t + 1) = j + the rest), with no other draw.
 local seq, state = unpack(redis.call('HMGET', KEYS[1], 'seq', 'state'))
 if state == 'done' or state == 'failed' or (seq and tonumber(seq) > tonumber(ARGV[2])) then
@@ -22,6 +28,7 @@ if not seq or tonumber(seq) < tonumber(ARGV[2]) then
   return {'ahead', tostring(seq)}
 end
 local member, score, finite = ARGV[1], ARGV[3], ARGV[4] == '1'
+local board = KEYS[5]
 if finite then
   redis.call('ZADD', KEYS[2], score, member)
   redis.call('HSET', KEYS[3], member, ARGV[5])
@@ -29,21 +36,30 @@ else
   redis.call('ZREM', KEYS[2], member)
   redis.call('HDEL', KEYS[3], member)
 end
+if board ~= KEYS[2] then
+  if finite then
+    redis.call('ZADD', board, score, member)
+  else
+    redis.call('ZREM', board, member)
+  end
+  redis.call('ZADD', KEYS[6], ARGV[11], ARGV[11])
+  redis.call('ZADD', KEYS[7], ARGV[11], member)
+end
 local meta_state = redis.call('HGET', KEYS[4], 'state') or ''
-local others = redis.call('ZCARD', KEYS[2]) - (finite and 1 or 0)
+local others = redis.call('ZCARD', board) - (finite and 1 or 0)
 local n = others + 1
 local rule, u = ARGV[6], tonumber(ARGV[8])
 local k = math.min(math.ceil(n * tonumber(ARGV[7])), math.floor(n / 2))
 local by_rank = finite and ARGV[10] == 'rank'
 local by_draw = finite and ARGV[10] == 'random'
-local worse = finite and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. score) or 0
-local better = finite and redis.call('ZCOUNT', KEYS[2], '(' .. score, '+inf') or others
+local worse = finite and redis.call('ZCOUNT', board, '-inf', '(' .. score) or 0
+local better = finite and redis.call('ZCOUNT', board, '(' .. score, '+inf') or others
 if by_rank then
-  worse = redis.call('ZRANK', KEYS[2], member)
-  better = redis.call('ZREVRANK', KEYS[2], member)
+  worse = redis.call('ZRANK', board, member)
+  better = redis.call('ZREVRANK', board, member)
 end
 if by_draw and rule == 'truncation' then
-  local tied = redis.call('ZCOUNT', KEYS[2], score, score) - 1  -- the others tied with the member
+  local tied = redis.call('ZCOUNT', board, score, score) - 1  -- the others tied with the member
   local scaled = u * (tied + 1)
   local above = math.floor(scaled)  -- how many of them rank above it
   u = scaled - above
@@ -55,24 +71,24 @@ if rule == 'truncation' then
   local candidates = math.min(k, better)
   if worse < k and candidates > 0 then
     index = math.floor(u * candidates)
-    if by_draw and index >= redis.call('ZREVRANK', KEYS[2], member) then
+    if by_draw and index >= redis.call('ZREVRANK', board, member) then
       index = index + 1  -- an index among the others: step over the member's own place
     end
   end
 elseif rule == 'tournament' and others > 0 then
   index = math.floor(u * others)
   coin = u * others - index
-  local own_rank = finite and redis.call('ZREVRANK', KEYS[2], member) or nil
+  local own_rank = finite and redis.call('ZREVRANK', board, member) or nil
   if own_rank and index >= own_rank then
     index = index + 1
   end
 end
 local donor, donor_score, record = '', '', ''
 if index >= 0 then
-  local hit = redis.call('ZREVRANGE', KEYS[2], index, index, 'WITHSCORES')
+  local hit = redis.call('ZREVRANGE', board, index, index, 'WITHSCORES')
   local better_than_own = (not finite) or (tonumber(hit[2]) > tonumber(score))
   if by_rank and hit[1] then
-    better_than_own = index < redis.call('ZREVRANK', KEYS[2], member)
+    better_than_own = index < redis.call('ZREVRANK', board, member)
   elseif by_draw and hit[1] then
     if rule == 'truncation' then
       better_than_own = true  -- index < min(k, better): one of the others drawn above the member
@@ -87,9 +103,9 @@ if index >= 0 then
 end
 local reply = {'ok', meta_state, n, worse, better, k, donor, donor_score, record}
 if n <= tonumber(ARGV[9]) then
-  local board = redis.call('ZREVRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  for i = 1, #board do
-    reply[#reply + 1] = board[i]
+  local entries = redis.call('ZREVRANGE', board, 0, -1, 'WITHSCORES')
+  for i = 1, #entries do
+    reply[#reply + 1] = entries[i]
   end
 end
 return reply

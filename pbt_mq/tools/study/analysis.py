@@ -97,7 +97,7 @@ def tied_decisions(run: Run) -> int:
     member's own score: a strict "better" rule can never exploit there."""
     n = 0
     for rec in run.recs:
-        board = dict(rec.board or [])
+        board = dict(rec.leaderboard or [])
         own = board.pop(rec.member, None)
         n += own is not None and own in board.values()
     return n

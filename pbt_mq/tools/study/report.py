@@ -31,24 +31,13 @@ from pbt_mq.tools.study.analysis import (
     spread,
     tied_decisions,
 )
+from pbt_mq.tools.study.rising import rising_figure, rising_section
+from pbt_mq.tools.study.tables import fmt_spread, table, verdict
 
 DASHED = {"neither", "random search", "fixed lr (grid)"}  # the no-PBT baselines
 COLORS = {"PBT": "tab:blue", "PB2": "tab:purple", "exploit only": "tab:orange", "explore only": "tab:green",
           "neither": "tab:gray", "random search": "tab:gray", "fixed lr (grid)": "tab:gray",
           "best RS config alone": "tab:brown"}
-
-
-def fmt_spread(xs: Sequence[float], digits: int = 4) -> str:
-    med, lo, hi = spread(xs)
-    if math.isnan(med):
-        return "-"
-    return f"{med:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- per study
@@ -88,8 +77,8 @@ def toy_targets(arms: dict[str, list[Run]]) -> list[str]:
     sooner = all(med < m for m in others.values())
     detail = ", ".join(f"{a} {_steps(m)}" for a, m in others.items())
     return [
-        _verdict(hit >= math.ceil(0.9 * n), f"toy: PBT reaches Q >= {TOY_TARGET} within 100 steps in {hit}/{n} seeds (target >= 9/10)"),
-        _verdict(sooner, f"toy: PBT reaches it sooner than every ablation: median step {_steps(med)} vs {detail}"),
+        verdict(hit >= math.ceil(0.9 * n), f"toy: PBT reaches Q >= {TOY_TARGET} within 100 steps in {hit}/{n} seeds (target >= 9/10)"),
+        verdict(sooner, f"toy: PBT reaches it sooner than every ablation: median step {_steps(med)} vs {detail}"),
     ]
 
 
@@ -116,9 +105,9 @@ def digits_targets(arms: dict[str, list[Run]]) -> list[str]:
     acc = {a: spread([final_best(r) for r in rs])[0] for a, rs in arms.items()}
     wall = {a: spread([r.wall_s for r in rs])[0] for a, rs in arms.items()}
     out = [
-        _verdict(acc["PBT"] > acc["random search"],
+        verdict(acc["PBT"] > acc["random search"],
                  f"digits: PBT's median final accuracy {acc['PBT']:.4f} vs random search's {acc['random search']:.4f}"),
-        wall_verdict(arms["PBT"], arms["random search"]),
+        wallverdict(arms["PBT"], arms["random search"]),
     ]
     if "best RS config alone" in acc:
         out.append(f"- (info) digits: the best random-search configuration retrained alone: median {acc['best RS config alone']:.4f}")
@@ -127,7 +116,7 @@ def digits_targets(arms: dict[str, list[Run]]) -> list[str]:
     return out
 
 
-def wall_verdict(pbt: Sequence[Run], rs: Sequence[Run]) -> str:
+def wallverdict(pbt: Sequence[Run], rs: Sequence[Run]) -> str:
     """The wall-time target, and where PBT's extra time went (from the events' phase timings)."""
 
     def ratio(value: Any) -> float:
@@ -136,7 +125,7 @@ def wall_verdict(pbt: Sequence[Run], rs: Sequence[Run]) -> str:
 
     fresh = [spread([r.stats.get("starts", {}).get("fresh", 0) for r in arm])[0] for arm in (pbt, rs)]
     wall = ratio(lambda r: r.wall_s)
-    return _verdict(wall <= 1.10, (
+    return verdict(wall <= 1.10, (
         f"digits: PBT's median wall time = {wall:.2f} x random search's (target <= 1.10 x). Where it went: PBT trained "
         f"{ratio(compute_steps) - 1:+.0%} steps (an exploit resumes from the donor's last checkpoint: on average "
         f"{spread([rewind(r) for r in pbt])[0]:.1f} steps behind the member's own); its training took {ratio(lambda r: phase(r, 'train') / compute_steps(r)):.2f} x as long per step "
@@ -197,9 +186,9 @@ def drift_targets(arms: dict[str, list[Run]]) -> list[str]:
     drops = [b / a for b, a in (lr_phases(r) for r in arms["PBT"])]
     drop = spread(drops)[0]
     out = [
-        _verdict(loss["PBT"] < loss[fixed], f"drift: PBT's median final loss {loss['PBT']:.4g} vs the best fixed lr's "
+        verdict(loss["PBT"] < loss[fixed], f"drift: PBT's median final loss {loss['PBT']:.4g} vs the best fixed lr's "
                  f"{loss[fixed]:.4g} ({loss[fixed] / loss['PBT']:.2f}x lower)"),
-        _verdict(drop >= 3.0, f"drift: PBT's schedule shows the change: its lr falls {drop:.1f}x (median over seeds) "
+        verdict(drop >= 3.0, f"drift: PBT's schedule shows the change: its lr falls {drop:.1f}x (median over seeds) "
                  "across the switch (the optimum falls 10x; target: a visible fall, >= 3x)"),
     ]
     if "PB2" in loss:
@@ -223,10 +212,6 @@ def replayed(rs: Sequence[Run]) -> str:
     return "all" if bad == 0 else f"{bad} mismatches"
 
 
-def _verdict(ok: bool, text: str) -> str:
-    return f"- **{'met' if ok else 'NOT met'}**: {text}"
-
-
 def _steps(x: float) -> str:
     return "never (within 100)" if math.isinf(x) else f"{x:.0f}"
 
@@ -248,7 +233,8 @@ def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float,
     targets: list[str] = []
     for title, section in (("The paper's toy (Q against step)", toy_section),
                            ("Digits: PBT vs random search at equal compute", digits_section),
-                           ("Non-stationary: the best lr falls 10x halfway", drift_section)):
+                           ("Non-stationary: the best lr falls 10x halfway", drift_section),
+                           ("Non-stationary, asynchronous: the loss jumps and the best lr rises 10x", rising_section)):
         study = section.__name__.split("_")[0]
         if not any(r.study == study for r in runs):
             continue
@@ -282,7 +268,8 @@ def draw(out: Path, runs: Sequence[Run]) -> list[str]:
     except ImportError:
         return []
     names = []
-    for study, fn in (("toy", _toy_figure), ("digits", _digits_figure), ("drift", _drift_figure)):
+    for study, fn in (("toy", _toy_figure), ("digits", _digits_figure), ("drift", _drift_figure),
+                      ("rising", rising_figure)):
         if any(r.study == study for r in runs):
             fig = Figure(figsize=(13, 4.2), dpi=100, layout="constrained")
             fn(fig, by_arm(runs, study))

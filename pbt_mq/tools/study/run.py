@@ -28,7 +28,10 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.local import fleet
 from pbt_mq.tools.study.report import write_report
-from pbt_mq.tools.study.tasks import FULL, QUICK, STUDIES, Fleet
+from pbt_mq.tools.study.rising import rising_study
+from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
+
+STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study}
 
 
 def run(a: argparse.Namespace) -> int:
@@ -39,7 +42,7 @@ def run(a: argparse.Namespace) -> int:
         return 2
     scale = QUICK if a.quick else FULL
     if a.seeds:
-        scale = dataclasses.replace(scale, seeds=a.seeds)
+        scale = dataclasses.replace(scale, seeds=a.seeds, rising_seeds=a.seeds)
     out = Path(a.out).resolve()
     wd = out / "work"
     (wd / "logs").mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,8 @@ class Scale:
     seeds: int
     digits: tuple[str, ...]
     drift: tuple[str, ...]
+    rising_seeds: int = 12
+    rising: tuple[str, ...] = ()
 
 
 FULL = Scale(toy_seeds=10, seeds=5, digits=(), drift=())
@@ -55,6 +57,8 @@ QUICK = Scale(
     seeds=1,
     digits=("population.size=4", "stop.steps=100"),
     drift=("population.size=4", "stop.steps=200", "trainable_args.switch_step=100"),
+    rising_seeds=1,
+    rising=("population.size=4", "stop.steps=200", "trainable_args.switch_step=100"),
 )
 
 
@@ -168,5 +172,3 @@ def drift_study(fleet: Fleet, scale: Scale) -> list[Run]:
             runs.append(run_experiment(fleet, "drift", arm.label, file, [*scale.drift, *arm.sets, *extra], seed))
     return runs
 
-
-STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study}
