@@ -51,7 +51,7 @@ def stop_proc(proc: subprocess.Popen) -> None:
 
 
 def redis_binary() -> str | None:
-    from pbt_mq.tools.local import redis_server_binary
+    from pbt_mq.tools.redis_server import redis_server_binary
 
     try:
         return redis_server_binary()

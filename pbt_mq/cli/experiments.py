@@ -12,13 +12,21 @@ from typing import Any
 import redis
 
 from pbt_mq.broker.connect import RedisUnavailable, connect
-from pbt_mq.cli.options import EXIT_FAIL, EXIT_OK, EXIT_TIMEOUT, UsageError, env_option, redis_option
+from pbt_mq.cli.options import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    UsageError,
+    env_option,
+    redis_option,
+    state_options,
+)
 from pbt_mq.config.parse import load_file
 from pbt_mq.core import settings
-from pbt_mq.core.keys import EXPERIMENTS, Keys, worker_key
-from pbt_mq.core.model import ExperimentState, Heartbeat, Meta
+from pbt_mq.core.keys import worker_key
+from pbt_mq.core.model import ExperimentState, Heartbeat
 from pbt_mq.observe.stats import experiment_stats, format_stats
-from pbt_mq.observe.status import format_status
+from pbt_mq.observe.status import experiment_rows, format_status
 from pbt_mq.state.experiment import launch, status, stop
 from pbt_mq.store.open import open_store
 
@@ -82,10 +90,12 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    r = connect(a.redis)
-    for e in r.zrange(EXPERIMENTS, 0, -1):
-        state = Meta.read(r, Keys(e.decode()).meta, "state").state
-        print(f"{e.decode()}  {state or '?'}")
+    """``ID  STATE`` first (scripts read that), then the best score and, for a stopped one, why."""
+    for row in experiment_rows(connect(a.redis)):
+        best = (f"best {row['metric']}={row['score']:.6g} ({row['member']}, step {row['step']})"
+                if row["member"] else "no score yet")
+        why = f"  {row['reason']}" if row["state"] in ("stopped", "failed") and row["reason"] else ""
+        print(f"{row['id']}  {row['state']}  {best}{why}")
     return EXIT_OK
 
 
@@ -126,14 +136,14 @@ def register(sub: Any) -> None:
     s = sub.add_parser("status", help="show an experiment's members")
     s.add_argument("experiment")
     s.add_argument("--json", action="store_true")
-    redis_option(s)
+    state_options(s)
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("wait", help="block until an experiment ends (exit 0 done, 1 failed/stopped, 124 timeout)")
     s.add_argument("experiment")
     s.add_argument("--timeout", type=float, default=None, help="seconds")
     s.add_argument("--poll-s", type=float, default=0.5)
-    redis_option(s)
+    state_options(s)
     s.set_defaults(fn=cmd_wait)
 
     s = sub.add_parser("stop", help="stop an experiment: no further segments are queued")
@@ -144,11 +154,11 @@ def register(sub: Any) -> None:
     s = sub.add_parser("stats", help="timings: decisions/s, ready-to-start latency, warm starts, time in training")
     s.add_argument("experiment")
     s.add_argument("--json", action="store_true")
-    redis_option(s)
+    state_options(s)
     s.set_defaults(fn=cmd_stats)
 
     s = sub.add_parser("list", help="list experiments")
-    redis_option(s)
+    state_options(s)
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("health", help="for probes: exit 0 if Redis answers (and --worker's heartbeat is fresh), else 1")

@@ -12,7 +12,8 @@ from typing import Any
 from rich.console import Console
 
 from pbt_mq.broker.connect import connect
-from pbt_mq.cli.options import env_option, redis_option
+from pbt_mq.cli.options import env_option, state_options
+from pbt_mq.core import settings
 from pbt_mq.observe import plot, top
 from pbt_mq.observe.export import export
 from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, target
@@ -25,7 +26,7 @@ def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment")
     p.add_argument("--member", default=None, help="whose latest checkpoint to trace (default: the best member)")
     p.add_argument("--json", action="store_true", help="segments, origins and the schedule as JSON")
-    redis_option(p)
+    state_options(p)
     p.set_defaults(fn=cmd_lineage)
 
 
@@ -63,7 +64,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     who.add_argument("--best", action="store_true", help="the best member (the default)")
     who.add_argument("--member", default=None, help="this member's latest checkpoint instead")
     p.add_argument("-o", "--out", required=True, help="directory to write into (created if needed)")
-    redis_option(p)
+    state_options(p)
     p.set_defaults(fn=cmd_export)
 
 
@@ -83,7 +84,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("schedule", help="schedule.json from `pbt export` (or the export directory)")
+    p.add_argument("schedule", help="schedule.json from `pbt export` (or the export directory), or the id of an"
+                                    " experiment `pbt local` ran: its best model, DIR/EXP/best")
+    p.add_argument("--local", dest="local_dir", default=None, metavar="DIR",
+                   help="the pbt local work dir an experiment id refers to (default $PBT_LOCAL_DIR)")
     env_option(p, "--device", env="PBT_DEVICE", help="torch device")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
     p.add_argument("--save", default=None, metavar="PATH", help="write the replayed state as a checkpoint file")
@@ -99,6 +103,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    a.schedule = str(exported_path(a.schedule, a.local_dir))
     sched = load_schedule(a.schedule)
     metric = sched["metric"]
 
@@ -125,6 +130,15 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0 if ok or not a.check else 1
 
 
+def exported_path(given: str, local_dir: str | None) -> Path:
+    """The schedule as given, or where `pbt local` exported experiment ``given``'s best model."""
+    p = Path(given)
+    if p.exists() or "/" in given or given.endswith(".json"):
+        return p
+    best = Path(local_dir or settings.read("PBT_LOCAL_DIR")) / given / "best"
+    return best if best.is_dir() else p
+
+
 def _compare_state(a: argparse.Namespace, sched: dict[str, Any], state: Any) -> bool | None:
     path = a.compare
     sha = None
@@ -146,7 +160,7 @@ def add_top_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="print one frame and exit (no terminal needed)")
     p.add_argument("--json", action="store_true", help="with --once: the frame's data as JSON")
     p.add_argument("--width", type=int, default=None, help="columns (default: the terminal's, else 160)")
-    redis_option(p)
+    state_options(p)
     p.set_defaults(fn=cmd_top)
 
 
@@ -170,7 +184,7 @@ def cmd_top(a: argparse.Namespace) -> int:
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment")
     p.add_argument("-o", "--out", default=None, help="output file (.png, .svg, .pdf; default EXP.png)")
-    redis_option(p)
+    state_options(p)
     p.set_defaults(fn=cmd_plot)
 
 

@@ -3,7 +3,9 @@
 An option bound to a setting has a ``FromEnv`` default; once the command line is parsed,
 ``resolve`` replaces it with the setting's value, read and validated by ``core.settings``.
 Nothing is parsed from the environment while the parser is built, and ``run`` validates every
-``PBT_*`` variable before doing anything: a bad value is one line naming it, exit 2.
+``PBT_*`` variable before doing anything: a bad value is one line naming it, exit 2. A command
+that reads experiments (``state_options``: ``--redis`` or ``--local DIR``) runs inside
+``tools.workdir.redis_for``, which finds them, on a fleet's Redis or in a ``pbt local`` work dir.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from pbt_mq.broker.connect import RedisUnavailable
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.core import settings
@@ -22,6 +26,7 @@ from pbt_mq.core.settings import SettingError
 from pbt_mq.observe.lineage import NoCheckpoint
 from pbt_mq.state.experiment import UnknownExperiment
 from pbt_mq.store.base import StoreError
+from pbt_mq.tools.workdir import WorkDirError, redis_for
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
 
@@ -51,8 +56,18 @@ def env_option(p: argparse.ArgumentParser, *flags: str, env: str, help: str, **k
     p.add_argument(*flags, default=FromEnv(env), help=f"{help} (env {env}{shown})", **kw)
 
 
-def redis_option(p: argparse.ArgumentParser) -> None:
+def redis_option(p: Any) -> None:
     env_option(p, "--redis", env="PBT_REDIS_URL", help="Redis URL: redis://[user:pass@]host:port/db, rediss:// for TLS")
+
+
+def state_options(p: argparse.ArgumentParser) -> None:
+    """``--redis URL`` or ``--local DIR``, for a command that reads experiments: it runs inside
+    ``tools.workdir.redis_for`` (``guard``), which finds them, with ``a.redis`` set to where."""
+    where = p.add_mutually_exclusive_group()
+    redis_option(where)
+    where.add_argument("--local", default=None, metavar="DIR",
+                       help="read the experiments a `pbt local` keeps in DIR, live or saved (default, when neither"
+                            " --redis nor PBT_REDIS_URL is given: ./$PBT_LOCAL_DIR if it holds saved state)")
 
 
 def log_option(p: argparse.ArgumentParser) -> None:
@@ -60,10 +75,15 @@ def log_option(p: argparse.ArgumentParser) -> None:
 
 
 def resolve(ns: argparse.Namespace) -> argparse.Namespace:
-    """Replace every ``FromEnv`` default with its setting's validated value."""
-    for name, value in vars(ns).items():
+    """Replace every ``FromEnv`` default with its setting's validated value; ``ns.origin`` says, for
+    each such option, whether that value came from its variable ("env") or its default ("default")
+    (an option absent from it was given on the command line)."""
+    origin = {}
+    for name, value in list(vars(ns).items()):
         if isinstance(value, FromEnv):
+            origin[name] = "env" if settings.read_if_set(value.env) is not None else "default"
             setattr(ns, name, settings.read(value.env))
+    ns.origin = origin
     return ns
 
 
@@ -75,12 +95,19 @@ def setup_logging(level: str | None, default: str) -> None:
 def guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
     """Run a command; a known failure is one line on stderr and an exit code, never a traceback."""
     try:
-        return fn(args)
+        if "local" not in vars(args):  # not a command that reads experiments (state_options)
+            return fn(args)
+        with redis_for(args) as url:
+            args.redis = url
+            return fn(args)
     except (ConfigError, UsageError, SettingError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (RedisUnavailable, StoreError, UnknownExperiment, NoCheckpoint) as exc:
+    except (RedisUnavailable, StoreError, UnknownExperiment, NoCheckpoint, WorkDirError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except redis.RedisError as exc:  # e.g. the live `pbt local` a reader attached to stopped meanwhile
+        print(f"{prog}: error: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

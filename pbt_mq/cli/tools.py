@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pbt_mq.cli.options import env_option
+from pbt_mq.cli.options import UsageError, env_option
 from pbt_mq.tools.bench import run as bench_run
-from pbt_mq.tools.local import run_local
+from pbt_mq.tools.local import ALL, run_local
 from pbt_mq.tools.study import run as study_run
 
 
 def cmd_local(a: argparse.Namespace) -> int:
-    return run_local(a.file, workers=a.workers, overrides=a.set, workdir=a.dir, timeout_s=a.timeout, live=not a.quiet)
+    if a.resume is None and not a.file:
+        raise UsageError("give an experiment FILE to run, or --resume to continue what is unfinished in --dir")
+    if a.resume is not None and (a.file or a.set):
+        raise UsageError("--resume continues the experiments already in --dir: give no FILE and no --set")
+    return run_local(a.file, workers=a.workers, overrides=a.set, workdir=a.dir, timeout_s=a.timeout,
+                     live=not a.quiet, resume=a.resume)
 
 
 def add_local_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("file")
+    s.add_argument("file", nargs="?", help="experiment TOML file (not with --resume)")
+    s.add_argument("--resume", nargs="?", const=ALL, default=None, metavar="EXP",
+                   help="continue the unfinished experiments of --dir (interrupted or paused), or only EXP")
     env_option(s, "--workers", env="PBT_LOCAL_WORKERS", help="pbt-worker processes", type=int)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     env_option(s, "--dir", env="PBT_LOCAL_DIR", help="work directory")

@@ -129,8 +129,12 @@ def _to_shared(r: Any, k: Keys, member: str, own: str, job: str, shared: Any) ->
     return bool(call(r, "move_job", [queue_key(own), shared.key, k.member(member)], [job, shared.name]))
 
 
-def requeue(r: Any, exp: str, cfg: Experiment, orphan: Orphan) -> str:
-    """Queue the orphan's current command again; returns what was done."""
+def requeue(r: Any, exp: str, cfg: Experiment, orphan: Orphan, count: bool = True) -> str:
+    """Queue the orphan's current command again; returns what was done.
+
+    ``count``: the requeue counts against ``worker.max_retries`` (a worker died on it). ``pbt local
+    --resume`` passes False: a whole fleet that was stopped says nothing about the segment. The new
+    job id's ``_rN`` is above both the count and the current job's own N, so it is always new."""
     k = Keys(exp)
     mkey = k.member(orphan.member)
     queue = queue_for(r, cfg.queue, exp)
@@ -142,8 +146,8 @@ def requeue(r: Any, exp: str, cfg: Experiment, orphan: Orphan) -> str:
                 pipe.unwatch()
                 return "moved on"
             cmd = SegmentCommand.decode(h.cmd)
-            n = h.reaped + 1
-            if n > cfg.worker.max_retries + 1:
+            n = h.reaped + 1 if count else h.reaped
+            if count and n > cfg.worker.max_retries + 1:
                 pipe.unwatch()
                 fail_member(r, cfg, exp, orphan.member, cmd.seq, f"{orphan.reason}; gave up after {n - 1} requeues")
                 return "failed"
@@ -152,16 +156,22 @@ def requeue(r: Any, exp: str, cfg: Experiment, orphan: Orphan) -> str:
             pipe.lrem(intermediate_key(queue), 0, orphan.job)
             if orphan.queue:  # a dead worker's own queue: take the stale copy out
                 pipe.lrem(queue_key(orphan.queue), 0, orphan.job)
-            enqueue_segment(pipe, queue, cfg, cmd, suffix=f"_r{n}")
+            enqueue_segment(pipe, queue, cfg, cmd, suffix=f"_r{max(h.reaped, _requeue_number(h.job)) + 1}")
             pipe.execute()
         except redis.WatchError:
             return "raced"
         except ProtocolError as exc:
             fail_member(r, cfg, exp, orphan.member, -1, f"stored command is unreadable: {exc}")
             return "failed"
-    log.warning("%s %s: %s; requeued seq %d from %s", exp, orphan.member, orphan.reason, cmd.seq,
-                cmd.start.key if cmd.start else "a fresh start")
+    log.log(logging.WARNING if count else logging.INFO, "%s %s: %s; requeued seq %d from %s", exp, orphan.member,
+            orphan.reason, cmd.seq, cmd.start.key if cmd.start else "a fresh start")
     return "requeued"
+
+
+def _requeue_number(job: str) -> int:
+    """N of a job id ending in ``_rN`` (a requeued copy), else 0."""
+    head, _, tail = job.rpartition("_r")
+    return int(tail) if head and tail.isdigit() else 0
 
 
 def sweep(r: Any, exp: str, cfg: Experiment, grace_ms: int) -> int:

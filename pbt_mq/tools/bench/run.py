@@ -18,7 +18,7 @@ from pbt_mq.tools.bench.control import format_control, format_replicas, measure_
 from pbt_mq.tools.bench.control import measure as measure_control
 from pbt_mq.tools.bench.data import format_table, measure
 from pbt_mq.tools.bench.fleet import format_fleet, measure_fleet
-from pbt_mq.tools.local import private_redis
+from pbt_mq.tools.redis_server import private_redis
 
 
 def run_control(a: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,7 @@
 3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
    PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
 
-Every run is a real experiment on a real fleet (``tools.local.fleet``: a private
+Every run is a real experiment on a real fleet (``tools.fleet.fleet``: a private
 redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
 arm gets the same warm workers; curves, schedules and compute are read back from each
 experiment's lineage log. Output: ``DIR/results.md``, ``DIR/*.png``, ``DIR/runs.json``.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
-from pbt_mq.tools.local import fleet
+from pbt_mq.tools.fleet import fleet
 from pbt_mq.tools.study.report import write_report
 from pbt_mq.tools.study.rising import rising_study
 from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study

@@ -27,7 +27,7 @@ EXAMPLES = Path(_workers.__file__).resolve().parent
 
 @dataclass
 class Fleet:
-    """A live fleet (tools.local.fleet) and where its checkpoints go."""
+    """A live fleet (tools.fleet.fleet) and where its checkpoints go."""
 
     r: Any
     procs: list  # of subprocess.Popen: the arbiter, then the workers

@@ -1,0 +1,74 @@
+"""A fleet on this machine: one ``pbt-arbiter`` and N ``pbt-worker`` processes, the same ones a
+cluster runs; only the addresses differ. Used by ``pbt local``, ``pbt study`` and ``pbt bench``.
+
+Each process has its own session (a Ctrl-C in the terminal reaches ``pbt local`` only, which then
+stops them in order) and is killed if its parent dies (Linux): a ``pbt local`` killed outright
+leaves nothing running, and ``pbt local --resume`` picks up what they were doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pbt_mq.tools.redis_server import die_with_parent, private_redis
+
+ARBITER = "local-arbiter"  # the arbiter's consumer name: a restarted one takes over its pending events
+
+
+def worker_id(i: int) -> str:
+    return f"local-w{i}"
+
+
+def spawn(role: str, args: list[str], logfile: Path) -> subprocess.Popen:
+    with open(logfile, "ab") as out:  # appended: a resumed run keeps the previous one's log
+        return subprocess.Popen(
+            [sys.executable, "-m", "pbt_mq", role, *args], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+
+
+def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGTERM (a worker finishes its segment), then SIGKILL after ``grace_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def daemons(url: str, wd: Path, workers: int) -> Iterator[list[subprocess.Popen]]:
+    """One arbiter and ``workers`` workers on ``url``, logging to ``wd/logs``; stopped on exit."""
+    (wd / "logs").mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(spawn("arbiter", ["--redis", url, "--name", ARBITER, "--claim-idle-ms", "5000"],
+                           wd / "logs" / "arbiter.log"))
+        threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription
+        for i in range(workers):
+            args = ["--redis", url, "--id", worker_id(i), "--threads", threads]
+            procs.append(spawn("worker", args, wd / "logs" / f"worker-{i}.log"))
+        yield procs
+    finally:
+        terminate(procs)
+
+
+@contextlib.contextmanager
+def fleet(wd: Path, workers: int) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A private redis-server that keeps nothing on disk, one arbiter and ``workers`` workers; all
+    stopped on exit (also on Ctrl-C). Yields (redis URL, processes). Any number of experiments may
+    be launched on it, one after the other, on the same warm workers (``pbt study`` does)."""
+    with private_redis(wd) as url, daemons(url, wd, workers) as procs:
+        yield url, procs
