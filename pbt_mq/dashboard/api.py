@@ -102,7 +102,7 @@ async def lineage(request: Request) -> Response:
     after = _int_param(request, "after", 0, 0, 1 << 62)
     limit = _int_param(request, "limit", BATCH, 1, BATCH)
     view = await _view(request)
-    text, _ = view.frame(after, limit)
+    text, _ = await run_in_threadpool(view.frame, after, limit)
     return Response(text, media_type="application/json")
 
 

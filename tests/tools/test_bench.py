@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from services import unavailable
 
 from pbt_mq.store.open import open_store
 
@@ -113,3 +115,18 @@ def test_fleet_bench_quick_runs_real_workers(tmp_path):
     first = rows[0]
     assert first["segments"] >= 6 and 0 < first["user_fraction"] <= 1 and 0 <= first["warm_fraction"] <= 1
     assert first["segments_per_s"] > 0 and 4 <= rows[1]["segments"] <= 20  # an exploit skips ahead
+
+
+def test_bench_dashboard_quick_json(redis_url: str) -> None:
+    """The machinery of `pbt bench --dashboard`: the pages were served frames while the arbiter decided."""
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        unavailable("no starlette/uvicorn: pip install 'pbt-mq[dashboard]'")
+    proc = bench("--dashboard", "--quick", "--json", "--redis", redis_url)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["dashboard"]
+    assert [(r["population"], r["pages"]) for r in rows] == [(16, 0), (16, 2)]
+    none, watched = rows
+    assert none["frames_per_s"] is None and none["vs_none"] == 1.0
+    assert watched["frames_per_s"] > 0 and 0 < watched["dashboard_cpu"] < 2
+    for r in rows:
+        assert r["decisions_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]

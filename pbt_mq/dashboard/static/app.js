@@ -136,12 +136,21 @@
     $("#hparam-charts").innerHTML = "";
     $("#detail").hidden = true;
     renderExperiments();
-    const source = D.source = new EventSource(`api/experiments/${encodeURIComponent(exp)}/stream`);
+    connect(exp);
+  }
+
+  // Follow the experiment's stream from the nodes we hold. The browser reconnects by itself after
+  // a dropped connection (Last-Event-ID); after a refused one (e.g. 503) we try again ourselves.
+  function connect(exp) {
+    const source = D.source = new EventSource(`api/experiments/${encodeURIComponent(exp)}/stream?since=${D.nodes.length}`);
     source.addEventListener("frame", (ev) => onFrame(JSON.parse(ev.data)));
     source.onopen = () => setConn("live", true);
     source.onerror = () => {
       setConn("reconnecting…", false);
-      getJSON(`api/experiments/${encodeURIComponent(exp)}`).catch((err) => banner(String(err.message || err)));
+      if (source.readyState !== EventSource.CLOSED) return;
+      getJSON(`api/experiments/${encodeURIComponent(exp)}`)
+        .then(() => setTimeout(() => { if (D.source === source) connect(exp); }, 3000))
+        .catch((err) => banner(String(err.message || err)));
     };
   }
 
