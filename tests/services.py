@@ -104,6 +104,49 @@ class Fleet:
 
 
 
+class Dashboard:
+    """A real ``pbt dashboard`` process on a free loopback port (``--port 0``); its URL is read from
+    the line it prints once it listens."""
+
+    def __init__(self, logs: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"dashboard-{time.monotonic_ns()}.log"
+        self.log_file = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pbt_mq", "dashboard", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=self.log_file, cwd=ROOT, env=full_env,
+        )
+        self.url = self._read_url(timeout_s)
+
+    def _read_url(self, timeout_s: float) -> str:
+        import re
+        import select
+
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        line = b""
+        while time.monotonic() < deadline and not line.endswith(b"\n"):
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                line += chunk
+        found = re.search(rb"(http://[^/\s]+/)", line)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"pbt dashboard did not start: {line!r} {self.log()}")
+        return found.group(1).decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_proc(self.proc)
+        self.log_file.close()
+
+
 def _cluster_ports(n: int) -> list[int]:
     """Free ports whose cluster bus port (port + 10000) is free too, so below 55536."""
     import random

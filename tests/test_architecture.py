@@ -18,7 +18,7 @@ MAX_CLASS_LINES = 250
 # Lower layers know nothing of higher ones; two subpackages on one layer know nothing of each other.
 LAYERS = {
     "core": 0, "rules": 1, "config": 2, "broker": 3, "store": 3, "state": 4, "control": 5, "worker": 5,
-    "observe": 6, "tools": 7, "cli": 8,
+    "observe": 6, "tools": 7, "dashboard": 7, "cli": 8,
 }
 
 

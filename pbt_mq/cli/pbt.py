@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pbt_mq.cli import experiments, inspect, tools
+from pbt_mq.cli import dashboard, experiments, inspect, tools
 from pbt_mq.cli.daemons import arbiter_main, worker_main
 from pbt_mq.cli.options import Parser, run
 
@@ -24,6 +24,7 @@ def build_pbt_parser() -> argparse.ArgumentParser:
     experiments.register(sub)
     inspect.register(sub)
     tools.register(sub)
+    dashboard.register(sub)
     return p
 
 

@@ -35,7 +35,8 @@ def add_local_arguments(s: argparse.ArgumentParser) -> None:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     env_option(p, "--store", env="PBT_STORE_URL", help="store URL (unset: a temp dir)")
     p.add_argument("--sizes-mb", default="50,500", help="comma-separated state-dict sizes in MB")
-    p.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is reported)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs per figure (data: the median is reported; dashboard: rounds, the mean)")
     p.add_argument("--quick", action="store_true", help="small and fast: 8 MB, 1 run (a CI smoke test)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--data", action="store_true", help="the checkpoint data plane (the default when no part is named)")
@@ -43,8 +44,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="the arbiter: decisions/s and latency per population, and 1/2/4 replicas with Redis CPU")
     p.add_argument("--fleet", action="store_true",
                    help="real workers: time in user code, warm segments, bytes per exploit, segments/s")
+    p.add_argument("--dashboard", action="store_true",
+                   help="what watching costs: --control's figures with no page and with --clients pages of one"
+                        " `pbt dashboard` open (needs the dashboard extra)")
+    p.add_argument("--clients", type=int, default=4, help="with --dashboard: open pages (default 4)")
     p.add_argument("--all", action="store_true", help="data, control and fleet")
-    p.add_argument("--populations", default="16,256,4096", help="with --control: population sizes")
+    p.add_argument("--populations", default="16,256,4096", help="with --control or --dashboard: population sizes")
     p.add_argument("--replicas", default="1,2,4", help="with --control: arbiter replica counts")
     p.add_argument("--workers", type=int, default=2, help="with --fleet: pbt-worker processes (default 2)")
     p.add_argument("--model-mb", type=float, default=50.0, help="with --fleet: the model's state size")

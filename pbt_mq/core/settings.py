@@ -66,6 +66,16 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+MIN_TOKEN_CHARS = 16  # a bearer token anyone on the network may try: long enough not to be guessed
+
+
+def _secret(text: str) -> str:
+    value = text.strip()
+    if len(value) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(text)
+    return value
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip()
@@ -105,6 +115,8 @@ TABLE: tuple[Setting, ...] = (
             "trim decided events older than this from each events stream"),
     Setting("PBT_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), None, " | ".join(LOG_LEVELS),
             "log level (default INFO for the daemons, WARNING for `pbt`)"),
+    Setting("PBT_DASHBOARD_TOKEN", _secret, None, f"at least {MIN_TOKEN_CHARS} printable characters, no spaces",
+            "the bearer token `pbt dashboard` requires (required unless it listens on loopback only)", secret=True),
     Setting("PBT_LOCAL_WORKERS", _number(int, 1, 256), 2, "an integer in [1, 256]", "`pbt local`'s worker processes"),
     Setting("PBT_LOCAL_DIR", _text, ".pbt-local", "a directory",
             "`pbt local`'s work directory; commands that read experiments look there when no Redis is named"),

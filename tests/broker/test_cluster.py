@@ -6,6 +6,9 @@ and pbt-arbiter processes are pointed at one node and find the rest themselves.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 import redis
 from helpers import PAPER_INIT_4, TOY, event_counts, launch, lineage_counts, pbt, status
 from redis.crc import key_slot
-from services import Fleet, RedisClusterNodes, redis_binary, unavailable
+from services import Dashboard, Fleet, RedisClusterNodes, redis_binary, unavailable
 
 from pbt_mq.broker.cluster import ClusterClient
 from pbt_mq.broker.connect import connect
@@ -114,3 +117,30 @@ def test_toy_experiments_spread_over_three_masters(cluster, rc, tmp_path: Path):
         assert Keys(exp).meta in own and any(k.startswith(f"rq:job:{{{exp}}}") for k in own), sorted(own)[:20]
         homes.append(owner)
     assert set(homes[:3]) == {0, 1, 2}
+    check_dashboard(cluster, rc, exps, tmp_path)
+
+
+def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: list[str], tmp_path: Path) -> None:
+    """``pbt dashboard`` pointed at one node reads every experiment, whichever master holds it."""
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        unavailable("no starlette/uvicorn for pbt dashboard: pip install 'pbt-mq[dashboard]'")
+    dash = Dashboard(tmp_path / "logs", "--redis", cluster.url)
+    try:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(dash.url.rstrip("/") + path, timeout=30) as res:
+                return json.loads(res.read())
+
+        rows = {e["experiment"]: e for e in get("/api/experiments")["experiments"]}
+        assert set(rows) == set(exps)
+        for exp in exps:
+            st = status(cluster.url, exp)
+            assert rows[exp]["state"] == "done" and rows[exp]["progress"] == 1.0
+            assert rows[exp]["best"] == {"member": st["best"]["member"], "score": st["best"]["score"]}
+            doc = get(f"/api/experiments/{exp}")
+            assert [m["id"] for m in doc["members"]] == ["m000", "m001", "m002", "m003"]
+            lin = get(f"/api/experiments/{exp}/lineage")
+            assert lin["total"] == len(lin["nodes"]) == rc.xlen(Keys(exp).lineage) == doc["decisions"]
+            assert get(f"/api/experiments/{exp}/members/{st['best']['member']}/lineage")["segments"]
+        assert isinstance(get("/api/workers")["workers"], list)  # a global key: read on a cluster too (fleet stopped)
+    finally:
+        dash.stop()

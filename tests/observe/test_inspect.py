@@ -428,7 +428,7 @@ def test_sparkline():
     assert sparkline([1.0, math.nan, 2.0]) == "▁·█"
 
 
-def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
+def test_arbiter_and_cli_never_import_torch_matplotlib_or_the_web_server(redis_url):
     code = (
         "import sys, redis\n"
         "import pbt_mq.control.arbiter, pbt_mq.cli, pbt_mq.state.experiment, pbt_mq.control.gc\n"
@@ -438,7 +438,8 @@ def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
         "from pbt_mq.cli import daemons, pbt\n"
         "pbt.build_pbt_parser(); daemons.build_arbiter_parser(); daemons.build_worker_parser()\n"
         "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', [])\n"
-        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+        "from pbt_mq.cli import dashboard; import pbt_mq.dashboard.data, pbt_mq.dashboard.auth\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'starlette', 'uvicorn') if m in sys.modules))\n"
     )
     import subprocess
     import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from services import unavailable
 
 from pbt_mq.store.open import open_store
 
@@ -117,7 +119,8 @@ def test_fleet_bench_quick_runs_real_workers(tmp_path):
 
 def test_bench_dashboard_quick_json(redis_url: str) -> None:
     """The machinery of `pbt bench --dashboard`: the pages were served frames while the arbiter decided."""
-    pytest.importorskip("starlette", reason="the dashboard extra")
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        unavailable("no starlette/uvicorn: pip install 'pbt-mq[dashboard]'")
     proc = bench("--dashboard", "--quick", "--json", "--redis", redis_url)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["dashboard"]

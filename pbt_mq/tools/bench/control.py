@@ -14,6 +14,8 @@ import hashlib
 import multiprocessing as mp
 import random
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import redis
@@ -77,12 +79,23 @@ def _decided(arb: Arbiter) -> int:
     return sum(arb.stats[a] for a in ("continue", "exploit", "done", "duplicate"))
 
 
-def measure(r: redis.Redis, population: int, decisions: int, latency_samples: int = 200) -> dict[str, float]:
+def measure(r: redis.Redis, population: int, decisions: int, latency_samples: int = 200,
+            watch: Callable[[str], AbstractContextManager[Any]] | None = None) -> dict[str, float]:
     """Throughput: the arbiter drains backlogs of one event per member (its batched path), timed
     as arbiter wall time. Latency: one event at a time on an idle arbiter, from XADD until the
-    member's next segment is queued (what a worker waits when the arbiter keeps up)."""
+    member's next segment is queued (what a worker waits when the arbiter keeps up). ``watch``
+    (given the experiment id) surrounds both, e.g. with dashboards reading the experiment."""
     cfg = parse(synthetic_experiment(population))
     exp = launch(r, cfg, "file:///nonexistent")
+    with watch(exp) if watch else nullcontext():
+        row = _measure(r, cfg, exp, population, decisions, latency_samples)
+    stop(r, exp, "benchmark finished")
+    queue_for(r, cfg.queue).empty()
+    return row
+
+
+def _measure(r: redis.Redis, cfg: Any, exp: str, population: int, decisions: int,
+             latency_samples: int) -> dict[str, float]:
     arb = Arbiter(r, f"bench-{population}", block_ms=10, reap_interval_s=0)
     arb.refresh()
     rng = random.Random(0)
@@ -108,8 +121,6 @@ def measure(r: redis.Redis, population: int, decisions: int, latency_samples: in
             while not arb.step():
                 pass
             latencies.append(time.perf_counter() - t)
-    stop(r, exp, "benchmark finished")
-    queue_for(r, cfg.queue).empty()
     latencies.sort()
     return {
         "population": population,

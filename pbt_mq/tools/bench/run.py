@@ -16,12 +16,13 @@ from pbt_mq.core.settings import read_if_set
 from pbt_mq.store.base import PART_SIZE, StoreError
 from pbt_mq.tools.bench.control import format_control, format_replicas, measure_replicas
 from pbt_mq.tools.bench.control import measure as measure_control
+from pbt_mq.tools.bench.dashboard import format_dashboard, measure_dashboard
 from pbt_mq.tools.bench.data import format_table, measure
 from pbt_mq.tools.bench.fleet import format_fleet, measure_fleet
 from pbt_mq.tools.redis_server import private_redis
 
 
-def run_control(a: argparse.Namespace) -> dict[str, Any]:
+def _numbers(a: argparse.Namespace) -> tuple[list[int], list[int]]:
     try:
         pops = [int(x) for x in a.populations.split(",") if x.strip()]
         reps = [int(x) for x in a.replicas.split(",") if x.strip()]
@@ -29,6 +30,11 @@ def run_control(a: argparse.Namespace) -> dict[str, Any]:
         raise StoreError("--populations/--replicas: give comma-separated whole numbers, e.g. 16,256,4096") from None
     if not pops or not reps or min(pops + reps) < 1:
         raise StoreError("--populations/--replicas: give one or more numbers of at least 1")
+    return pops, reps
+
+
+def run_control(a: argparse.Namespace) -> dict[str, Any]:
+    pops, reps = _numbers(a)
     with _redis_for_bench(a.redis or read_if_set("PBT_REDIS_URL")) as url:
         r = connect(url)
         rows = [measure_control(r, n, 200 if a.quick else max(4000, 2 * n), 20 if a.quick else 1000)
@@ -46,6 +52,18 @@ def _redis_for_bench(url: str | None) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="pbt-bench-redis-") as tmp:
         with private_redis(Path(tmp)) as private:
             yield private
+
+
+def run_dashboard(a: argparse.Namespace) -> dict[str, Any]:
+    pops, _ = _numbers(a)
+    if a.clients < 1 or a.repeat < 1:
+        raise StoreError("--clients and --repeat must be at least 1")
+    with _redis_for_bench(a.redis or read_if_set("PBT_REDIS_URL")) as url:
+        if a.quick:
+            rows = measure_dashboard(url, [16], min(a.clients, 2), 200, 20, 1)
+        else:
+            rows = measure_dashboard(url, pops, a.clients, max(4000, 2 * max(pops)), 1000, a.repeat)
+    return {"dashboard": rows}
 
 
 def run_fleet(a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -79,7 +97,8 @@ def run_data(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace) -> int:
-    parts = {"data": a.data or a.all, "control": a.control or a.all, "fleet": a.fleet or a.all}
+    parts = {"data": a.data or a.all, "control": a.control or a.all, "fleet": a.fleet or a.all,
+             "dashboard": a.dashboard}
     if not any(parts.values()):
         parts["data"] = True
     out: dict[str, Any] = {}
@@ -98,6 +117,12 @@ def run(a: argparse.Namespace) -> int:
         if not a.json:
             sys.stdout.write("\nfleet: real pbt-worker processes and one arbiter on this machine (file:// store)\n")
             sys.stdout.write(format_fleet(out["fleet"]))
+    if parts["dashboard"]:
+        out.update(run_dashboard(a))
+        if not a.json:
+            sys.stdout.write("\ndashboard: one arbiter deciding synthetic events (as --control), with no page and with"
+                             " N pages of one `pbt dashboard` open on the experiment, alternating\n")
+            sys.stdout.write(format_dashboard(out["dashboard"]))
     if a.json:
         print(json.dumps(out, indent=2))
     return 0

@@ -1,0 +1,123 @@
+"""The page in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by
+selenium) against ``pbt dashboard`` reading a live fleet: real redis-server, pbt-arbiter and
+pbt-worker processes training the toy experiment.
+
+Selenium is pointed at /usr/bin/chromedriver and /usr/bin/chromium explicitly, so Selenium
+Manager never downloads anything. Without them the test skips on a laptop and fails under CI=true.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers import PAPER_INIT_4, launch, pbt
+from services import Dashboard, unavailable
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+TOKEN = "browser-test-token-0123456789"
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[Any]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        unavailable(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
+    for mod in ("selenium", "starlette", "uvicorn"):
+        if importlib.util.find_spec(mod) is None:
+            unavailable(f"no {mod}: pip install 'pbt-mq[dashboard,test]'")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the page may be between renders
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def click(browser: Any, selector: str) -> None:
+    """Click what ``selector`` finds; the page redraws its tables, so a found element may go stale."""
+    wait_for(f"a click on {selector}", lambda: browser.find_element("css selector", selector).click() or True)
+
+
+def test_the_page_follows_a_live_fleet(fleet, redis_url, tmp_path, browser):
+    fleet.start("arbiter", "a1")
+    for w in ("w1", "w2"):
+        fleet.start("worker", w)
+    # slow enough to watch: 0.25 s per segment, 4 members on 2 workers, 50 segments each
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4,
+                 "trainable_args.delay_s=0.25", "stop.steps=200")
+    dash = Dashboard(tmp_path / "logs", "--redis", redis_url, "--token", TOKEN)
+    try:
+        js = browser.execute_script
+        browser.get(f"{dash.url}?token={TOKEN}")  # once; then an HttpOnly cookie
+        assert "token" not in browser.current_url
+        [cookie] = [c for c in browser.get_cookies() if c["name"] == "pbt_dashboard"]
+        assert cookie["httpOnly"] and "pbt_dashboard" not in js("return document.cookie")  # scripts cannot read it
+
+        row = wait_for("the running experiment in the list", lambda: browser.find_elements(
+            "css selector", f'#experiments tr[data-experiment="{exp}"]'))
+        assert "running" in row[0].text
+        click(browser, f'#experiments tr[data-experiment="{exp}"]')  # (the newest running one also opens by itself)
+        wait_for("the member ids", lambda: [e.get_attribute("data-member") for e in browser.find_elements(
+            "css selector", "#members tbody tr")] == ["m000", "m001", "m002", "m003"])
+        points = wait_for("score points for every member", lambda: (
+            (p := js("return window.pbtDashboard.scorePoints()")) and len(p) == 4 and min(p.values()) >= 2 and p))
+        canvas = browser.find_element("css selector", "#score-chart")
+        assert int(canvas.get_attribute("data-points")) == sum(points.values())
+        wait_for("the schedules of h0 and h1", lambda: len(js("return Object.keys(window.pbtDashboard.charts.hparams)")) == 2)
+        lanes = browser.find_elements("css selector", "#lineage text.lane-label")
+        assert [e.get_attribute("data-member") for e in lanes] == ["m000", "m001", "m002", "m003"]
+        wait_for("both workers, healthy", lambda: sorted(
+            e.text.split()[0] for e in browser.find_elements("css selector", "#workers tbody tr")
+            if " ok " in f" {e.text} ") == ["w1", "w2"])
+
+        # a new segment's score appears without a reload
+        js("window.__same_page = true")
+        before = sum(js("return window.pbtDashboard.scorePoints()").values())
+        frames = js("return window.pbtDashboard.frames")
+        wait_for("a new score on the chart", lambda: sum(js("return window.pbtDashboard.scorePoints()").values()) > before,
+                 timeout_s=30)
+        assert js("return window.__same_page") is True and js("return window.pbtDashboard.frames") > frames
+        wait_for("an exploit marker", lambda: js("return window.pbtDashboard.exploitMarkers()") > 0)
+
+        # selecting a member highlights its ancestry (score chart, schedules, lineage tree)
+        click(browser, '#members tbody tr[data-member="m002"]')
+        wait_for("m002 selected", lambda: browser.current_url.endswith(f"#/{exp}/m002"))
+        wait_for("m002's ancestry drawn", lambda: js(
+            "return window.pbtDashboard.charts.score.data.datasets.some(d => d.label === 'ancestry of m002')"))
+        assert "selected" in browser.find_element("css selector", '#members tr[data-member="m002"]').get_attribute("class")
+        assert browser.find_elements("css selector", "#lineage path[stroke='#000']")
+
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors  # no script error, no CSP violation, no failed request
+    finally:
+        pbt("stop", exp, "--redis", redis_url)
+        dash.stop()
