@@ -288,19 +288,22 @@ def test_the_token_from_the_environment_is_required(run, tmp_path):
 # ---------------------------------------------------------------- starting: --local, bad input
 
 
-def test_local_dir_reads_its_redis_port(run, tmp_path):
-    port = urlsplit(run.url).port
-    (tmp_path / "redis.port").write_text(f"{port}\n")
-    d = Dashboard(tmp_path / "logs", "--local", str(tmp_path))
+def test_local_reads_a_pbt_local_work_dir_with_nothing_running(run, tmp_path):
+    wd = tmp_path / "wd"
+    done = subprocess.run([sys.executable, "-m", "pbt_mq", "local", str(ROOT / "workers" / "toy.toml"), "--quiet",
+                           "--dir", str(wd), "--set", "population.size=2", "--set", "stop.steps=20"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    exp = done.stdout.split("pbt local: ", 1)[1].split(":", 1)[0]
+    d = Dashboard(tmp_path / "logs", "--local", str(wd))  # served from its saved state (tools.workdir)
     try:
-        assert get_json(d.url, "/api/health")["redis"] == f"redis://127.0.0.1:{port}/0"
+        assert exp in {e["experiment"] for e in get_json(d.url, "/api/experiments")["experiments"]}
     finally:
         d.stop()
-    res = dashboard_cli("--local", str(tmp_path / "logs"))
-    assert res.returncode == 2 and "no redis.port there" in res.stderr and res.stderr.count("\n") == 1
     res = dashboard_cli("--local", str(tmp_path / "missing"))
-    assert res.returncode == 2 and "no such directory" in res.stderr
-    res = dashboard_cli("--local", str(tmp_path), "--redis", run.url)
+    assert res.returncode == 1 and "no saved pbt local state" in res.stderr and res.stderr.count("\n") == 1
+    res = dashboard_cli("--local", str(wd), "--redis", run.url)
     assert res.returncode == 2 and "not allowed with argument" in res.stderr
 
 
