@@ -184,6 +184,31 @@ def unpause(r: Any, exp: str) -> bool:
                 pipe.hset(k.meta, mapping=Meta.fields(state=ExperimentState.RUNNING))
                 pipe.hdel(k.meta, *Meta.names("reason", "done_ms"))
                 pipe.execute()
-                return True
+                break
             except redis.WatchError:
                 continue
+    _track_reached(r, exp)
+    return True
+
+
+def _track_reached(r: Any, exp: str) -> None:
+    """An experiment that stopped lost its boards (exploit.compare = "step"; the arbiters drop them at
+    its end); running again, its live members are tracked from their last scored step, so no board a
+    lagging member still needs is trimmed."""
+    cfg = load_config(r, exp)
+    if cfg.exploit.compare != "step":
+        return
+    k = Keys(exp)
+    fields = Member.names("state", "scored_step", "train_s")
+    pipe = r.pipeline(transaction=False)
+    for m in member_ids(cfg.population):
+        pipe.hmget(k.member(m), *fields)
+    period = cfg.ready.seconds
+
+    def point(rec: Member) -> int:  # as control.decide.Decider.ready_point numbers boards
+        return round((rec.train_s or 0.0) / period) if period else rec.scored_step or 0
+
+    recs = zip(member_ids(cfg.population), (Member.pick(fields, row) for row in pipe.execute()), strict=True)
+    live = {m: point(rec) for m, rec in recs if not (rec.state and rec.state.ended)}
+    if live:
+        r.zadd(k.reached, live, nx=True)
