@@ -6,11 +6,12 @@ and every exploit."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
-import yaml
 from helpers import PAPER_INIT_4, launch, pbt
 
 from pbt_mq.core.keys import Keys
@@ -55,18 +56,50 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
         mine = sorted((e.step, e.score) for e in evs if e.member == m)
         hist = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "q"))
         assert hist == mine
-        assert [x.step for x in client.get_metric_history(run.info.run_id, "hparams/h0")] == sorted(s for s, _ in mine)
+        assert sorted(x.step for x in client.get_metric_history(run.info.run_id, "hparams/h0")) == sorted(s for s, _ in mine)
         got = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "exploit/donor_step"))
         want = sorted((rec.step, float(rec.parent_step)) for rec in exploits if rec.member == m)
         assert got == want
         assert sum(k.startswith("pbt.exploit.") for k in run.data.tags) == len(want)
         assert run.info.status == "FINISHED" and set(run.data.params) == {"h0", "h1"}
 
-    dirs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     names = Counter()
-    for d in dirs:
-        config = yaml.safe_load((d / "files" / "config.yaml").read_text())
-        summary = json.loads((d / "files" / "wandb-summary.json").read_text())
-        assert config["pbt/run"]["value"] == summary["pbt/run"]
-        names[summary["pbt/run"]] += 1
+    for f in sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")):
+        run, config, summary = wandb_run(f)
+        assert run == config["pbt/run"] == summary["pbt/run"]
+        assert summary.get("pbt/exploits", 0) == sum(1 for rec in exploits if f"{exp}/{rec.member}" == run)
+        names[run] += 1
     assert names == Counter({f"{exp}/{m}": 1 for m in members})
+
+
+def wandb_run(path: Path) -> tuple[str, dict, dict]:
+    """An offline run's name, config and summary, read from its run-ID.wandb file: W&B's record log
+    (a 7-byte header, then 32 KiB blocks of [crc32 u32][length u16][type u8][data]: FULL = 1, or
+    FIRST/MIDDLE/LAST = 2/3/4 pieces) of wandb_internal_pb2.Record protobufs."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    pos, block, piece, name, config, summary = 7, 32768, b"", "", {}, {}
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # the block's tail is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", raw[pos + 4 : pos + 7])
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        piece = data if kind in (1, 2) else piece + data
+        if kind not in (1, 4):
+            continue
+        rec = pb.Record()
+        rec.ParseFromString(piece)
+        which = rec.WhichOneof("record_type")
+        if which == "run":
+            name = rec.run.display_name
+            config.update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif which == "config":
+            config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
+        elif which == "summary":
+            summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+    return name, {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()}, summary
