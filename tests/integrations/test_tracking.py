@@ -20,6 +20,7 @@ from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.state.lineage import records
 
 pytestmark = pytest.mark.integration
+NEEDS = [("mlflow", "mlflow"), ("wandb", "wandb")]
 
 
 def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, monkeypatch):

@@ -428,7 +428,7 @@ def test_sparkline():
     assert sparkline([1.0, math.nan, 2.0]) == "▁·█"
 
 
-def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
+def test_arbiter_and_cli_never_import_torch_matplotlib_or_an_integration(redis_url):
     code = (
         "import sys, redis\n"
         "import pbt_mq.control.arbiter, pbt_mq.cli, pbt_mq.state.experiment, pbt_mq.control.gc\n"
@@ -437,8 +437,11 @@ def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
         f"PrometheusHook(redis.Redis.from_url({redis_url!r}), 'arbiter', {free_port()}, '127.0.0.1')\n"
         "from pbt_mq.cli import daemons, pbt\n"
         "pbt.build_pbt_parser(); daemons.build_arbiter_parser(); daemons.build_worker_parser()\n"
-        "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', [])\n"
-        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+        "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', ['tracking.mlflow=file:///x'])\n"
+        "import pbt_mq; pbt_mq.session; pbt_mq.Run\n"
+        "heavy = ('torch', 'matplotlib', 'lightning', 'pytorch_lightning', 'transformers', 'mlflow', 'wandb',"
+        " 'tensorboardX', 'tensorboard')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     import subprocess
     import sys
