@@ -10,10 +10,10 @@ install-demo:  # what the demo needs, nothing more: torch (CPU), the package, sc
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,test]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,test]'
 
 install-integrations: install  # after torch, so none of them can bring another torch
-	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,test,lightning,hf,mlflow,wandb]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,test,lightning,hf,mlflow,wandb]'
 
 demo: install-demo
 	pbt local workers/digits.toml --workers 2

@@ -394,15 +394,6 @@ def test_tensorboard_reads_every_members_scalars(run):
 # ---------------------------------------------------------------- pure parts
 
 
-def test_tfevents_crc_and_encoding():
-    from pbt_mq.observe.tbevents import crc32c, event
-
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    assert crc32c(b"") == 0
-    assert event(5, 1.0) == b"\x09" + struct.pack("<d", 1.0) + b"\x10\x05"  # wall_time (double), step (varint)
-    assert event(300, 0.0)[-3:] == b"\x10\xac\x02"
-
-
 @pytest.mark.parametrize("name", ["toy.toml", "digits.toml"])
 def test_experiment_toml_round_trips(name):
     from pbt_mq.observe.export import to_toml
