@@ -108,3 +108,21 @@ def test_toy_experiments_spread_over_three_masters(cluster, rc, tmp_path: Path):
         assert Keys(exp).meta in own and any(k.startswith(f"rq:job:{{{exp}}}") for k in own), sorted(own)[:20]
         homes.append(owner)
     assert set(homes[:3]) == {0, 1, 2}
+
+
+def test_a_loop_api_experiment_on_a_cluster(cluster, rc, tmp_path: Path):
+    """The loop API changes nothing on the wire: a plain function's experiment runs on a cluster too."""
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    try:
+        exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:toy", "population.size=4",
+                     PAPER_INIT_4)
+        for name in ("w1", "w2"):
+            fleet.start("worker", name, "--heartbeat-s", "0.5")
+        fleet.start("arbiter", "a1")
+        res = pbt("wait", exp, "--timeout", "240", "--redis", cluster.url, timeout=260)
+        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    assert "Traceback" not in fleet.all_logs()
+    assert max(lineage_counts(rc, exp).values()) == 1 and max(event_counts(rc, exp).values()) == 1
+    assert [rec for rec in records(rc, exp) if rec.action == "exploit"]
