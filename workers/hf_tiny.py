@@ -12,6 +12,7 @@ AdamW and scheduler; ``learning_rate`` and ``weight_decay`` are set in the optim
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 
 import torch
@@ -54,6 +55,8 @@ def main(width: int = 32, embd: int = 32, layers: int = 2, batch_size: int = 16)
     torch.manual_seed(run.seed)
     config = GPT2Config(vocab_size=len(vocab), n_positions=width, n_embd=embd, n_layer=layers, n_head=2,
                         bos_token_id=0, eos_token_id=0)
-    trainer = Trainer(model=GPT2LMHeadModel(config), args=arguments(run, "hf-tiny", per_device_train_batch_size=batch_size),
-                      train_dataset=Windows(ids[:cut], width), eval_dataset=Windows(ids[cut:], width))
-    train(trainer, run)
+    with tempfile.TemporaryDirectory(prefix="pbt-hf-") as out:  # the Trainer wants a directory; PBT saves nothing there
+        args = arguments(run, out, per_device_train_batch_size=batch_size)
+        trainer = Trainer(model=GPT2LMHeadModel(config), args=args, train_dataset=Windows(ids[:cut], width),
+                          eval_dataset=Windows(ids[cut:], width))
+        train(trainer, run)
