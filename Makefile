@@ -2,17 +2,27 @@
 # `make test` runs the tests (redis-server and moto_server are started if absent).
 PY ?= python
 
-.PHONY: install demo test lint bench study
+.PHONY: install install-demo install-integrations demo test test-integrations lint bench study
+
+install-demo:  # what the demo needs, nothing more: torch (CPU), the package, scikit-learn, a redis-server, matplotlib (its report.png)
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[torch,examples,local,plot]'
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,dashboard,test]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,dashboard,test]'
 
-demo: install
+install-integrations: install  # after torch, so none of them can bring another torch
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,dashboard,test,lightning,hf,mlflow,wandb]'
+
+demo: install-demo
 	pbt local workers/digits.toml --workers 2
 
-test: install  # on a fresh machine too: installs first (a no-op once done), then runs everything
-	$(PY) -m pytest -q
+test: install  # on a fresh machine too: installs first (a no-op once done), then everything but the integrations
+	$(PY) -m pytest -q -m "not integration"
+
+test-integrations: install-integrations  # Lightning, Transformers, MLflow, W&B: the real libraries (CI's second stage)
+	$(PY) -m pytest -q -m integration
 
 lint:
 	ruff check pbt_mq workers tests

@@ -18,8 +18,10 @@ MAX_CLASS_LINES = 250
 # Lower layers know nothing of higher ones; two subpackages on one layer know nothing of each other.
 LAYERS = {
     "core": 0, "rules": 1, "config": 2, "broker": 3, "store": 3, "state": 4, "control": 5, "worker": 5,
-    "observe": 6, "tools": 7, "dashboard": 7, "cli": 8,
+    "observe": 6, "integrations": 6, "tools": 7, "dashboard": 7, "cli": 8,
 }
+# Imported only by a worker, by name, when an experiment asks for them (or by a user's function): never by these.
+NO_INTEGRATIONS = ("control", "cli", "tools", "observe", "state", "config", "broker", "store", "core", "rules")
 
 
 def modules() -> dict[str, Path]:
@@ -115,6 +117,12 @@ def test_imports_run_down_the_layers():
                 continue
             if LAYERS[b] >= LAYERS[a]:
                 bad.append(f"{src} -> {dst} ({a} may not import {b})")
+    assert bad == []
+
+
+def test_the_arbiter_and_the_cli_never_import_an_integration():
+    bad = [f"{src} -> {dst}" for src, targets in graph().items() for dst in targets
+           if layer(src) in NO_INTEGRATIONS and layer(dst) == "integrations"]
     assert bad == []
 
 

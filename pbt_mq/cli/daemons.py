@@ -13,7 +13,8 @@ from pbt_mq.cli.options import EXIT_OK, Parser, UsageError, env_option, log_opti
 from pbt_mq.control.arbiter import Arbiter
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.observe.metrics import PrometheusHook, TensorBoardHook
-from pbt_mq.worker.serve import serve
+from pbt_mq.worker.serve import default_worker_id, serve
+from pbt_mq.worker.tracking import TrackingHook
 
 
 def _metrics_options(p: argparse.ArgumentParser) -> None:
@@ -58,7 +59,12 @@ def run_worker(a: argparse.Namespace) -> int:
         hooks.add(PrometheusHook(r, "worker", a.metrics_port, a.metrics_addr, (a.queue,)))
     if a.tensorboard_dir:
         hooks.add(TensorBoardHook(a.tensorboard_dir))
-    serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks)
+    tracking = TrackingHook(r, a.id or default_worker_id(a.device))  # idle unless an experiment has [tracking]
+    hooks.add(tracking)
+    try:
+        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks)
+    finally:
+        tracking.close()
     return EXIT_OK
 
 

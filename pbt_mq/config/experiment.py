@@ -41,6 +41,17 @@ class GCSettings:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """``[tracking]``: where workers send each member's run (``worker.tracking``); None: nowhere."""
+
+    mlflow: str | None = None  # an MLflow tracking URI
+    wandb: str | None = None  # a W&B project (WANDB_MODE=offline is honoured)
+
+    def __bool__(self) -> bool:
+        return bool(self.mlflow or self.wandb)
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     trainable: str
@@ -59,6 +70,7 @@ class Experiment:
     queue: str = "pbt"
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
+    tracking: Tracking = field(default_factory=Tracking)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

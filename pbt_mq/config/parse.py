@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from pbt_mq.config.experiment import Experiment, GCSettings, Ready, Stop, WorkerSettings
+from pbt_mq.config.experiment import Experiment, GCSettings, Ready, Stop, Tracking, WorkerSettings
 from pbt_mq.config.reader import ConfigError, Reader, is_number
 from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
 from pbt_mq.rules.base import ExploitSpec, ExploreSpec
@@ -111,6 +111,7 @@ def parse(raw: dict[str, Any]) -> Experiment:
         queue=r.str("queue", default="pbt"),
         worker=_worker(r.table("worker", optional=True)),
         gc=_gc(r.table("gc", optional=True)),
+        tracking=_tracking(r.table("tracking", optional=True)),
         raw=raw,
     )
     r.done()
@@ -193,6 +194,20 @@ def _gc(t: Reader) -> GCSettings:
     )
     t.done()
     return g
+
+
+WANDB_PROJECT_RE = re.compile(r"^[^/\\#?%:]{1,128}$")
+
+
+def _tracking(t: Reader) -> Tracking:
+    mlflow = t.str("mlflow", default=None)
+    wandb = t.str("wandb", default=None)
+    t.done()
+    if mlflow is not None and not mlflow.strip():
+        raise ConfigError(f"{t.path}mlflow: an MLflow tracking URI, e.g. 'file:///srv/mlruns' or 'http://mlflow:5000'")
+    if wandb is not None and not WANDB_PROJECT_RE.match(wandb):
+        raise ConfigError(f"{t.path}wandb: {wandb!r} is not a W&B project name (1-128 characters, none of / \\ # ? % :)")
+    return Tracking(mlflow=mlflow, wandb=wandb)
 
 
 def _worker(t: Reader) -> WorkerSettings:

@@ -33,6 +33,10 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
                                        board_at, n, worse, better, k, snapshot
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
+    pbt:{EXP}:tracking          HASH   core.model.TrackingState: holder, lease_ms, events, lineage, sent, lost,
+                                       done_ms
+    pbt:{EXP}:runs              HASH   TRACKER/MEMBER -> the member's run id in that tracker (mlflow, wandb),
+                                       written once (HSETNX): one run per member, whoever sends
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
                                        queue, current, beat_ms, segments, warm, cold
@@ -63,7 +67,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbt_mq.core.model import DeadLetter, Heartbeat, Lineage, Member, Meta, Record
+from pbt_mq.core.model import DeadLetter, Heartbeat, Lineage, Member, Meta, Record, TrackingState
 
 ROOT = "pbt"
 GROUP = "arbiters"
@@ -135,6 +139,14 @@ class Keys:
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 
+    @property
+    def tracking(self) -> str:
+        return f"{self.prefix}:tracking"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}:runs"
+
     def member(self, member: str) -> str:
         return f"{self.prefix}:member:{member}"
 
@@ -164,6 +176,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
+    ("pbt:{EXP}:tracking", "hash", TrackingState),
+    ("pbt:{EXP}:runs", "hash", "TRACKER/MEMBER -> the member's run id in MLflow or W&B (written once)"),
     ("pbt:experiments", "zset", "experiment id -> created time (ms)"),
     ("pbt:workers", "zset", "worker id -> last heartbeat (ms)"),
     ("pbt:worker:{ID}", "hash", Heartbeat),

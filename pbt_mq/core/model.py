@@ -322,6 +322,20 @@ class DeadLetter(Record):
 
 
 @dataclass(frozen=True)
+class TrackingState(Record):
+    """``pbt:{EXP}:tracking``: the worker that sends the experiment to its trackers, and how far it got."""
+
+    TITLE = "tracking"
+    holder: str = _f(str, "the worker sending now (its lease is renewed every second or so)", "")
+    lease_ms: int | None = _f(int, "when the holder's lease lapses: then another worker takes over")
+    events: str = _f(str, "the last entry of the events stream sent (metrics, hyperparameters)", "")
+    lineage: str = _f(str, "the last entry of the lineage stream sent (exploits)", "")
+    sent: int = _f(int, "entries sent", 0)
+    lost: int = _f(int, "entries a tracker refused, or that were trimmed before they were sent", 0)
+    done_ms: int | None = _f(int, "when the ended experiment was sent in full and its runs were closed")
+
+
+@dataclass(frozen=True)
 class ScoredCheckpoint:
     """A value of ``pbt:{EXP}:ckpts`` (JSON): the checkpoint a member's leaderboard score belongs to,
     what a donor gives. decide.lua hands it over as is."""
@@ -347,4 +361,4 @@ class ScoredCheckpoint:
                    None if train_s is None else float(train_s))
 
 
-RECORDS: tuple[type[Record], ...] = (Meta, Member, Lineage, Heartbeat, DeadLetter)
+RECORDS: tuple[type[Record], ...] = (Meta, Member, Lineage, Heartbeat, DeadLetter, TrackingState)

@@ -31,7 +31,7 @@ pbt-worker::
                                                        load (download+verify+torch.load)
     pbt_queue_depth{queue}                  gauge      its own queue
 
-TensorBoard: a worker started with ``--tensorboard-dir DIR`` writes every ``evaluate()``
+TensorBoard (the ``tensorboard`` extra: tensorboardX): a worker started with ``--tensorboard-dir DIR`` writes every ``evaluate()``
 metric, every numeric hyperparameter (``hparams/NAME``) and the segment's train time
 (``time/train_s``) at the segment's step to ``DIR/EXP/MEMBER/``; run
 ``tensorboard --logdir DIR/EXP`` to see one curve per member. A member has one event file,
@@ -54,7 +54,6 @@ from pbt_mq.core.hooks import Hook
 from pbt_mq.core.ids import member_ids
 from pbt_mq.core.keys import GROUP, WORKERS, Keys
 from pbt_mq.core.model import Member, Meta
-from pbt_mq.observe.tbevents import append
 from pbt_mq.state.experiment import running_experiments
 
 log = logging.getLogger(__name__)
@@ -132,20 +131,70 @@ class PrometheusHook(Hook):
         self.ckpt_s.labels("load").observe(seconds)
 
 
+TB_FILE = "events.out.tfevents.0000000000.pbt-mq"  # one per member, whichever worker appends to it
+
+
+def _tensorboardx() -> Any:
+    """tensorboardX, an optional dependency (the ``tensorboard`` extra), imported only when asked for."""
+    try:
+        return importlib.import_module("tensorboardX")
+    except ImportError:
+        raise ImportError("--tensorboard-dir needs tensorboardX: pip install 'pbt-mq[tensorboard]'") from None
+
+
+class _Appending:
+    """tensorboardX's writer factory for ``pbt-append:PATH``: append to the member's one file, not a new one."""
+
+    PREFIX = "pbt-append"
+
+    def open(self, path: str) -> Any:
+        return open(path[len(self.PREFIX) + 1 :], "ab")  # buffered: a record pair goes out in one write at close
+
+    def directory_check(self, path: str) -> None:
+        Path(path[len(self.PREFIX) + 1 :]).mkdir(parents=True, exist_ok=True)
+
+
 class TensorBoardHook(Hook):
-    """Per-member scalars in ``DIR/EXP/MEMBER/``, one event file per member whichever worker trains it."""
+    """Per-member scalars in ``DIR/EXP/MEMBER/``, one event file per member whichever worker trains it,
+    written with tensorboardX's protobufs and record writer."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        tbx = _tensorboardx()
+        self.Event = importlib.import_module("tensorboardX.proto.event_pb2").Event
+        self.scalar = tbx.summary.scalar
+        records = importlib.import_module("tensorboardX.record_writer")
+        records.register_writer_factory(_Appending.PREFIX, _Appending())
+        self.RecordWriter = records.RecordWriter
 
     def segment_done(self, cmd: Any, event: Any) -> None:
         values = {k: float(v) for k, v in event.metrics.items() if _num(v)}
         values.update({f"hparams/{k}": float(v) for k, v in event.hparams.items() if _num(v)})
         values["time/train_s"] = float(event.timings_s.get("train", 0.0))
         try:
-            append(self.root / event.experiment / event.member, event.step, values)
+            self.append(self.root / event.experiment / event.member, event.step, values)
         except OSError as exc:  # a full or unmounted log disk must not fail the segment
             log.warning("tensorboard: %s %s: %s", event.experiment, event.member, exc)
+
+    def append(self, logdir: Path, step: int, values: dict[str, float]) -> Path:
+        """One step's scalars onto the run's single event file (created with its header if new).
+        Opened, appended and closed per call: a member's segments never overlap, so workers on a
+        shared filesystem take turns on one file and TensorBoard sees its steps in order."""
+        logdir.mkdir(parents=True, exist_ok=True)
+        path = logdir / TB_FILE
+        now = time.time()
+        writer = self.RecordWriter(f"{_Appending.PREFIX}:{path}")
+        try:
+            if not path.exists() or path.stat().st_size == 0:
+                writer.write(self.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+            summary = self.scalar("x", 0.0)
+            del summary.value[:]
+            for tag, v in values.items():
+                summary.value.extend(self.scalar(tag, v).value)
+            writer.write(self.Event(wall_time=now, step=step, summary=summary).SerializeToString())
+        finally:
+            writer.close()
+        return path
 
 
 # ---------------------------------------------------------------- scrape-time gauges

@@ -10,6 +10,11 @@ state the member inherited. This is Ray Tune's "PBT replay" made exact: the chai
 follows checkpoint keys, not trial ids, and carries the seed. It reproduces the run
 bit for bit when the trainable's state_dict holds all of its state (model, optimizer,
 RNG) and its arithmetic is deterministic on the device.
+
+A function (the loop API) is replayed the same way: one call of it, fed the schedule's
+segments as assignments (``Scripted``): the first a fresh start, each next one the same call
+continuing with the segment's member, seed and hyperparameters, and where the run copied a
+donor, the state the call reported last, saved and loaded back as a worker would.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbt_mq.core.ids import member_seed
 from pbt_mq.observe.export import FORMAT, ScheduleError, sha256_file
 from pbt_mq.store.base import ChecksumError
+from pbt_mq.worker.loop import is_function, seed_torch
+from pbt_mq.worker.session import Assignment, Bound, Run, SessionError
 from pbt_mq.worker.trainable import import_trainable
 
 
@@ -74,6 +82,8 @@ def replay(
     import torch  # replay trains: torch is needed here, and only here among the inspection commands
 
     cls = import_trainable(sched["trainable"])
+    if is_function(cls):
+        return Scripted(sched, device, on_segment).run(cls)
     segs = sched["segments"]
     seed = int(sched["seed"])
     torch.manual_seed(seed)  # as worker.loading does before constructing
@@ -96,6 +106,76 @@ def replay(
     res.final_score = res.segments[-1]["replayed"]
     res.state = t.state_dict()
     return res
+
+
+class Scripted:
+    """A ``worker.session`` channel that feeds one call of a function the schedule's segments."""
+
+    def __init__(self, sched: dict[str, Any], device: str,
+                 on_segment: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.sched, self.device, self.on_segment = sched, device, on_segment
+        self.segs = sched["segments"]
+        self.exp_seed = int(sched.get("experiment_seed", 0))
+        self.res = ReplayResult(recorded_score=float(self.segs[-1]["score"]))
+        self.i = 0
+        self._run: Run | None = None
+        self.error: SessionError | None = None
+
+    def assignment(self, i: int, state: Any) -> Assignment:
+        s = self.segs[i]
+        member = str(s["member"])
+        seed = member_seed(self.exp_seed, member) if "experiment_seed" in self.sched else int(self.sched["seed"])
+        return Assignment(experiment=str(self.sched.get("experiment", "replay")), member=member, seed=seed,
+                          hparams=dict(s["hparams"]), step=int(s["from_step"]), state=state, device=self.device,
+                          metric=self.sched["metric"], steps=int(s["to_step"]) - int(s["from_step"]))
+
+    def run(self, fn: Callable[..., Any]) -> ReplayResult:
+        seed_torch(int(self.sched["seed"]))  # as a worker does before a call starts
+        with Bound(self):
+            fn(**self.sched["trainable_args"])
+        if self.error is not None:
+            raise self.error
+        if self.i < len(self.segs):
+            raise SessionError(f"{self.sched['trainable']} returned after {self.i} of {len(self.segs)} segments,"
+                               " while run.done was false")
+        self.res.final_score = self.res.segments[-1]["replayed"]
+        return self.res
+
+    def current(self) -> Run:
+        if self._run is None:
+            self._run = Run(self, self.assignment(0, None))
+        return self._run
+
+    def report(self, run: Run, metrics: dict[str, float], step: int, state: Any) -> Run:
+        s = self.segs[self.i]
+        row = {"member": s["member"], "from_step": s["from_step"], "to_step": s["to_step"],
+               "recorded": float(s["score"]), "replayed": metrics[self.sched["metric"]]}
+        self.res.segments.append(row)
+        if self.on_segment:
+            self.on_segment(row)
+        self.res.state = _round_trip(state)  # what the checkpoint holds, before the function goes on
+        self.i += 1
+        if self.i == len(self.segs):
+            self._run = Run(self, run._a, done=True)
+        else:  # an inheritance hands over the saved state, as a cold start would; otherwise keep what you hold
+            copied = self.segs[self.i]["start"].get("kind") == "exploit"
+            self._run = Run(self, self.assignment(self.i, _round_trip(state) if copied else None))
+        return self._run
+
+    def broken(self, exc: SessionError) -> None:
+        self.error = exc
+
+
+def _round_trip(state: Any) -> Any:
+    """``state`` saved and loaded back, as a checkpoint (a copy the function cannot change any more)."""
+    import io
+
+    import torch  # replay trains: torch is here
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
 def same_state(a: Any, b: Any) -> bool:

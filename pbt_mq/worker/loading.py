@@ -17,6 +17,7 @@ from pbt_mq.state.recovery import donors, quarantine
 from pbt_mq.store import checkpoint
 from pbt_mq.store.base import ChecksumError, MissingObject, Store
 from pbt_mq.store.checkpoint import UnsafeCheckpoint
+from pbt_mq.worker.loop import Calls, is_function
 from pbt_mq.worker.trainable import import_trainable
 from pbt_mq.worker.uploads import await_upload
 
@@ -44,9 +45,13 @@ class Loader:
         self.r = r
         self.device = device
         self.hooks = hooks
+        self.calls = Calls(device)  # the loop API: the call of a user's function this worker keeps
 
     def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None) -> tuple[Any, str, Start]:
         """The trainable to train and where its state came from: warm, cold, fresh or recovered."""
+        self.calls.reassign(cmd)
+        if live is not None and not self.calls.usable(live.trainable):
+            live = None  # a call of a function that is over
         if cmd.start is not None and live is not None and live.key == cmd.start.key:
             return live.trainable, "warm", Start(cmd.step, cmd.start.key)
         if cmd.start is None:  # a fresh start needs fresh weights, not the live model's
@@ -96,6 +101,8 @@ class Loader:
     def construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
         cls = import_trainable(cfg.trainable)
+        if is_function(cls):  # the loop API: a call of the function, seeded as it starts
+            return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metric, cfg.trainable_args, cmd)
         seed = member_seed(cfg.seed, cmd.member)
         try:
             import torch  # workers have torch; a trainable without it still constructs

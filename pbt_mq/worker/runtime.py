@@ -40,6 +40,7 @@ from pbt_mq.store import checkpoint
 from pbt_mq.store.base import Store
 from pbt_mq.store.open import open_store
 from pbt_mq.worker.loading import Live, Loader
+from pbt_mq.worker.loop import FunctionTrainable
 from pbt_mq.worker.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class Runtime:
     @staticmethod
     def _advance(trainable: Any, cmd: SegmentCommand, start: int) -> int:
         """Train the segment's length from ``start`` (the command's step unless recovered)."""
+        if isinstance(trainable, FunctionTrainable):  # the loop API: the function trains to its report()
+            return trainable.segment(cmd, start)
         if cmd.until_step is not None:
             trainable.train(cmd.until_step - cmd.step)
             return start + cmd.until_step - cmd.step

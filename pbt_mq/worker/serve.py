@@ -133,6 +133,7 @@ def serve(r: Any, queue: str = DEFAULT_QUEUE, device: str = "cpu", worker_id: st
         rq_level = "DEBUG" if log.getEffectiveLevel() <= logging.DEBUG else "WARNING"
         w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
     finally:
+        rt.loader.calls.close()  # a function's call (the loop API) sees run.done and returns
         rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes
         if not is_cluster(r):  # RQ indexes every queue it ever saw; this worker's own one goes with it
             try:

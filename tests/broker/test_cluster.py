@@ -144,3 +144,21 @@ def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: li
         assert isinstance(get("/api/workers")["workers"], list)  # a global key: read on a cluster too (fleet stopped)
     finally:
         dash.stop()
+
+
+def test_a_loop_api_experiment_on_a_cluster(cluster, rc, tmp_path: Path):
+    """The loop API changes nothing on the wire: a plain function's experiment runs on a cluster too."""
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    try:
+        exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:toy", "population.size=4",
+                     PAPER_INIT_4)
+        for name in ("w1", "w2"):
+            fleet.start("worker", name, "--heartbeat-s", "0.5")
+        fleet.start("arbiter", "a1")
+        res = pbt("wait", exp, "--timeout", "240", "--redis", cluster.url, timeout=260)
+        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    assert "Traceback" not in fleet.all_logs()
+    assert max(lineage_counts(rc, exp).values()) == 1 and max(event_counts(rc, exp).values()) == 1
+    assert [rec for rec in records(rc, exp) if rec.action == "exploit"]

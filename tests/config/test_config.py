@@ -329,3 +329,16 @@ def test_parse_does_not_need_a_file():
 def test_initial_int_for_a_float_hparam_becomes_float(tmp_path: Path):
     exp = load_file(write(tmp_path, BASE), ["hparams.lr.low=0.5", "hparams.lr.high=4", "population.initial=[{lr = 1}]"])
     assert exp.initial == ({"lr": 1.0},) and type(exp.initial[0]["lr"]) is float
+
+
+def test_tracking_keys_are_validated():
+    from helpers import TOY
+
+    cfg = load_file(TOY, ["tracking.mlflow='file:///srv/mlruns'", "tracking.wandb='my-project'"])
+    assert (cfg.tracking.mlflow, cfg.tracking.wandb) == ("file:///srv/mlruns", "my-project") and cfg.tracking
+    assert not load_file(TOY).tracking  # no [tracking]: nothing is sent anywhere
+    for bad, msg in (("tracking.wandb='a/b'", "tracking.wandb: 'a/b' is not a W&B project name"),
+                     ("tracking.mlflw='x'", "tracking.mlflw: unknown key; did you mean 'mlflow'?"),
+                     ("tracking.mlflow=''", "tracking.mlflow: must be a non-empty string")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_file(TOY, [bad])

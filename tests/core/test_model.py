@@ -21,6 +21,7 @@ from pbt_mq.core.model import (
     MemberState,
     Meta,
     ScoredCheckpoint,
+    TrackingState,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +84,7 @@ def _listed(doc: str, key: str) -> set[str]:
 @pytest.mark.parametrize(("key", "record"), [
     ("pbt:{EXP}:meta", Meta), ("pbt:{EXP}:member:{M}", Member), ("pbt:{EXP}:lineage", Lineage),
     ("pbt:{EXP}:dead", DeadLetter), ("pbt:worker:{ID}", Heartbeat), ("pbt:dead", DeadLetter),
+    ("pbt:{EXP}:tracking", TrackingState),
 ])
 def test_the_keys_docstring_lists_exactly_the_records_fields(key, record):
     assert _listed(keys.__doc__, key) == set(record.spec())

@@ -394,15 +394,6 @@ def test_tensorboard_reads_every_members_scalars(run):
 # ---------------------------------------------------------------- pure parts
 
 
-def test_tfevents_crc_and_encoding():
-    from pbt_mq.observe.tbevents import crc32c, event
-
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    assert crc32c(b"") == 0
-    assert event(5, 1.0) == b"\x09" + struct.pack("<d", 1.0) + b"\x10\x05"  # wall_time (double), step (varint)
-    assert event(300, 0.0)[-3:] == b"\x10\xac\x02"
-
-
 @pytest.mark.parametrize("name", ["toy.toml", "digits.toml"])
 def test_experiment_toml_round_trips(name):
     from pbt_mq.observe.export import to_toml
@@ -428,7 +419,7 @@ def test_sparkline():
     assert sparkline([1.0, math.nan, 2.0]) == "▁·█"
 
 
-def test_arbiter_and_cli_never_import_torch_matplotlib_or_the_web_server(redis_url):
+def test_arbiter_and_cli_never_import_torch_matplotlib_the_web_server_or_an_integration(redis_url):
     code = (
         "import sys, redis\n"
         "import pbt_mq.control.arbiter, pbt_mq.cli, pbt_mq.state.experiment, pbt_mq.control.gc\n"
@@ -437,9 +428,12 @@ def test_arbiter_and_cli_never_import_torch_matplotlib_or_the_web_server(redis_u
         f"PrometheusHook(redis.Redis.from_url({redis_url!r}), 'arbiter', {free_port()}, '127.0.0.1')\n"
         "from pbt_mq.cli import daemons, pbt\n"
         "pbt.build_pbt_parser(); daemons.build_arbiter_parser(); daemons.build_worker_parser()\n"
-        "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', [])\n"
+        "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', ['tracking.mlflow=file:///x'])\n"
         "from pbt_mq.cli import dashboard; import pbt_mq.dashboard.data, pbt_mq.dashboard.auth\n"
-        "print(sorted(m for m in ('torch', 'matplotlib', 'starlette', 'uvicorn') if m in sys.modules))\n"
+        "import pbt_mq; pbt_mq.session; pbt_mq.Run\n"
+        "heavy = ('torch', 'matplotlib', 'starlette', 'uvicorn', 'lightning', 'pytorch_lightning', 'transformers',"
+        " 'mlflow', 'wandb', 'tensorboardX', 'tensorboard')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     import subprocess
     import sys

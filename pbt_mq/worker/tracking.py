@@ -1,0 +1,296 @@
+"""MLflow and W&B for experiments whose file has ``[tracking]``: one sender per experiment, on a worker.
+
+Every worker that publishes a segment of such an experiment offers to send it; one at a time holds
+its lease (``pbt:{EXP}:tracking``: holder and lease_ms, renewed at every pass, taken over by
+another worker when it lapses) and sends what the experiment's streams hold, from where the
+previous sender stopped: every ready event's metrics and hyperparameters at its step, every
+exploit of the lineage (donor and step). So each member has exactly one run per tracker, named
+``EXP/MEMBER``, whichever workers trained it; its id is written once (HSETNX) in
+``pbt:{EXP}:runs``, so a new sender logs into the same run. No extra process is needed.
+
+It runs on one background thread per worker: a tracker that is down or slow delays only the
+sending (a call that fails as "down" is retried with backoff and the cursor waits in Redis while
+the streams keep the events), never a segment; an entry a tracker refuses is skipped and counted
+(``lost``). When the experiment has ended and everything is sent, the runs are closed and
+``done_ms`` is set. The tracker libraries are loaded only when an experiment asks for them
+(``integrations.mlflow``, ``integrations.wandb``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+import redis
+
+from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.hooks import Hook
+from pbt_mq.core.ids import entry_ms, now_ms
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import ExperimentState, Lineage, Meta, TrackingState
+from pbt_mq.core.protocol import ProtocolError, ReadyEvent
+from pbt_mq.state.experiment import load_config
+
+log = logging.getLogger(__name__)
+LEASE_MS = 15_000
+BATCH = 200
+BACKENDS = {"mlflow": "pbt_mq.integrations.mlflow", "wandb": "pbt_mq.integrations.wandb"}
+
+
+class TrackerDown(RuntimeError):
+    """A tracker could not be reached: retry later, skip nothing."""
+
+
+class Tracker(Protocol):
+    name: str
+
+    def new_id(self) -> str | None:
+        """An id to claim before creating the run (W&B), or None: the server names runs (MLflow)."""
+        ...
+
+    def open(self, member: str, run_id: str | None) -> str:
+        """The member's run (created when ``run_id`` is None); its id."""
+        ...
+
+    def log(self, run_id: str, step: int, metrics: dict[str, float], hparams: dict[str, Any], when_ms: int) -> None:
+        """A segment's metrics and hyperparameters at its step; ``when_ms``: when it was published."""
+        ...
+
+    def exploit(self, run_id: str, rec: Lineage) -> None: ...
+
+    def delete(self, run_id: str) -> None: ...
+
+    def close(self, run_id: str, finished: bool) -> None: ...
+
+
+def load_trackers(cfg: Experiment, experiment: str) -> list[Tracker]:
+    """The experiment's trackers; one that is not installed is reported once and left out."""
+    out = []
+    for name, target in (("mlflow", cfg.tracking.mlflow), ("wandb", cfg.tracking.wandb)):
+        if not target:
+            continue
+        try:
+            module = importlib.import_module(BACKENDS[name])  # lazy on purpose: optional dependencies
+        except ImportError as exc:
+            log.error("%s: [tracking] %s: %s; install it on the workers: pip install 'pbt-mq[%s]'", experiment, name,
+                      exc, name)
+            continue
+        try:
+            out.append(module.tracker(target, cfg, experiment))
+        except Exception as exc:  # a bad URI, a library that refuses: said once, training goes on untracked
+            log.error("%s: [tracking] %s = %r: %s: %s", experiment, name, target, type(exc).__name__, exc)
+    return out
+
+
+class Sender:
+    """Sends one experiment while this worker holds its lease."""
+
+    def __init__(self, r: Any, worker_id: str, experiment: str, trackers: list[Tracker]) -> None:
+        self.r, self.me, self.exp, self.k = r, worker_id, experiment, Keys(experiment)
+        self.trackers = trackers
+        self.runs: dict[tuple[str, str], str] = {}
+        self.held = False
+        self.finished = False
+        self.backoff_until = 0.0
+        self.failures = 0
+
+    def lease(self) -> bool:
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.k.tracking)
+                t = TrackingState.read(pipe, self.k.tracking, "holder", "lease_ms", "done_ms")
+                if t.done_ms:
+                    self.finished = True
+                if t.done_ms or (t.holder and t.holder != self.me and (t.lease_ms or 0) > now_ms()):
+                    pipe.unwatch()
+                    self.held = False
+                    return False
+                pipe.multi()
+                pipe.hset(self.k.tracking, mapping=TrackingState.fields(holder=self.me, lease_ms=now_ms() + LEASE_MS))
+                pipe.execute()
+                self.held = True
+                return True
+            except redis.WatchError:
+                return False
+
+    def release(self) -> None:
+        if self.held:
+            with self.r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.k.tracking)
+                    if TrackingState.read(pipe, self.k.tracking, "holder").holder == self.me:
+                        pipe.multi()
+                        pipe.hset(self.k.tracking, mapping=TrackingState.fields(lease_ms=0))
+                        pipe.execute()
+                except redis.WatchError:
+                    pass
+        self.held = False
+
+    def pump(self) -> bool:
+        """One pass: send a batch of each stream. True when there may be more to send."""
+        if time.monotonic() < self.backoff_until or not self.lease():
+            return False
+        ended = Meta.read(self.r, self.k.meta, "state").state is not ExperimentState.RUNNING  # before the reads
+        try:
+            more = self._stream("events") | self._stream("lineage")
+        except TrackerDown as exc:
+            self.failures += 1
+            wait = min(60.0, 2.0 ** self.failures)
+            log.warning("%s: tracker unreachable (%s); retrying in %.0f s (training goes on)", self.exp, exc, wait)
+            self.backoff_until = time.monotonic() + wait
+            return False
+        self.failures = 0
+        if not more and ended:  # everything written before the end was read above
+            self._finish()
+        return more
+
+    def _stream(self, which: str) -> bool:
+        cursor = getattr(TrackingState.read(self.r, self.k.tracking, which), which) or "0-0"
+        key = self.k.events if which == "events" else self.k.lineage
+        entries = self.r.xrange(key, f"({cursor}", "+", count=BATCH)
+        if not entries:
+            return False
+        sent = lost = 0
+        prev: Any = cursor
+        for entry_id, fields in entries:
+            try:
+                if which == "events":
+                    ev = ReadyEvent.decode(fields[b"msg"])
+                    for t in self.trackers:
+                        t.log(self._run(t, ev.member), ev.step, ev.metrics, ev.hparams, entry_ms(entry_id))
+                else:
+                    rec = Lineage.from_entry(entry_id, fields)
+                    if rec.action == "exploit":
+                        for t in self.trackers:
+                            t.exploit(self._run(t, rec.member), rec)
+                sent += 1
+            except TrackerDown:
+                if sent or lost:
+                    self._advance(which, cursor, prev, sent, lost)
+                raise
+            except (ProtocolError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                log.warning("%s: %s entry %s not sent: %s", self.exp, which, entry_id, exc)
+                lost += 1
+            prev = entry_id
+        self._advance(which, cursor, entries[-1][0], sent, lost)
+        return len(entries) == BATCH
+
+    def _advance(self, which: str, cursor: str, last: Any, sent: int, lost: int) -> None:
+        """Move the cursor, only while this worker still holds the lease and no one moved it."""
+        last = last.decode() if isinstance(last, bytes) else last
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.k.tracking)
+                t = TrackingState.read(pipe, self.k.tracking, "holder", which)
+                if t.holder != self.me or (getattr(t, which) or "0-0") != cursor:
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.hset(self.k.tracking, mapping=TrackingState.fields(**{which: last}))
+                pipe.hincrby(self.k.tracking, "sent", sent)
+                pipe.hincrby(self.k.tracking, "lost", lost)
+                pipe.execute()
+            except redis.WatchError:
+                pass
+
+    def _run(self, t: Tracker, member: str) -> str:
+        """The member's one run in ``t``: from pbt:{EXP}:runs, or created now and written once."""
+        slot = (t.name, member)
+        if slot in self.runs:
+            return self.runs[slot]
+        field = f"{t.name}/{member}"
+        raw = self.r.hget(self.k.runs, field)
+        if raw is None:
+            proposed = t.new_id()
+            made = t.open(member, None) if proposed is None else proposed
+            if not self.r.hsetnx(self.k.runs, field, made) and proposed is None:
+                t.delete(made)  # another sender was first: its run is the member's
+            raw = self.r.hget(self.k.runs, field)
+        rid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        self.runs[slot] = t.open(member, rid)
+        return self.runs[slot]
+
+    def _finish(self) -> None:
+        """Everything of the ended experiment is sent: close its runs, record it, give the lease back."""
+        for (name, _), rid in self.runs.items():
+            for t in self.trackers:
+                if t.name == name:
+                    t.close(rid, finished=True)
+        self.runs.clear()
+        self.r.hset(self.k.tracking, mapping=TrackingState.fields(done_ms=now_ms(), lease_ms=0))
+        self.finished = True
+        log.info("%s: sent to its trackers in full", self.exp)
+
+    def leave(self) -> None:
+        """This worker stops: flush what the trackers buffer, and let another worker take over."""
+        for (name, _), rid in self.runs.items():
+            for t in self.trackers:
+                if t.name == name:
+                    t.close(rid, finished=False)
+        self.runs.clear()
+        self.release()
+
+
+class TrackingHook(Hook):
+    """Installed by every pbt-worker: sends the experiments it trains that ask for tracking."""
+
+    def __init__(self, r: Any, worker_id: str, interval_s: float = 1.0) -> None:
+        self.r, self.worker_id, self.interval_s = r, worker_id, interval_s
+        self.asks: dict[str, bool] = {}
+        self.senders: dict[str, Sender] = {}
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="pbt-tracking", daemon=True)
+
+    def segment_done(self, cmd: Any, event: Any) -> None:
+        exp = cmd.experiment
+        if exp not in self.asks:
+            cfg = load_config(self.r, exp)
+            self.asks[exp] = bool(cfg.tracking)
+            if cfg.tracking:
+                trackers = load_trackers(cfg, exp)
+                with self.lock:
+                    if trackers:
+                        self.senders[exp] = Sender(self.r, self.worker_id, exp, trackers)
+                if not self.thread.is_alive():
+                    self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.halt.is_set():
+            busy = self._pass()
+            self.halt.wait(0.0 if busy else self.interval_s)
+
+    def _pass(self) -> bool:
+        busy = False
+        with self.lock:
+            senders = list(self.senders.items())
+        for exp, s in senders:
+            try:
+                busy |= s.pump()
+            except redis.RedisError as exc:
+                log.warning("%s: tracking: redis: %s", exp, exc)
+            except Exception as exc:  # a tracker library's surprise: never the worker's problem
+                s.failures += 1
+                s.backoff_until = time.monotonic() + min(60.0, 2.0 ** s.failures)
+                log.warning("%s: tracking: %s: %s", exp, type(exc).__name__, exc)
+            if s.finished:
+                with self.lock:
+                    self.senders.pop(exp, None)
+        return busy
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Send what is left (at most ``timeout_s``), then leave: another worker goes on from there."""
+        self.halt.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.senders and time.monotonic() < deadline and self._pass():
+            pass
+        for s in list(self.senders.values()):
+            try:
+                s.leave()
+            except Exception as exc:
+                log.warning("%s: tracking: could not leave cleanly: %s", s.exp, exc)
