@@ -6,7 +6,7 @@ PY ?= python
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,test]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,pb2,rl,test]'
 
 demo: install
 	pbt local workers/digits.toml --workers 2

@@ -438,7 +438,8 @@ def test_arbiter_and_cli_never_import_torch_or_matplotlib(redis_url):
         "from pbt_mq.cli import daemons, pbt\n"
         "pbt.build_pbt_parser(); daemons.build_arbiter_parser(); daemons.build_worker_parser()\n"
         "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', [])\n"
-        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+        "import pbt_mq.tools.study.run; load_file('workers/cartpole.toml', []); load_file('workers/charlm.toml', [])\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'stable_baselines3', 'gymnasium') if m in sys.modules))\n"
     )
     import subprocess
     import sys

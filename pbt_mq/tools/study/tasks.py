@@ -47,6 +47,7 @@ class Scale:
     seeds: int
     digits: tuple[str, ...]
     drift: tuple[str, ...]
+    quick: bool = False  # study.paired's tasks read their --quick settings from it
 
 
 FULL = Scale(toy_seeds=10, seeds=5, digits=(), drift=())
@@ -55,6 +56,7 @@ QUICK = Scale(
     seeds=1,
     digits=("population.size=4", "stop.steps=100"),
     drift=("population.size=4", "stop.steps=200", "trainable_args.switch_step=100"),
+    quick=True,
 )
 
 
