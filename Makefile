@@ -20,5 +20,5 @@ lint:
 bench:
 	pbt bench --sizes-mb 50,500
 
-study:  # the README's Results: PBT vs its ablations, random search and fixed values (~3 min)
+study:  # the README's Results: PBT vs its ablations, random search and fixed values (~30 min on 2 cores)
 	pbt study -o docs/study

@@ -117,7 +117,7 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = (out / "results.md").read_text()
-    for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## CartPole", "## Character language",
+    for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## Reinforcement learning", "## Character language",
                     "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())

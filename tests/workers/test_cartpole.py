@@ -30,6 +30,15 @@ OTHER = {**HP, "lr": 5e-4, "ent_coef": 0.01, "clip_range": 0.3, "gae_lambda": 0.
 SMALL = {"n_envs": 4, "n_steps": 32, "eval_episodes": 3}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As pbt local runs workers on a 2-core machine; tiny ops on two contended threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def member(hp: dict, seed: int) -> CartPole:
     torch.manual_seed(seed)  # as the worker and pbt replay do before constructing
     return CartPole(hp, seed=seed, **SMALL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,15 @@ from workers.charlm import VOCAB, CharLM, corpus
 HP = {"lr": 3e-3, "warmup": 10, "dropout": 0.1, "weight_decay": 0.01}
 OTHER = {"lr": 1e-3, "warmup": 50, "dropout": 0.2, "weight_decay": 0.1}
 SMALL = {"context": 16, "d_model": 32, "heads": 2, "layers": 1, "batch_size": 8, "eval_windows": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As pbt local runs workers on a 2-core machine; tiny ops on two contended threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def member(hp: dict, seed: int) -> CharLM:

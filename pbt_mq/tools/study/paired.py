@@ -101,7 +101,7 @@ class PairedTask:
         held = {a: spread([heldout(r, self.heldout) for r in rs])[0] for a, rs in arms.items()}
         return [
             _verdict(beats, f"{self.name}: PBT's median final {self.label} {sign * pm:.4g} {iqr(plo, phi)} vs random "
-                     f"search's {sign * rm:.4g} {iqr(rlo, rhi)}: {how} ({len(pbt)} seeds)"),
+                     f"search's {sign * rm:.4g} {iqr(rlo, rhi)}: {how} ({len(pbt)} seed{'s' if len(pbt) != 1 else ''})"),
             f"- (info) {self.name}: PBT's median wall time = {wall:.2f} x random search's; it trained {steps - 1:+.0%} "
             "steps (an exploit resumes from the donor's last checkpoint, which may be behind the member)",
             f"- (info) {self.name}: {self.heldout} of the final best model (never selected on): PBT "
@@ -129,6 +129,8 @@ class PairedTask:
         for i, name in enumerate(names):
             sax = fig.add_subplot(grid[i % 2, 1 + i // 2])
             schedule_panel(sax, name, arms)
+        fig.suptitle("right: the final best model's schedule per seed, PBT (blue); random search's best "
+                     "configuration per seed (grey dashes); y axes span the prior", fontsize=9)
         fig.savefig(out / f"{self.name}.png")
         return f"{self.name}.png"
 
@@ -146,7 +148,10 @@ def schedule_panel(ax: Any, name: str, arms: dict[str, list[Run]]) -> None:
         ax.axhline((best_record(r).hparams or {}).get(name, math.nan), color="tab:gray", ls="--", lw=0.8)
     if getattr(space, "log", False):
         ax.set_yscale("log")
-    ax.set_title(f"{name} (PBT: blue; RS best: grey)", fontsize=9)
+    lo, hi = (space.low, space.high) if hasattr(space, "low") else (min(space.values), max(space.values))
+    pad = (hi / lo) ** 0.04 if getattr(space, "log", False) else None
+    ax.set_ylim(*((lo / pad, hi * pad) if pad else (lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))))
+    ax.set_title(name, fontsize=9)
     ax.tick_params(labelsize=7)
 
 
