@@ -197,3 +197,15 @@ def test_paired_verdict_reads_a_loss_lower_is_better():
     assert verdict.startswith("- **met**") and "validation loss 2 [1.95, 2.05] vs random search's 2.4 [2.35, 2.45]" in verdict
     arms["PBT"], arms["random search"] = arms["random search"], arms["PBT"]
     assert "PBT is not better" in CHARLM.targets(arms)[0]
+
+
+def test_every_task_is_in_the_study_by_default_and_only_refuses_an_unknown_one(tmp_path):
+    from pbt_mq.tools.study.run import ALL
+
+    assert {"toy", "digits", "drift", "cartpole", "charlm"} <= set(ALL)
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--only", "cartpole,nope", "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2 and "unknown study 'nope'" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert "cartpole" in res.stdout and "charlm" in res.stdout and "(default: all)" in res.stdout
