@@ -175,7 +175,7 @@ def test_paired_verdict_needs_pbt_outside_the_iqr_overlap():
     verdict = CARTPOLE.targets({"PBT": pbt, "random search": rs})[0]
     assert verdict.startswith("- **NOT met**") and "median is better, but the IQRs overlap" in verdict
     text, _ = CARTPOLE.section(pbt + rs)
-    assert "| PBT | 450 [425, 475] | 400 450 500 |" in text
+    assert "| PBT | 450 [425, 475] | 400 450 500 | 450 [425, 475] |" in text
     assert "| 0 | 0.001 -> 0.002 (1) |" in text  # lr of PBT's best model: changed once
 
 

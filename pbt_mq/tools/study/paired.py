@@ -26,6 +26,7 @@ from pbt_mq.tools.study.analysis import (
     best_schedule,
     by_arm,
     compute_steps,
+    curve,
     final_best,
     spread,
 )
@@ -67,10 +68,11 @@ class PairedTask:
         rows = []
         for arm, rs in arms.items():
             rows.append([arm, fmt_spread([final_best(r) for r in rs]), " ".join(f"{final_best(r):.4g}" for r in rs),
+                         fmt_spread([midway(r) for r in rs]),
                          fmt_spread([heldout(r, self.heldout) for r in rs]), fmt_spread([r.wall_s for r in rs], 3),
                          fmt_spread([compute_steps(r) for r in rs], 5),
                          f"{sum(actions(r)['exploit'] for r in rs) / len(rs):.1f}", replayed(rs)])
-        text = table(["arm", f"final best {self.label}: median [IQR]", "per seed",
+        text = table(["arm", f"final best {self.label}: median [IQR]", "per seed", "best halfway",
                       f"{self.heldout} of that model", "wall s", f"steps trained ({self.unit})", "exploits/run",
                       "decisions replayed"], rows)
         if "PBT" in arms:
@@ -124,7 +126,7 @@ class PairedTask:
         ax = fig.add_subplot(grid[:, 0])
         for arm, rs in arms.items():
             band(ax, arm, rs)
-        ax.set(xlabel="step", ylabel=f"best {self.label}", title=f"{self.name}: best member per step (median, IQR)")
+        ax.set(xlabel="step", ylabel=f"best {self.label}", title=f"{self.name}: the best member's score (median, IQR)")
         ax.legend(loc="best")
         for i, name in enumerate(names):
             sax = fig.add_subplot(grid[i % 2, 1 + i // 2])
@@ -176,6 +178,14 @@ def best_metrics(r: Any, run: Run) -> dict[str, float]:
         if fields.get(b"member", b"").decode() == rec.member and int(fields.get(b"seq", -1)) == rec.seq:
             return dict(ReadyEvent.decode(fields[b"msg"]).metrics)
     return {}
+
+
+def midway(run: Run) -> float:
+    """The population's best score at half the budget (the last evaluation at or before it)."""
+    points = curve(run)
+    half = (run.cfg.stop.steps or max(points, default=0)) / 2
+    early = [s for s in points if s <= half]
+    return points[max(early)] if early else math.nan
 
 
 def heldout(run: Run, metric: str) -> float:

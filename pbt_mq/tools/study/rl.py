@@ -18,7 +18,7 @@ CARTPOLE = PairedTask(
     name="cartpole",
     file="cartpole.toml",
     title="Reinforcement learning (PPO, stable-baselines3, on Acrobot-v1): PBT vs random search at equal compute",
-    label="eval return",
+    label="Acrobot-v1 eval return",
     heldout="return_heldout",
     full=ACROBOT,
     quick=(*ACROBOT, "population.size=4", "stop.steps=16"),
