@@ -6,8 +6,9 @@
    alone, and PB2.
 3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
    PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
-4. Real training (``study.paired``): PPO on CartPole (workers/cartpole.toml) and a character
-   transformer language model (workers/charlm.toml), PBT vs random search at equal compute.
+4. Real training (``study.paired``): PPO (workers/cartpole.toml, run on Acrobot-v1: see
+   ``study.rl``) and a character transformer language model (workers/charlm.toml), PBT vs
+   random search at equal compute.
 
 Every run is a real experiment on a real fleet (``tools.local.fleet``: a private
 redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
