@@ -10,7 +10,7 @@ install-demo:  # what the demo needs, nothing more: torch (CPU), the package, sc
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,dashboard,test]'
+	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,dashboard,rl,test]'
 
 install-integrations: install  # after torch, so none of them can bring another torch
 	$(PY) -m pip install -e '.[torch,examples,local,plot,metrics,tensorboard,pb2,dashboard,test,lightning,hf,mlflow,wandb]'
@@ -30,5 +30,5 @@ lint:
 bench:
 	pbt bench --sizes-mb 50,500
 
-study:  # the README's Results: PBT vs its ablations, random search and fixed values (~3 min)
+study:  # the README's Results: PBT vs its ablations, random search and fixed values (~30 min on 2 cores)
 	pbt study -o docs/study

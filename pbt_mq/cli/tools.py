@@ -63,9 +63,9 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default="study", help="output directory (results.md, PNGs, runs.json)")
     p.add_argument("--quick", action="store_true", help="small and fast: a CI smoke test, not evidence")
     p.add_argument("--workers", type=int, default=2, help="pbt-worker processes (default 2)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per arm for digits, drift and rising (default 5, rising 12; quick 1)")
-    p.add_argument("--only", default=",".join(study_run.STUDIES),
-                   help=f"comma-separated subset of {','.join(study_run.STUDIES)} (default: all)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per arm for every task but the toy (default 5, rising 12; quick 1)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(study_run.ALL)} (default: all)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on one experiment after this many seconds")
     p.set_defaults(fn=study_run.run)
 

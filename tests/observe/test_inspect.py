@@ -431,8 +431,9 @@ def test_arbiter_and_cli_never_import_torch_matplotlib_the_web_server_or_an_inte
         "from pbt_mq.config.parse import load_file; load_file('workers/digits.toml', ['tracking.mlflow=file:///x'])\n"
         "from pbt_mq.cli import dashboard; import pbt_mq.dashboard.data, pbt_mq.dashboard.auth\n"
         "import pbt_mq; pbt_mq.session; pbt_mq.Run\n"
+        "import pbt_mq.tools.study.run; load_file('workers/cartpole.toml', []); load_file('workers/charlm.toml', [])\n"
         "heavy = ('torch', 'matplotlib', 'starlette', 'uvicorn', 'lightning', 'pytorch_lightning', 'transformers',"
-        " 'mlflow', 'wandb', 'tensorboardX', 'tensorboard')\n"
+        " 'mlflow', 'wandb', 'tensorboardX', 'tensorboard', 'stable_baselines3', 'gymnasium')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     import subprocess

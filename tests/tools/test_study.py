@@ -110,19 +110,26 @@ def test_digits_verdicts_use_medians_of_accuracy_and_wall_time():
     assert study_report.digits_targets(arms)[1].startswith("- **NOT met**")
 
 
+@pytest.mark.integration  # every task, real training included: minutes on the 2-core CI machine
+@pytest.mark.timeout(1200)
 def test_pbt_study_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "study"
     res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--quick", "-o", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+                         capture_output=True, text=True, timeout=1100, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = (out / "results.md").read_text()
     for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## Non-stationary, asynchronous",
-                    "## Targets"):
+                    "## Reinforcement learning", "## Character language", "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 8 + 4 + 3 + 3 and all(r["state"] == "done" for r in runs)
+    assert len(runs) == 8 + 4 + 3 + 3 + 2 + 2 and all(r["state"] == "done" for r in runs)
     assert {r["arm"] for r in runs if r["study"] == "rising"} == {
         "PBT, compare = step", "PBT, compare = latest", "fixed population"}
+    for task, heldout in (("cartpole", "return_heldout"), ("charlm", "test_loss")):  # PBT and RS, same compute
+        arms = {r["arm"]: r for r in runs if r["study"] == task}
+        assert set(arms) == {"PBT", "random search"} and arms["random search"]["actions"].get("exploit", 0) == 0
+        assert all(heldout in r["best_metrics"] for r in arms.values())
+        assert f"{task}: PBT's median final" in text and "Schedules PBT found" in text
     assert {r["arm"] for r in runs if r["study"] == "digits"} == {"PBT", "random search", "PB2", "best RS config alone"}
     assert all(r["replay_mismatches"] == 0 for r in runs), "every decision, PB2's included, replays from the log"
     pb2_ops = [op for r in runs if r["arm"] == "PB2" for op in r["exploit_ops"]]
@@ -130,6 +137,78 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     steps = {r["arm"]: r["steps_trained"] for r in runs if r["study"] == "digits"}
     assert steps["random search"] == 4 * 100 and steps["best RS config alone"] == 100
     pytest.importorskip("matplotlib")
-    for name in ("toy.png", "digits.png", "drift.png", "rising.png"):
+    for name in ("toy.png", "digits.png", "drift.png", "rising.png", "cartpole.png", "charlm.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     assert not (out / "work" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- PBT vs random search on real training
+
+
+def paired_run(arm: str, seed: int, finals: dict[str, float], task=None, heldout: float = 0.0) -> study.Run:
+    """Two members, two segments each; ``finals`` are the members' scores at step 16."""
+    from pbt_mq.tools.study.rl import CARTPOLE
+
+    task = task or CARTPOLE
+    hp = {"lr": 1e-3, "ent_coef": 1e-3, "clip_range": 0.2, "gae_lambda": 0.9, "n_epochs": 5, "batch_size": 64}
+    recs, i = [], 0
+    for m, final in finals.items():
+        i += 1
+        recs.append(seg(i, m, 0, 8, final / 2, hp))
+        i += 1
+        recs.append(seg(i, m, 8, 16, final, {**hp, "lr": 2e-3} if arm == "PBT" else hp, start_key=f"{m}/{i - 1}",
+                        action="done"))
+    run = study.Run(task.name, arm, seed, "exp", load_file(ROOT / "workers" / task.file), recs, 10.0, "done")
+    run.stats["best_metrics"] = {task.heldout: heldout}
+    return run
+
+
+def test_paired_verdict_needs_pbt_outside_the_iqr_overlap():
+    from pbt_mq.tools.study.rl import CARTPOLE
+
+    pbt = [paired_run("PBT", s, {"m0": v, "m1": 9.0}, heldout=v - 50) for s, v in enumerate((400.0, 450.0, 500.0))]
+    rs = [paired_run("random search", s, {"m0": v, "m1": 9.0}) for s, v in enumerate((200.0, 300.0, 350.0))]
+    verdict, wall, held = CARTPOLE.targets({"PBT": pbt, "random search": rs})
+    assert verdict.startswith("- **met**") and "450 [425, 475] vs random search's 300 [250, 325]" in verdict
+    assert "outside the IQR overlap (3 seeds)" in verdict
+    assert "1.00 x random search's" in wall and "+0% steps" in wall
+    assert "PBT 400 vs random search 0" in held
+    rs = [paired_run("random search", s, {"m0": 9.0, "m1": v}) for s, v in enumerate((300.0, 440.0, 460.0))]
+    # RS's median 440 is below PBT's 450, but its 75th percentile 450 passes PBT's 25th, 425
+    verdict = CARTPOLE.targets({"PBT": pbt, "random search": rs})[0]
+    assert verdict.startswith("- **NOT met**") and "median is better, but the IQRs overlap" in verdict
+    text, _ = CARTPOLE.section(pbt + rs)
+    assert "| PBT | 450 [425, 475] | 400 450 500 | 450 [425, 475] |" in text
+    assert "| 0 | 0.001 -> 0.002 (1) |" in text  # lr of PBT's best model: changed once
+
+
+def test_paired_verdict_reads_a_loss_lower_is_better():
+    from pbt_mq.tools.study.lm import CHARLM
+
+    hp = {"lr": 1e-3, "warmup": 10, "dropout": 0.1, "weight_decay": 0.01}
+
+    def run(arm, seed, loss):
+        recs = [seg(1, "m0", 0, 40, loss + 1, hp), seg(2, "m0", 40, 80, loss, hp, start_key="m0/1", action="done"),
+                seg(3, "m1", 0, 80, 3.0, hp, action="done")]
+        r = study.Run("charlm", arm, seed, "exp", load_file(ROOT / "workers" / "charlm.toml"), recs, 5.0, "done")
+        r.stats["best_metrics"] = {"test_loss": loss + 0.1}
+        return r
+
+    arms = {"PBT": [run("PBT", s, v) for s, v in enumerate((1.9, 2.0, 2.1))],
+            "random search": [run("random search", s, v) for s, v in enumerate((2.3, 2.4, 2.5))]}
+    verdict = CHARLM.targets(arms)[0]
+    assert verdict.startswith("- **met**") and "validation loss 2 [1.95, 2.05] vs random search's 2.4 [2.35, 2.45]" in verdict
+    arms["PBT"], arms["random search"] = arms["random search"], arms["PBT"]
+    assert "PBT is not better" in CHARLM.targets(arms)[0]
+
+
+def test_every_task_is_in_the_study_by_default_and_only_refuses_an_unknown_one(tmp_path):
+    from pbt_mq.tools.study.run import ALL
+
+    assert {"toy", "digits", "drift", "cartpole", "charlm"} <= set(ALL)
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--only", "cartpole,nope", "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2 and "unknown study 'nope'" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert "cartpole" in res.stdout and "charlm" in res.stdout and "(default: all)" in res.stdout

@@ -223,7 +223,8 @@ def _short(v: Any) -> str:
 # ---------------------------------------------------------------- the report
 
 
-def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float, workers: int, quick: bool) -> Path:
+def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float, workers: int, quick: bool,
+                 extra: Sequence[Any] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     figures = draw(out, runs)
     parts = [f"# pbt study{' (--quick: a smoke test, not evidence)' if quick else ''}\n",
@@ -242,6 +243,12 @@ def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float,
         targets += verdicts
         parts.append(f"## {title}\n\n{text}\n")
         parts += [f"![{name}]({name})\n" for name in figures if name.startswith(study)]
+    for task in extra:  # study.paired's tasks (run.py passes them in: they import this module)
+        if any(r.study == task.name for r in runs):
+            text, verdicts = task.section(runs)
+            targets += verdicts
+            parts.append(f"## {task.title}\n\n{text}\n")
+            parts += [f"![{name}]({name})\n" for name in [task.figure(out, runs)] if name]
     parts.append("## Targets\n\n" + "\n".join(targets) + "\n")
     path = out / "results.md"
     path.write_text("\n".join(parts))
@@ -253,7 +260,7 @@ def run_json(run: Run) -> dict[str, Any]:
     return {"study": run.study, "arm": run.arm, "seed": run.seed, "experiment": run.exp, "state": run.state,
             "wall_s": run.wall_s, "final_best": final_best(run), "steps_trained": compute_steps(run),
             "actions": dict(actions(run)), "replay_mismatches": run.replay_mismatches,
-            "starts": run.stats.get("starts", {}), "phases_s": run.stats.get("phases_s", {}), "curve": {str(k): v for k, v in curve(run).items()},
+            "starts": run.stats.get("starts", {}), "best_metrics": run.stats.get("best_metrics", {}), "phases_s": run.stats.get("phases_s", {}), "curve": {str(k): v for k, v in curve(run).items()},
             "best_schedule": best_schedule(run),
             "exploit_ops": [op for rec in run.recs if rec.action is Action.EXPLOIT for op in rec.ops or []]}
 

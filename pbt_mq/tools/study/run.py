@@ -1,4 +1,4 @@
-"""``pbt study``: does PBT work here? Four comparisons on the real system, one command.
+"""``pbt study``: does PBT work here? Five comparisons on the real system, one command.
 
 1. The paper's toy (workers/toy.toml): PBT vs exploit-only vs explore-only vs neither.
 2. Digits (workers/digits.toml): PBT vs random search at equal compute (the same initial
@@ -6,6 +6,9 @@
    alone, and PB2.
 3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
    PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
+4. Real training (``study.paired``): PPO (workers/cartpole.toml, run on Acrobot-v1: see
+   ``study.rl``) and a character transformer language model (workers/charlm.toml), PBT vs
+   random search at equal compute.
 
 Every run is a real experiment on a real fleet (``tools.fleet.fleet``: a private
 redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
@@ -27,16 +30,21 @@ from pathlib import Path
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.fleet import fleet
+from pbt_mq.tools.study.lm import CHARLM
 from pbt_mq.tools.study.report import write_report
 from pbt_mq.tools.study.rising import rising_study
+from pbt_mq.tools.study.rl import CARTPOLE
 from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
 
 STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study}
 
+PAIRED = (CARTPOLE, CHARLM)  # PBT vs random search on real training (study.paired); they report themselves
+ALL = {**STUDIES, **{task.name: task.run for task in PAIRED}}
+
 
 def run(a: argparse.Namespace) -> int:
-    chosen = [s.strip() for s in a.only.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(STUDIES))
+    chosen = [s.strip() for s in (a.only or ",".join(ALL)).split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(ALL))
     if unknown or not chosen:
         print(f"pbt study: error: --only: unknown study {(unknown or [''])[0]!r}", file=sys.stderr)
         return 2
@@ -51,9 +59,9 @@ def run(a: argparse.Namespace) -> int:
         f = Fleet(connect(url), procs, wd, a.timeout)
         for name in chosen:
             print(f"pbt study: {name}", flush=True)
-            STUDIES[name](f, scale)
+            ALL[name](f, scale)
     elapsed = time.monotonic() - t0
-    write_report(out, f.runs, command_line(a, chosen), elapsed, a.workers, quick=a.quick)
+    write_report(out, f.runs, command_line(a, chosen), elapsed, a.workers, quick=a.quick, extra=PAIRED)
     ok = all(r.state == ExperimentState.DONE for r in f.runs)
     shutil.rmtree(wd if ok else wd / "checkpoints", ignore_errors=True)  # logs stay when a run failed
     print(f"pbt study: {len(f.runs)} experiments in {elapsed:.0f} s; see {out / 'results.md'}")
@@ -63,6 +71,6 @@ def run(a: argparse.Namespace) -> int:
 def command_line(a: argparse.Namespace, chosen: Sequence[str]) -> str:
     """The command that reproduces this report, for its header."""
     parts = ["pbt study", "--quick" if a.quick else "", f"-o {a.out}",
-             f"--only {','.join(chosen)}" if set(chosen) != set(STUDIES) else "",
+             f"--only {','.join(chosen)}" if set(chosen) != set(ALL) else "",
              f"--seeds {a.seeds}" if a.seeds else "", f"--workers {a.workers}" if a.workers != 2 else ""]
     return " ".join(p for p in parts if p)
