@@ -1,10 +1,12 @@
-"""deploy/: the compose file, the Kubernetes manifests and the Dockerfiles agree with the code.
+"""deploy/: the compose file, the Kubernetes manifests, the Dockerfiles and the SLURM batch
+scripts agree with the code.
 
 No Docker engine or Kubernetes cluster runs where the tests run, so these files are checked,
 not started: they parse; every ``pbt``/``pbt-worker``/``pbt-arbiter`` command line they hold
 parses with the real argparse parsers of ``pbt_mq/cli`` (exact flag names, no
 abbreviations); every ``PBT_*`` variable they set is one the package reads; every image,
-volume, env file, Secret/ConfigMap key and COPY source they name exists. The checkers are
+volume, env file, Secret/ConfigMap key and COPY source they name exists; the batch scripts pass
+``bash -n`` and put every ``#SBATCH`` line where sbatch reads it. The checkers are
 also run on small broken snippets, so a test that cannot fail would show. ``pbt health``
 (the probes' command) is tested against a real Redis at the end.
 """
@@ -30,11 +32,13 @@ import yaml
 
 from pbt_mq.cli import daemons, options
 from pbt_mq.cli import pbt as main
+from pbt_mq.core import settings
 from pbt_mq.core.keys import worker_key
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+SLURM = DEPLOY / "slurm"
 PROGS = {"pbt": main.build_pbt_parser, "pbt-worker": daemons.build_worker_parser, "pbt-arbiter": daemons.build_arbiter_parser}
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash"}
 SHELL_SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;", "`"}
@@ -385,6 +389,42 @@ def gpu_limit(c: dict) -> int:
     return int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
 
 
+def sbatch_directives(text: str) -> tuple[dict[str, str], list[str]]:
+    """The ``#SBATCH --opt[=value]`` lines sbatch reads (those before the first command), and the
+    ones after it, which sbatch silently ignores."""
+    read, ignored, started = {}, [], False
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#SBATCH"):
+            opt, _, value = s[len("#SBATCH"):].strip().partition("=")
+            if started:
+                ignored.append(opt)
+            else:
+                read[opt] = value
+        elif s and not s.startswith("#"):
+            started = True
+    return read, ignored
+
+
+def sbatch_problems(path: Path) -> list[str]:
+    """Everything that is wrong with a batch script, as lines (empty: nothing)."""
+    text = path.read_text()
+    problems = [f"{path.name}: {e}" for cmd in shell_commands(text) for e in check_argv(cmd)]
+    problems += [f"{path.name}: {name}, which pbt-mq never reads"
+                 for name in sorted(set(re.findall(r"\bPBT_[A-Z0-9_]+", text)) - KNOWN_ENV)]
+    directives, ignored = sbatch_directives(text)
+    problems += [f"{path.name}: #SBATCH {opt} after the first command: sbatch ignores it" for opt in ignored]
+    if not text.startswith("#!/bin/bash"):
+        problems.append(f"{path.name}: not a bash script (#!/bin/bash)")
+    res = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    if res.returncode:
+        problems.append(f"{path.name}: bash -n: {res.stderr.strip()}")
+    signal_opt = directives.get("--signal", "")
+    if signal_opt and not re.fullmatch(r"(B:)?(R:)?[A-Z0-9]+@\d+", signal_opt):
+        problems.append(f"{path.name}: --signal={signal_opt} is not [B:]SIG@SECONDS")
+    return problems
+
+
 # ---------------------------------------------------------------- the checkers can fail
 
 
@@ -476,6 +516,17 @@ def test_the_dockerfile_checker_flags_missing_and_ignored_sources(tmp_path):
     assert pip_installs(df) == ["torch numpy"]
 
 
+def test_the_sbatch_checker_flags_a_bad_script(tmp_path):
+    script = tmp_path / "bad.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH --gres=gpu:1\n#SBATCH --signal=USR1-300\nexport PBT_GPUS=1\n"
+                      "#SBATCH --requeue\npbt-worker --gpus 1 &\nif true; then\n")
+    problems = "\n".join(sbatch_problems(script))
+    for expected in ("no option --gpus", "PBT_GPUS", "#SBATCH --requeue after the first command", "bash -n",
+                     "--signal=USR1-300"):
+        assert expected in problems, expected
+    assert sbatch_directives(script.read_text())[0] == {"--gres": "gpu:1", "--signal": "USR1-300"}
+
+
 def test_known_env_vars_come_from_the_code():
     assert {"PBT_REDIS_URL", "PBT_STORE_URL", "PBT_S3_ACCESS_KEY", "PBT_S3_SECRET_KEY", "PBT_WORKER_ID", "PBT_QUEUE"} <= KNOWN_ENV
     assert "PBT_TEST_REDIS_URL" not in KNOWN_ENV  # the tests' own, not the package's
@@ -560,7 +611,7 @@ def test_compose_redis_and_minio(compose):
 
 
 def test_env_files():
-    examples = sorted(DEPLOY.glob("*.env.example"))
+    examples = sorted(DEPLOY.glob("*.env.example")) + sorted(SLURM.glob("*.env.example"))
     assert {p.name for p in examples} >= {"pbt.env.example", "services.env.example"}
     for p in examples:
         assert [k for k in read_env_file(p) if k.startswith("PBT_") and k not in KNOWN_ENV] == []
@@ -602,6 +653,61 @@ def test_worker_image_runs_the_example_trainable():
         pkg = module.split(".")[0]
         assert copies.get(f"{pythonpath}/{pkg}") == pkg, f"{toml.name}: {pkg} not copied to {pythonpath}"
         assert (ROOT / (module.replace(".", "/") + ".py")).exists()
+
+
+# ---------------------------------------------------------------- SLURM (started for real by test_slurm.py)
+
+
+def sbatch_script(name: str) -> tuple[str, dict[str, str], list[list[str]]]:
+    text = (SLURM / name).read_text()
+    return text, sbatch_directives(text)[0], shell_commands(text)
+
+
+@pytest.mark.parametrize("name", ["worker.sbatch", "arbiter.sbatch"])
+def test_sbatch_scripts_are_consistent_with_the_cli(name):
+    assert sbatch_problems(SLURM / name) == []
+
+
+@pytest.mark.parametrize("name, prog", [("worker.sbatch", "pbt-worker"), ("arbiter.sbatch", "pbt-arbiter")])
+def test_sbatch_scripts_stop_cleanly_and_come_back(name, prog):
+    text, d, cmds = sbatch_script(name)
+    assert [c[0] for c in cmds] == [prog]
+    assert "--requeue" in d and d["--open-mode"] == "append" and "%A_%a" in d["--output"] and d["--array"]
+    # the time-limit warning goes to the batch shell, which stops the program and requeues this task only
+    assert re.fullmatch(r"B:USR1@\d+", d["--signal"])
+    assert "trap 'requeue=1' USR1" in text and 'scontrol requeue "$task"' in text
+    assert "task=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" in text
+    # scancel's SIGTERM reaches the program itself: the shell must not pass on a second one
+    assert "trap ':' TERM" in text
+
+
+def test_sbatch_worker_one_gpu_each_and_a_grace_under_the_warning():
+    text, d, (cmd,) = sbatch_script("worker.sbatch")
+    assert d["--gres"] == "gpu:1"
+    assert 'export PBT_WORKER_ID="${SLURM_CLUSTER_NAME:-slurm}-$task"' in text  # one id per task, kept across requeues
+    lead_s = int(d["--signal"].split("@")[1])
+    grace_s = float(re.search(r"^GRACE_S=\$\{GRACE_S:-([\d.]+)\}", text, re.M).group(1))
+    assert grace_s + 30 <= lead_s, "the warning must leave the worker its grace and time to upload and exit"
+    if "--grace-s" in daemons.build_worker_parser()._option_string_actions:  # issue 18's flag: forward GRACE_S
+        assert "--grace-s" in cmd and cmd[cmd.index("--grace-s") + 1] == "$GRACE_S", cmd
+
+
+def test_sbatch_arbiter_needs_no_gpu():
+    _, d, _ = sbatch_script("arbiter.sbatch")
+    assert "--gres" not in d and "--gpus" not in d
+
+
+def test_slurm_env_example_is_what_bash_sources(tmp_path):
+    """The scripts source pbt.env with bash (set -a): what bash makes of the example is valid."""
+    out = subprocess.run(["bash", "-c", f"set -a; . {SLURM / 'pbt.env.example'}; env -0"], capture_output=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert out.returncode == 0, out.stderr
+    env = dict(kv.split("=", 1) for kv in out.stdout.decode().split("\0") if "=" in kv)
+    pbt_vars = {k: v for k, v in env.items() if k.startswith("PBT_")}
+    assert {"PBT_REDIS_URL", "PBT_STORE_URL"} <= set(pbt_vars) <= KNOWN_ENV
+    settings.check_environment(pbt_vars)
+    assert pbt_vars["PBT_STORE_URL"].startswith("file:///")  # a shared filesystem: no MinIO needed
+    assert "VENV" in env and "PYTHONPATH" in env
 
 
 # ---------------------------------------------------------------- Kubernetes
