@@ -30,7 +30,8 @@ from pbt_mq.tools.study.analysis import (
     final_best,
     spread,
 )
-from pbt_mq.tools.study.report import COLORS, _verdict, band, fmt_spread, replayed, table
+from pbt_mq.tools.study.report import COLORS, band, replayed
+from pbt_mq.tools.study.tables import fmt_spread, table, verdict
 from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, run_experiment, warm_up
 
 ARMS = (Arm("PBT"), Arm("random search", ("exploit.rule=none", "explore.rule=none")))
@@ -102,7 +103,7 @@ class PairedTask:
             1, spread([compute_steps(r) for r in arms["random search"]])[0])
         held = {a: spread([heldout(r, self.heldout) for r in rs])[0] for a, rs in arms.items()}
         return [
-            _verdict(beats, f"{self.name}: PBT's median final {self.label} {sign * pm:.4g} {iqr(plo, phi)} vs random "
+            verdict(beats, f"{self.name}: PBT's median final {self.label} {sign * pm:.4g} {iqr(plo, phi)} vs random "
                      f"search's {sign * rm:.4g} {iqr(rlo, rhi)}: {how} ({len(pbt)} seed{'s' if len(pbt) != 1 else ''})"),
             f"- (info) {self.name}: PBT's median wall time = {wall:.2f} x random search's; it trained {steps - 1:+.0%} "
             "steps (an exploit resumes from the donor's last checkpoint, which may be behind the member)",
