@@ -24,7 +24,8 @@ def _metrics_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_worker_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="pbt-worker", description="Run PBT segments from the queue (one per GPU).")
+    p = Parser(prog="pbt-worker", description="Run PBT segments from the queue (one per GPU).",
+               epilog="PBT_TRAINABLES=workers,mypkg limits the modules this worker imports trainables from.")
     redis_option(p)
     env_option(p, "--queue", env="PBT_QUEUE", help="the RQ queue to serve")
     env_option(p, "--device", env="PBT_DEVICE", help="torch device, e.g. cuda:0")

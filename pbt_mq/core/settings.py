@@ -76,6 +76,13 @@ def _secret(text: str) -> str:
     return value
 
 
+def _prefixes(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or not all(n.replace(".", "").replace("_", "").isalnum() for n in names):
+        raise ValueError(text)
+    return names
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip()
@@ -100,6 +107,8 @@ TABLE: tuple[Setting, ...] = (
     Setting("PBT_HEARTBEAT_S", _number(float, 0.05, 3600), 2.0, f"{_SECONDS} in [0.05, 3600]",
             "worker heartbeat period; a worker is gone after three missed beats"),
     Setting("PBT_LIVE_MODELS", _number(int, 0, 1), 1, "0 or 1", "keep the last trained model live for a warm next segment"),
+    Setting("PBT_TRAINABLES", _prefixes, None, "comma-separated module names, e.g. workers,mypkg.train",
+            "the only modules pbt-worker imports trainables from (unset: any)"),
     Setting("PBT_TENSORBOARD_DIR", _text, None, "a directory", "write per-member TensorBoard scalars under DIR/EXP/MEMBER"),
     Setting("PBT_METRICS_PORT", _number(int, 0, 65535), 0, "a port number (0: off)", "serve Prometheus /metrics"),
     Setting("PBT_METRICS_ADDR", _text, "0.0.0.0", "an address to bind", "the /metrics listen address"),

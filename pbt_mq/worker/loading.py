@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbt_mq.config.experiment import Experiment
+from pbt_mq.core import settings
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import member_seed
 from pbt_mq.core.protocol import CheckpointRef, SegmentCommand
@@ -46,6 +47,7 @@ class Loader:
         self.device = device
         self.hooks = hooks
         self.calls = Calls(device)  # the loop API: the call of a user's function this worker keeps
+        self.trainables: tuple[str, ...] = settings.read("PBT_TRAINABLES") or ()  # () : any module
 
     def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None) -> tuple[Any, str, Start]:
         """The trainable to train and where its state came from: warm, cold, fresh or recovered."""
@@ -100,7 +102,7 @@ class Loader:
 
     def construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
-        cls = import_trainable(cfg.trainable)
+        cls = import_trainable(cfg.trainable, self.trainables)
         if is_function(cls):  # the loop API: a call of the function, seeded as it starts
             return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metric, cfg.trainable_args, cmd)
         seed = member_seed(cfg.seed, cmd.member)

@@ -10,6 +10,7 @@ not rebuild it, or its momentum is lost), ``train``s, ``evaluate``s and saves.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from typing import Any
 
@@ -48,9 +49,23 @@ class TrainableImportError(ImportError):
     pass
 
 
-def import_trainable(path: str) -> type:
-    """Import ``package.module:Name``; the current directory is importable, as for ``python -m``."""
+def allowed(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Is ``path``'s module under one of ``prefixes`` (``PBT_TRAINABLES``; empty: any)?"""
+    module = path.partition(":")[0]
+    return not prefixes or any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def import_trainable(path: str, prefixes: tuple[str, ...] = ()) -> type:
+    """Import ``package.module:Name``; the current directory is importable, as for ``python -m``.
+
+    The experiment names it, and whoever can write to Redis writes experiments, so only two kinds
+    of object are accepted: a ``Trainable`` subclass, or a plain Python function defined in that
+    module (the loop API), not in the standard library; with ``prefixes`` (``PBT_TRAINABLES`` on
+    workers) only modules under them are imported at all."""
     module_name, _, attr = path.partition(":")
+    if not allowed(path, prefixes):
+        raise TrainableImportError(f"trainable {path!r}: module {module_name!r} is not under this worker's"
+                                   f" PBT_TRAINABLES ({', '.join(prefixes)}); refused unimported")
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
@@ -64,4 +79,12 @@ def import_trainable(path: str) -> type:
         obj = getattr(obj, part, None)
         if obj is None:
             raise TrainableImportError(f"trainable {path!r}: {module_name} has no attribute {attr!r}")
+    if inspect.isclass(obj):
+        if not issubclass(obj, Trainable):
+            raise TrainableImportError(f"trainable {path!r}: a class must subclass pbt_mq.Trainable")
+    elif not inspect.isfunction(obj) or obj.__module__ != module_name:
+        raise TrainableImportError(f"trainable {path!r}: must be a Trainable subclass or a Python function"
+                                   f" defined in {module_name} (the loop API)")
+    elif module_name.partition(".")[0] in sys.stdlib_module_names:
+        raise TrainableImportError(f"trainable {path!r}: a standard-library function is never a trainable")
     return obj
