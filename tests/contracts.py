@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def declared(name: str) -> Requirement:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    """The requirement on ``name`` in the dependencies or, failing that, in an extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     return next(Requirement(d) for d in deps if re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0] == name)
 
 

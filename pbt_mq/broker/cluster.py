@@ -90,15 +90,18 @@ class LoosePipeline:
 
 
 class TransactionPipeline(ClusterPipeline):
-    """A single-slot MULTI on a cluster, with the flag RQ reads on a redis-py pipeline."""
+    """A single-slot MULTI on a cluster, with the flags RQ reads on a redis-py pipeline.
+
+    redis-py (5.x-8.x) keeps them on the cluster pipeline's execution strategy; read without a
+    default, so a redis-py that moves them fails loudly (tests/test_cluster.py checks them)."""
 
     @property
     def explicit_transaction(self) -> bool:
-        return bool(getattr(self._execution_strategy, "_explicit_transaction", False))
+        return bool(self._execution_strategy._explicit_transaction)  # noqa: SLF001 - the adapter's one internal
 
     @property
     def watching(self) -> bool:
-        return bool(getattr(self._execution_strategy, "_watching", False))
+        return bool(self._execution_strategy._watching)  # noqa: SLF001
 
 
 class ClusterClient(RedisCluster):

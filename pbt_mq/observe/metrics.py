@@ -54,6 +54,7 @@ from pbt_mq.core.hooks import Hook
 from pbt_mq.core.ids import member_ids
 from pbt_mq.core.keys import GROUP, WORKERS, Keys
 from pbt_mq.core.model import Member, Meta
+from pbt_mq.observe.tbx import EventFiles
 from pbt_mq.state.experiment import running_experiments
 
 log = logging.getLogger(__name__)
@@ -131,41 +132,13 @@ class PrometheusHook(Hook):
         self.ckpt_s.labels("load").observe(seconds)
 
 
-TB_FILE = "events.out.tfevents.0000000000.pbt-mq"  # one per member, whichever worker appends to it
-
-
-def _tensorboardx() -> Any:
-    """tensorboardX, an optional dependency (the ``tensorboard`` extra), imported only when asked for."""
-    try:
-        return importlib.import_module("tensorboardX")
-    except ImportError:
-        raise ImportError("--tensorboard-dir needs tensorboardX: pip install 'pbt-mq[tensorboard]'") from None
-
-
-class _Appending:
-    """tensorboardX's writer factory for ``pbt-append:PATH``: append to the member's one file, not a new one."""
-
-    PREFIX = "pbt-append"
-
-    def open(self, path: str) -> Any:
-        return open(path[len(self.PREFIX) + 1 :], "ab")  # buffered: a record pair goes out in one write at close
-
-    def directory_check(self, path: str) -> None:
-        Path(path[len(self.PREFIX) + 1 :]).mkdir(parents=True, exist_ok=True)
-
-
 class TensorBoardHook(Hook):
-    """Per-member scalars in ``DIR/EXP/MEMBER/``, one event file per member whichever worker trains it,
-    written with tensorboardX's protobufs and record writer."""
+    """Per-member scalars in ``DIR/EXP/MEMBER/``, one event file per member whichever worker trains
+    it (``observe.tbx``, the adapter to tensorboardX)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        tbx = _tensorboardx()
-        self.Event = importlib.import_module("tensorboardX.proto.event_pb2").Event
-        self.scalar = tbx.summary.scalar
-        records = importlib.import_module("tensorboardX.record_writer")
-        records.register_writer_factory(_Appending.PREFIX, _Appending())
-        self.RecordWriter = records.RecordWriter
+        self.files = EventFiles()
 
     def segment_done(self, cmd: Any, event: Any) -> None:
         values = {k: float(v) for k, v in event.metrics.items() if _num(v)}
@@ -177,24 +150,7 @@ class TensorBoardHook(Hook):
             log.warning("tensorboard: %s %s: %s", event.experiment, event.member, exc)
 
     def append(self, logdir: Path, step: int, values: dict[str, float]) -> Path:
-        """One step's scalars onto the run's single event file (created with its header if new).
-        Opened, appended and closed per call: a member's segments never overlap, so workers on a
-        shared filesystem take turns on one file and TensorBoard sees its steps in order."""
-        logdir.mkdir(parents=True, exist_ok=True)
-        path = logdir / TB_FILE
-        now = time.time()
-        writer = self.RecordWriter(f"{_Appending.PREFIX}:{path}")
-        try:
-            if not path.exists() or path.stat().st_size == 0:
-                writer.write(self.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
-            summary = self.scalar("x", 0.0)
-            del summary.value[:]
-            for tag, v in values.items():
-                summary.value.extend(self.scalar(tag, v).value)
-            writer.write(self.Event(wall_time=now, step=step, summary=summary).SerializeToString())
-        finally:
-            writer.close()
-        return path
+        return self.files.append(logdir, step, values)
 
 
 # ---------------------------------------------------------------- scrape-time gauges

@@ -192,9 +192,11 @@ def unpause(r: Any, exp: str) -> bool:
 
 
 def _track_reached(r: Any, exp: str) -> None:
-    """An experiment that stopped lost its boards (exploit.compare = "step"; the arbiters drop them at
-    its end); running again, its live members are tracked from their last scored step, so no board a
-    lagging member still needs is trimmed."""
+    """Rebuild where each live member stands (exploit.compare = "step") as a stopped experiment runs again.
+
+    An arbiter that sees the experiment stop drops its boards and tracking; one that was not running
+    (a local pause stops the daemons first) dropped nothing. Either way the members are tracked again
+    from their last scored step, so no board a lagging member still needs is trimmed."""
     cfg = load_config(r, exp)
     if cfg.exploit.compare != "step":
         return

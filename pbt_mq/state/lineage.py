@@ -125,7 +125,7 @@ def _exploits_by_counts(cfg: Experiment, rec: Lineage, rng: Any) -> bool:
     if cfg.exploit.rule == "none":
         return False
     rng.random()  # the donor draw, consumed as the arbiter did
-    if cfg.exploit.rule == "tournament":
-        return bool(rec.parent)
+    if cfg.exploit.rule == "tournament":  # its draw is not re-derivable from counts: the log's pick stands
+        return rec.chosen_donor is not None
     worse, better, k = rec.worse or 0, rec.better or 0, rec.k or 0
     return worse < k and min(k, better) > 0

@@ -377,7 +377,6 @@ def test_worker_metrics_match_the_events_it_published(run):
 
 
 def test_tensorboard_reads_every_members_scalars(run):
-    pytest.importorskip("tensorboard", reason="the test extra installs tensorboard to read the files back")
     import numpy as np
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

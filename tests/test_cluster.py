@@ -18,7 +18,7 @@ from helpers import PAPER_INIT_4, TOY, event_counts, launch, lineage_counts, pbt
 from redis.crc import key_slot
 from services import Dashboard, Fleet, RedisClusterNodes, redis_binary, unavailable
 
-from pbt_mq.broker.cluster import ClusterClient
+from pbt_mq.broker.cluster import ClusterClient, TransactionPipeline
 from pbt_mq.broker.connect import connect
 from pbt_mq.broker.jobs import TaggedSegmentJob
 from pbt_mq.config.parse import load_file
@@ -62,6 +62,21 @@ def ids_on_distinct_nodes(cluster: RedisClusterNodes, n: int) -> list[str]:
 def test_connect_recognises_a_cluster_node(rc):
     assert isinstance(rc, ClusterClient)
     assert len(rc.get_primaries()) == 3
+
+
+def test_transaction_pipelines_expose_redis_py_flags_rq_reads(rc):
+    """broker/cluster.py's one redis-py cluster internal: the execution strategy's MULTI and WATCH flags."""
+    key = Keys("toy-contract").meta
+    with rc.pipeline(transaction=True) as pipe:
+        assert isinstance(pipe, TransactionPipeline)
+        assert (pipe.watching, pipe.explicit_transaction) == (False, False)
+        pipe.watch(key)
+        assert (pipe.watching, pipe.explicit_transaction) == (True, False)
+        pipe.multi()
+        assert pipe.explicit_transaction
+        pipe.hset(key, "state", "running")
+        assert pipe.execute() == [1]
+    assert rc.hget(key, "state") == b"running"
 
 
 def test_segment_job_keys_share_their_experiment_slot():
