@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -138,11 +139,17 @@ async def stream(request: Request) -> Response:
     state = request.app.state
     if state.streams >= MAX_STREAMS:
         return json_response({"error": f"too many open pages on this dashboard ({MAX_STREAMS})"}, 503)
+    state.streams += 1  # counted before any await, so concurrent requests cannot all pass the check
+    held = [True]
+
+    def release() -> None:  # once: by the stream's end, or after the response if the stream never started
+        if held[0]:
+            held[0] = False
+            state.streams -= 1
 
     async def frames() -> AsyncIterator[str]:
         nonlocal cursor
         sent_generation, last_sent = -1, time.monotonic()
-        state.streams += 1  # counted here, where `finally` is sure to run
         try:
             yield "retry: 2000\n\n"
             while True:
@@ -157,9 +164,10 @@ async def stream(request: Request) -> Response:
                     yield ": keepalive\n\n"
                 await asyncio.sleep(0 if cursor < len(view.log.nodes) else TICK_S)
         finally:
-            state.streams -= 1
+            release()
 
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"x-accel-buffering": "no"},
+                             background=BackgroundTask(release))
 
 
 ROUTES = [

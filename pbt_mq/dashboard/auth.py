@@ -78,8 +78,11 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":  # start-up and shut-down, not a request
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # a websocket (none is served) never passes unchecked
+            await send({"type": "websocket.close", "code": 1008})
             return
         path = scope.get("path", "/")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}

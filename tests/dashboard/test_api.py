@@ -6,6 +6,7 @@ The experiment lives in its own Redis database, so the other tests' FLUSHDB leav
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import importlib.util
@@ -25,7 +26,11 @@ import redis
 from helpers import PAPER_INIT_4, ROOT, launch, pbt, status
 from services import Dashboard, Fleet, unavailable
 
+from pbt_mq.config.parse import load_file
 from pbt_mq.core.keys import Keys
+from pbt_mq.dashboard import api
+from pbt_mq.dashboard.app import build_app
+from pbt_mq.state.experiment import launch as launch_in_process
 from pbt_mq.state.lineage import records
 
 TOKEN = "s3cret-token-for-the-tests-0123"
@@ -351,3 +356,61 @@ def test_views_share_one_refresh_and_read_the_lineage_in_bounded_steps(run, monk
         board.view(run.exp)
     assert view.generation == generation and view.pace.due - view.pace.clock() > 1.0
     assert board.experiments() is board.experiments()  # the list is cached too
+
+
+# ---------------------------------------------------------------- in process: the guard and the stream count
+
+
+def _asgi(app, scope: dict, messages: list, disconnect_after_s: float = 0.0):
+    """Run one ASGI call; the client disconnects after ``disconnect_after_s``."""
+    async def receive():
+        await asyncio.sleep(disconnect_after_s)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        messages.append(message)
+
+    asyncio.run(app(scope, receive, send))
+
+
+def _scope(kind: str, path: str = "/") -> dict:
+    return {"type": kind, "path": path, "method": "GET", "headers": [(b"host", b"127.0.0.1")],
+            "query_string": b"", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+            "root_path": "", "http_version": "1.1"}
+
+
+def test_a_websocket_never_reaches_the_app(r):
+    for token in (None, "a" * 32):
+        messages: list = []
+        _asgi(build_app(r, token, "test"), _scope("websocket", "/api/experiments"), messages)
+        assert messages == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_open_streams_are_capped_even_when_pages_open_at_once(r, tmp_path, monkeypatch):
+    """Counted as the request is answered, not as the stream starts: two pages opening together
+    with room for one get one stream and one 503; both released as the pages go."""
+    monkeypatch.setattr(api, "MAX_STREAMS", 1)
+    exp = launch_in_process(r, load_file(ROOT / "workers" / "toy.toml"), f"file://{tmp_path}", exp_id="toy-count")
+    guard = build_app(r, None, "test")
+    statuses: list[int] = []
+    counts: list[int] = []
+
+    async def page() -> None:
+        async def receive():
+            await asyncio.sleep(0.5)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            counts.append(guard.app.state.streams)
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await guard(_scope("http", f"/api/experiments/{exp}/stream"), receive, send)
+
+    async def both() -> None:
+        await asyncio.gather(page(), page())
+
+    asyncio.run(both())
+    assert sorted(statuses) == [200, 503]
+    assert max(counts) == 1
+    assert guard.app.state.streams == 0
