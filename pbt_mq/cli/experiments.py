@@ -29,6 +29,7 @@ from pbt_mq.observe.stats import experiment_stats, format_stats
 from pbt_mq.observe.status import experiment_rows, format_status
 from pbt_mq.state.experiment import launch, status, stop
 from pbt_mq.store.open import open_store
+from pbt_mq.tools.workdir import saved_copy_of
 
 
 def cmd_launch(a: argparse.Namespace) -> int:
@@ -65,6 +66,12 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_wait(a: argparse.Namespace) -> int:
     r = connect(a.redis)
+    saved = saved_copy_of(a.redis)
+    st = status(r, a.experiment)
+    if saved is not None and not ExperimentState(st["state"]).ended:
+        raise UsageError(f"{a.experiment} is {st['state']} in the saved state of {saved}, and pbt local is not"
+                         f" running there, so it will not end: resume it with `pbt local --resume --dir {saved}`"
+                         " in another shell, then wait")
     deadline = None if a.timeout is None else time.monotonic() + a.timeout
     while True:
         st = status(r, a.experiment)

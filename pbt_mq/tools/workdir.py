@@ -107,6 +107,26 @@ def locked(d: Path) -> bool:
 
 
 @contextlib.contextmanager
+def _shared(d: Path) -> Iterator[None]:
+    """A shared hold on ``d``'s lock while a reader copies its saved state; refused if a ``pbt local``
+    holds it (it started meanwhile: its live server is what to read). Every dir a pbt local ran
+    in keeps its lock file; a reader never creates one."""
+    if not (d / LOCK_FILE).exists():
+        yield
+        return
+    with open(d / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkDirError(f"a pbt local started in {shown(d)} as its saved state was being read:"
+                               " run the command again (it then reads the live one)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def hold(d: Path) -> Iterator[None]:
     """``d``'s lock, for the life of one ``pbt local``; WorkDirError if another one holds it."""
     f = open(d / LOCK_FILE, "a")
@@ -177,17 +197,31 @@ def serve_snapshot(d: Path) -> Iterator[str]:
     """A private redis-server on a copy of ``d``'s saved state, for one command; the copy goes with it."""
     with tempfile.TemporaryDirectory(prefix="pbt-saved-state-") as tmp, contextlib.ExitStack() as stack:
         copy = Path(tmp)
-        if (d / AOF_DIR).is_dir():
-            shutil.copytree(d / AOF_DIR, copy / AOF_DIR)
-        if (d / AOF_FILE).is_file():
-            shutil.copy2(d / AOF_FILE, copy / AOF_FILE)
+        with _shared(d):  # no pbt local starts writing the AOF while it is copied
+            if (d / AOF_DIR).is_dir():
+                shutil.copytree(d / AOF_DIR, copy / AOF_DIR)
+            if (d / AOF_FILE).is_file():
+                shutil.copy2(d / AOF_FILE, copy / AOF_FILE)
         try:
             url = stack.enter_context(private_redis(copy, persist=True))
         except RuntimeError as exc:
             log = (copy / "redis.log").read_text(errors="replace").strip().splitlines()
             raise WorkDirError(f"cannot load the saved state of {shown(d)}: {log[-1] if log else exc}") from None
         relocate(connect(url), d)  # in the copy
-        yield url
+        _SNAPSHOTS[url] = d
+        try:
+            yield url
+        finally:
+            _SNAPSHOTS.pop(url, None)
+
+
+_SNAPSHOTS: dict[str, Path] = {}  # URL -> work dir, for each copy this process serves now
+
+
+def saved_copy_of(url: str) -> Path | None:
+    """The work dir whose saved state ``url`` serves a copy of (None: a live Redis): such a copy
+    never changes, so a command that waits for a change must not wait on it."""
+    return _SNAPSHOTS.get(url)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ port file (live, stale, someone else's), the lock, and where a reading command f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import socket
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import pbt
 from services import ROOT, free_port, redis_binary, unavailable
 
 from pbt_mq.cli.pbt import build_pbt_parser
+from pbt_mq.config.parse import load_file
+from pbt_mq.state.experiment import launch
 from pbt_mq.tools import workdir
 from pbt_mq.tools.redis_server import has_aof
 from pbt_mq.tools.workdir import PORT_FILE, WorkDirError, redis_for, serve_in_place, serve_workdir
@@ -75,6 +79,17 @@ def test_a_reader_serves_itself_from_a_copy_and_never_writes_the_saved_files(tmp
     with pytest.raises(ConnectionRefusedError):  # the private server is gone with the command
         socket.create_connection(("127.0.0.1", port), timeout=1)
     with serve_workdir(d) as url:
+        assert where(url) == "saved"
+
+
+def test_the_saved_state_is_not_copied_while_a_pbt_local_holds_the_dir(tmp_path):
+    """A pbt local that starts as a reader copies the AOF would write it mid-copy: the reader refuses."""
+    d = saved_dir(tmp_path / "wd")
+    with open(d / workdir.LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as pbt local's hold() does
+        with pytest.raises(WorkDirError, match="run the command again"), workdir.serve_snapshot(d):
+            pass
+    with workdir.serve_snapshot(d) as url:  # the lock gone, the copy is served
         assert where(url) == "saved"
 
 
@@ -162,3 +177,15 @@ def test_every_command_that_reads_experiments_takes_local_and_refuses_it_with_re
     for cmd in ("launch", "stop", "health"):  # writers and probes talk to a fleet's Redis only
         with pytest.raises(SystemExit):
             parser.parse_args([cmd, *(["F"] if cmd != "health" else []), "--local", "D"])
+
+
+def test_pbt_wait_on_a_saved_state_that_will_never_end_says_so(tmp_path):
+    """kill -9 leaves an experiment `running` in the saved state; waiting on a copy would never end."""
+    d = tmp_path / "wd"
+    with serve_in_place(d) as url:
+        exp = launch(redis.Redis.from_url(url), load_file(ROOT / "workers" / "toy.toml"), f"file://{d}/checkpoints")
+    p = pbt("wait", exp, "--local", str(d), "--timeout", "30")
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("pbt: error:") and "will not end" in lines[-1] and "--resume" in lines[-1], p.stderr
+    assert "Traceback" not in p.stderr
