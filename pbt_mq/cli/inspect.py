@@ -14,11 +14,12 @@ from rich.console import Console
 from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import env_option, redis_option
 from pbt_mq.observe import plot, top
-from pbt_mq.observe.export import export
+from pbt_mq.observe.export import checkpoint_file, export
 from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records
+from pbt_mq.store.checkpoint import save_file
 
 
 def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +71,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_export(a: argparse.Namespace) -> int:
     sched = export(connect(a.redis), a.experiment, a.out, a.member)
     out, fin = Path(a.out), sched["final"]
-    print(f"{out / 'checkpoint.pt'}: {fin['member']} at step {fin['step']}, {sched['metric']}={fin['score']:.6g},"
+    print(f"{out / checkpoint_file(fin['ckpt_key'])}: {fin['member']} at step {fin['step']}, {sched['metric']}={fin['score']:.6g},"
           f" {fin['size']} bytes, sha256 {fin['sha256'][:16]}… verified")
     n = len(sched["phases"])
     print(f"{out / 'schedule.json'}: {len(sched['segments'])} segments, {n} phase{'s' * (n != 1)} of hyperparameters,"
@@ -86,9 +87,11 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("schedule", help="schedule.json from `pbt export` (or the export directory)")
     env_option(p, "--device", env="PBT_DEVICE", help="torch device")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
-    p.add_argument("--save", default=None, metavar="PATH", help="write the replayed state as a checkpoint file")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="write the replayed state as a checkpoint file (read it with pbt_mq.load_checkpoint)")
     p.add_argument("--compare", default=None, metavar="CKPT",
-                   help="compare the final state bit for bit with this checkpoint (default: checkpoint.pt beside the schedule)")
+                   help="compare the final state bit for bit with this checkpoint (default: the exported"
+                        " checkpoint.safetensors or checkpoint.pt beside the schedule)")
     p.add_argument("--check", action="store_true", help="exit 1 unless the final score (and state) match exactly")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_replay)
@@ -110,8 +113,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
     res = replay(sched, a.device, None if a.json else show)
     same = _compare_state(a, sched, res.state)
     if a.save:
-        torch.save({"state": res.state, "step": sched["segments"][-1]["to_step"],
-                    "hparams": sched["segments"][-1]["hparams"], "member": "replay"}, a.save)
+        save_file(a.save, {"state": res.state, "step": sched["segments"][-1]["to_step"],
+                           "hparams": sched["segments"][-1]["hparams"], "member": "replay"})
     if a.json:
         print(json.dumps({"final_score": res.final_score, "recorded_score": res.recorded_score,
                           "exact": res.exact, "same_state": same, "segments": res.segments}, indent=2))
@@ -129,7 +132,8 @@ def _compare_state(a: argparse.Namespace, sched: dict[str, Any], state: Any) -> 
     path = a.compare
     sha = None
     if path is None:
-        beside = (Path(a.schedule) if Path(a.schedule).is_dir() else Path(a.schedule).parent) / "checkpoint.pt"
+        beside = (Path(a.schedule) if Path(a.schedule).is_dir() else Path(a.schedule).parent) \
+            / checkpoint_file(sched["final"].get("ckpt_key", ""))
         if not beside.exists():
             return None
         path, sha = beside, sched["final"].get("sha256")

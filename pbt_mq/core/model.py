@@ -23,7 +23,7 @@ from enum import Enum
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
-SCHEMA = 2  # the record layout of this release; a meta hash without "schema" was written by release 1
+SCHEMA = 3  # the record layout of this release (3: checkpoints in store.format); no "schema": release 1
 
 
 class _StrEnum(str, Enum):

@@ -41,12 +41,16 @@ class Live:
 
 class Loader:
     def __init__(self, r: Any, device: str, hooks: Hooks) -> None:
+        self.legacy = False
         self.r = r
         self.device = device
         self.hooks = hooks
 
-    def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None) -> tuple[Any, str, Start]:
-        """The trainable to train and where its state came from: warm, cold, fresh or recovered."""
+    def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None,
+               legacy: bool = False) -> tuple[Any, str, Start]:
+        """The trainable to train and where its state came from: warm, cold, fresh or recovered.
+        ``legacy``: the experiment predates this checkpoint format (its ``.pt`` objects load)."""
+        self.legacy = legacy
         if cmd.start is not None and live is not None and live.key == cmd.start.key:
             return live.trainable, "warm", Start(cmd.step, cmd.start.key)
         if cmd.start is None:  # a fresh start needs fresh weights, not the live model's
@@ -85,10 +89,10 @@ class Loader:
         """Download and verify; a checkpoint still being uploaded (overlap_upload) is waited for."""
         t0 = time.perf_counter()
         try:
-            state = checkpoint.load(store, ref, map_location=self.device)
+            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
         except MissingObject:
             await_upload(self.r, exp, ref.key)  # and once more even if it was not marked: it may just have landed
-            state = checkpoint.load(store, ref, map_location=self.device)
+            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
         if self.hooks:
             self.hooks.checkpoint_loaded(exp, ref.size, time.perf_counter() - t0)
         return state

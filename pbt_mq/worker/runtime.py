@@ -57,6 +57,7 @@ class Runtime:
         self.stores: dict[str, Store] = {}
         self.configs: dict[str, Experiment] = {}
         self.store_urls: dict[str, str] = {}
+        self.schemas: dict[str, int] = {}  # experiment -> its meta schema: the checkpoint format it uses
         self.stats: Counter[str] = Counter()
         self.current: str = ""
         self.hooks = hooks or Hooks()
@@ -77,10 +78,10 @@ class Runtime:
 
     def store_url(self, exp: str) -> str:
         if exp not in self.store_urls:
-            url = Meta.read(self.r, Keys(exp).meta, "store").store
-            if not url:
+            meta = Meta.read(self.r, Keys(exp).meta, "store", "schema")
+            if not meta.store:
                 raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
-            self.store_urls[exp] = url
+            self.store_urls[exp], self.schemas[exp] = meta.store, meta.schema
         return self.store_urls[exp]
 
     # ------------------------------------------------------------ one segment
@@ -128,7 +129,8 @@ class Runtime:
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
         store = self.store(self.store_url(cmd.experiment))  # cached: one lookup per experiment
-        trainable, how, start = self.loader.obtain(cfg, cmd, store, self.live.get(cmd.experiment))
+        legacy = self.schemas[cmd.experiment] < checkpoint.FORMAT_SCHEMA  # launched by an earlier release
+        trainable, how, start = self.loader.obtain(cfg, cmd, store, self.live.get(cmd.experiment), legacy)
         trainable.apply(dict(cmd.hparams))
         t1 = time.perf_counter()
         step = self._advance(trainable, cmd, start.step)
@@ -138,11 +140,12 @@ class Runtime:
             raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
         clean = {str(a): _to_float(b) for a, b in metrics.items()}
         t3 = time.perf_counter()
-        key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4), "pt")
+        key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4),
+                             checkpoint.extension(self.schemas[cmd.experiment]))
         state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
         self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
         if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
-            data, sha256, size = checkpoint.serialize(state)
+            data, sha256, size = checkpoint.serialize(state, key)
             ref = CheckpointRef(key, sha256, size)
             self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
         else:
