@@ -37,6 +37,7 @@ SEGMENT_FUNC = "pbt_mq.segment.run_segment"
 MAX_JOB_BYTES = 4 << 20
 REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:"
+RESULT_TTL_S = 5  # a finished segment's job hash and result: the lineage holds what it meant
 
 
 def queue_key(name: str) -> str:
@@ -203,7 +204,7 @@ def queue_for(r: Any, name: str, exp: str | None = None) -> Queue:
 
 def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str) -> None:
     """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue."""
-    job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=3600,
+    job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=RESULT_TTL_S,
                            failure_ttl=7 * 86400, description=description)
     queue.enqueue_job(job, pipeline=pipe)
 

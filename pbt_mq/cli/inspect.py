@@ -15,7 +15,7 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import env_option, redis_option
 from pbt_mq.observe import plot, top
 from pbt_mq.observe.export import checkpoint_file, export
-from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, target
+from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, record_json, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records
@@ -25,7 +25,10 @@ from pbt_mq.store.checkpoint import save_file
 def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment")
     p.add_argument("--member", default=None, help="whose latest checkpoint to trace (default: the best member)")
-    p.add_argument("--json", action="store_true", help="segments, origins and the schedule as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="segments, origins and the schedule as JSON")
+    out.add_argument("--records", action="store_true",
+                     help="every decision record of the experiment, archived or not, oldest first, as JSON lines")
     redis_option(p)
     p.set_defaults(fn=cmd_lineage)
 
@@ -33,6 +36,10 @@ def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_lineage(a: argparse.Namespace) -> int:
     r = connect(a.redis)
     cfg = load_config(r, a.experiment)
+    if a.records:
+        for rec in records(r, a.experiment):
+            sys.stdout.write(json.dumps(record_json(rec), sort_keys=True) + "\n")
+        return 0
     tgt = target(r, a.experiment, a.member)
     segs = explain(records(r, a.experiment), tgt["ckpt_key"])
     if a.json:

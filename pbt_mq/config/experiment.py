@@ -41,6 +41,14 @@ class GCSettings:
 
 
 @dataclass(frozen=True)
+class LineageSettings:
+    """How much of the lineage log Redis keeps: the newest ``redis_window`` records; the arbiters move
+    older ones to the store in compacted chunks, and every reader reads both (``state.lineage.records``)."""
+
+    redis_window: int = 10_000
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     trainable: str
@@ -59,6 +67,7 @@ class Experiment:
     queue: str = "pbt"
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
+    lineage: LineageSettings = field(default_factory=LineageSettings)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

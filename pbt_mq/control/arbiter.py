@@ -44,7 +44,7 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 class Arbiter:
     def __init__(self, r: Any, name: str | None = None, block_ms: int = 1000, batch: int = 128,
                  claim_idle_ms: int = 30_000, refresh_s: float = 1.0, reap_interval_s: float = 2.0,
-                 reap_grace_ms: int = 10_000, events_retention_s: float = 3600.0, hooks: Hooks | None = None):
+                 reap_grace_ms: int = 10_000, events_retention_s: float = 5.0, hooks: Hooks | None = None):
         self.r = r
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.block_ms = block_ms

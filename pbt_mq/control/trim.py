@@ -1,10 +1,12 @@
 """Bounded event streams: decided events older than a retention window are trimmed.
 
-An events stream only grows; once the arbiters have decided an event, the lineage stream
-holds what it meant, so the event itself is kept only for a window (``--events-retention-s``,
-for ``pbt stats`` and a look with redis-cli). The trim never reaches an event that is pending
-in the consumer group or not yet delivered: its MINID is at most the oldest of those.
-The lineage stream is the experiment's record (replay, plots, export) and is never trimmed.
+An events stream only grows; once the arbiters have decided an event, the lineage record
+holds what it meant (its timings included, for ``pbt stats``), so the event itself is kept only
+for a few seconds (``--events-retention-s``, for a look with redis-cli). The trim never reaches
+an event that is pending in the consumer group or not yet delivered: its MINID is at most the
+oldest of those. An experiment that ended has nothing left to decide: its stream is emptied.
+The lineage is the experiment's record (replay, plots, export): never trimmed, only archived
+(``state.archive``).
 """
 
 from __future__ import annotations
@@ -34,3 +36,8 @@ def trim_events(r: Any, exp: str, retention_s: float, now_ms: int) -> int:
     if floor[0] <= 0:
         return 0
     return int(r.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
+
+def empty_events(r: Any, exp: str) -> int:
+    """An ended experiment's events: no one decides them any more (the consumer group stays)."""
+    return int(r.xtrim(Keys(exp).events, maxlen=0, approximate=False))

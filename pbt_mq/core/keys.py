@@ -26,7 +26,9 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, n,
-                                       worse, better, k, snapshot
+                                       worse, better, k, snapshot, timings
+    pbt:{EXP}:archive           LIST   the lineage records moved to the store, one JSON entry per chunk, oldest
+                                       first (state.archive.Chunk: key, sha256, size, count, first, last)
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
@@ -127,6 +129,10 @@ class Keys:
         return f"{self.prefix}:lineage"
 
     @property
+    def archive(self) -> str:
+        return f"{self.prefix}:archive"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 
@@ -143,6 +149,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
     ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
+    ("pbt:{EXP}:archive", "list", "lineage records moved to the store: one JSON entry per chunk (key, sha256, size,"
+                                  " count, first, last), oldest first"),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
     ("pbt:experiments", "zset", "experiment id -> created time (ms)"),

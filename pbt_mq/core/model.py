@@ -271,6 +271,8 @@ class Lineage(Record):
     k: int | None = _f(int, "the truncation size, ceil(quantile * n) capped at n/2")
     snapshot: list[list[Any]] | None = _f("json", "the board the rule saw, [[member, score], ...] best first, "
                                                   "higher is better (populations up to 64; JSON)")
+    timings: dict[str, float] | None = _f("json", "the segment's seconds from its ready event: load, train, eval, "
+                                                  "save, wait, and 1 for how it started: warm, cold or fresh (JSON)")
     id: str = ""  # the stream entry id, set by ``from_entry``
 
     @classmethod

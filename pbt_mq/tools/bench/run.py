@@ -18,6 +18,7 @@ from pbt_mq.tools.bench.control import format_control, format_replicas, measure_
 from pbt_mq.tools.bench.control import measure as measure_control
 from pbt_mq.tools.bench.data import format_table, measure
 from pbt_mq.tools.bench.fleet import format_fleet, measure_fleet
+from pbt_mq.tools.bench.memory import format_memory, measure_memory
 from pbt_mq.tools.local import private_redis
 
 
@@ -35,7 +36,9 @@ def run_control(a: argparse.Namespace) -> dict[str, Any]:
                 for n in ([16] if a.quick else pops)]
         big = 64 if a.quick else max(pops)
         replicas = [measure_replicas(url, n, big, rounds=1 if a.quick else 2) for n in ([1, 2] if a.quick else reps)]
-    return {"redis": redact(a.redis or read_if_set("PBT_REDIS_URL") or "a private redis-server"), "control_plane": rows, "replicas": replicas}
+        memory = measure_memory(r, 16, 50, (200, 600)) if a.quick else measure_memory(r, 16, 500, (2000, 20_000))
+    return {"redis": redact(a.redis or read_if_set("PBT_REDIS_URL") or "a private redis-server"), "control_plane": rows,
+            "replicas": replicas, "redis_memory": memory}
 
 
 @contextmanager
@@ -93,6 +96,7 @@ def run(a: argparse.Namespace) -> int:
             sys.stdout.write("\n" + format_control(out["control_plane"], out["redis"]) + "\n")
             sys.stdout.write("arbiter replicas, one consumer group, synthetic events\n")
             sys.stdout.write(format_replicas(out["replicas"]) + "\n")
+            sys.stdout.write(format_memory(out["redis_memory"]) + "\n")
     if parts["fleet"]:
         out["fleet"] = run_fleet(a)
         if not a.json:
