@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import redis
 from rq import Queue, get_current_job
-from rq.exceptions import DequeueTimeout, DeserializationError
+from rq.exceptions import DequeueTimeout, DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.worker import SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
@@ -38,6 +38,7 @@ MAX_JOB_BYTES = 4 << 20
 REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:"
 RESULT_TTL_S = 5  # a finished segment's job hash and result: the lineage holds what it meant
+FAILURE_TTL_S = 7 * 86400
 
 
 def queue_key(name: str) -> str:
@@ -205,7 +206,7 @@ def queue_for(r: Any, name: str, exp: str | None = None) -> Queue:
 def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str) -> None:
     """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue."""
     job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=RESULT_TTL_S,
-                           failure_ttl=7 * 86400, description=description)
+                           failure_ttl=FAILURE_TTL_S, description=description)
     queue.enqueue_job(job, pipeline=pipe)
 
 
@@ -247,6 +248,53 @@ def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handler
     w = SegmentWorker(queues, connection=r, name=name, serializer=MsgpackSerializer, job_monitoring_interval=5,
                       exception_handlers=exception_handlers, **kind)
     return w, queues
+
+
+# ---------------------------------------------------------------- pbt-worker's own job loop
+#
+# ``worker.jobloop`` takes jobs with these three calls instead of RQ's worker loop: one BLPOP
+# (or on a cluster one LPOP per running experiment's queue), one HGETALL of the job, and after
+# it one EXPIRE, where RQ's SimpleWorker makes a dozen round trips of bookkeeping per job
+# (registries, statuses, heartbeats, results). Jobs, queues and the job hash stay RQ's.
+
+
+def pop_job_id(r: Any, queue_names: list[str], timeout_s: float) -> str | None:
+    """The next job id from the first non-empty of ``queue_names``, waiting up to ``timeout_s``;
+    on a Redis Cluster from any running experiment's queue of those names."""
+    if is_cluster(r):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for key in running_queue_keys(r, queue_names):
+                job_id = r.lpop(key)
+                if job_id is not None:
+                    return job_id.decode()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_S)
+    got = r.blpop([queue_key(q) for q in queue_names], timeout=max(timeout_s, 0.01))
+    return got[1].decode() if got else None
+
+
+def fetch_segment(r: Any, job_id: str) -> tuple[Job, bytes]:
+    """The job and its segment payload, checked as RQ would run it (only the segment runner, no
+    callbacks, bounded inflation): ProtocolError/UnsafeJob (see ``is_unreadable_job``) otherwise."""
+    cls = TaggedSegmentJob if is_cluster(r) else SegmentJob
+    try:
+        job = cls.fetch(job_id, connection=r, serializer=MsgpackSerializer)
+    except NoSuchJobError:
+        raise ProtocolError(f"job {job_id}: its hash is gone (expired, or deleted)") from None
+    if job.func_name != SEGMENT_FUNC or job.instance is not None:
+        raise UnsafeJob(f"job {job.id}: refusing to run {job.func_name!r}; only {SEGMENT_FUNC} is allowed")
+    job._refuse_extras()
+    args = job.args
+    if len(args) != 1 or not isinstance(args[0], bytes) or job.kwargs:
+        raise ProtocolError(f"job {job.id}: a segment job carries one msgpack payload")
+    return job, args[0]
+
+
+def job_finished(r: Any, job: Job, ok: bool) -> None:
+    """A finished job's hash expires (RESULT_TTL_S) like RQ's result; a failed one lasts longer."""
+    r.expire(job.key, RESULT_TTL_S if ok else FAILURE_TTL_S)
 
 
 def forget_registration(r: Any, worker_id: str, queue: str) -> bool:

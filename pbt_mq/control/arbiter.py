@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -61,19 +62,20 @@ class Arbiter:
         self._refreshed = 0.0
         self._claimed = 0.0
         self.stopping = False
+        self.halt = threading.Event()  # set to stop the loop from another thread or a signal handler
 
     # ------------------------------------------------------------ loop
 
     def run(self, burst: bool = False) -> None:
         log.info("arbiter %s started", self.name)
         backoff = 0.25
-        while not self.stopping:
+        while not self.stopping and not self.halt.is_set():
             try:
                 handled = self.step()
                 backoff = 0.25
             except (redis.RedisError, RedisClusterException) as exc:  # restarting, failing over, out of memory
                 log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
-                time.sleep(backoff)
+                self.halt.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             if burst and handled == 0 and not self._pending_anywhere():

@@ -89,6 +89,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("PBT_TORCH_THREADS", _number(int, 0), 0, "an integer >= 0", "torch intra-op threads (0: torch's default)"),
     Setting("PBT_HEARTBEAT_S", _number(float, 0.05, 3600), 2.0, f"{_SECONDS} in [0.05, 3600]",
             "worker heartbeat period; a worker is gone after three missed beats"),
+    Setting("PBT_GRACE_S", _number(float, 0, 86400), 25.0, f"{_SECONDS} in [0, 86400]",
+            "on SIGTERM, SIGINT or SIGUSR1 a worker finishes its segment within this long, else abandons it to the"
+            " reaper"),
     Setting("PBT_LIVE_MODELS", _number(int, 0, 1), 1, "0 or 1", "keep the last trained model live for a warm next segment"),
     Setting("PBT_TENSORBOARD_DIR", _text, None, "a directory", "write per-member TensorBoard scalars under DIR/EXP/MEMBER"),
     Setting("PBT_METRICS_PORT", _number(int, 0, 65535), 0, "a port number (0: off)", "serve Prometheus /metrics"),

@@ -60,6 +60,7 @@ class Runtime:
         self.schemas: dict[str, int] = {}  # experiment -> its meta schema: the checkpoint format it uses
         self.stats: Counter[str] = Counter()
         self.current: str = ""
+        self.in_flight: str = ""  # the job being run, from its claim to its publish ("" between jobs)
         self.hooks = hooks or Hooks()
         self.loader = Loader(r, device, self.hooks)
         self.uploads = Uploads(r, self.hooks)
@@ -87,6 +88,13 @@ class Runtime:
     # ------------------------------------------------------------ one segment
 
     def run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
+        self.in_flight = f"{cmd.experiment}/{cmd.member}/{cmd.seq} (job {job_id})"
+        try:
+            return self._run(cmd, job_id)
+        finally:
+            self.in_flight = ""
+
+    def _run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
         k = Keys(cmd.experiment)
         cfg = self.config(cmd.experiment)
         started_ms = now_ms()
