@@ -22,12 +22,13 @@ from typing import Any
 import msgpack
 import redis
 from rq import Queue, get_current_job
-from rq.exceptions import DequeueTimeout, DeserializationError, NoSuchJobError
+from rq.exceptions import DequeueTimeout, DeserializationError
 from rq.job import Job
 from rq.worker import SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from pbt_mq.broker.cluster import JOB_ID, POLL_S, is_cluster, queue_name, running_queue_keys
+from pbt_mq.broker.scripts import call as call_script
 from pbt_mq.core.protocol import ProtocolError, safe_unpackb
 
 # The job's function as named on the wire. Jobs carry it as a name, not an import path that is
@@ -252,37 +253,63 @@ def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handler
 
 # ---------------------------------------------------------------- pbt-worker's own job loop
 #
-# ``worker.jobloop`` takes jobs with these three calls instead of RQ's worker loop: one BLPOP
-# (or on a cluster one LPOP per running experiment's queue), one HGETALL of the job, and after
-# it one EXPIRE, where RQ's SimpleWorker makes a dozen round trips of bookkeeping per job
-# (registries, statuses, heartbeats, results). Jobs, queues and the job hash stay RQ's.
+# ``worker.jobloop`` takes jobs with these calls instead of RQ's worker loop: take_job.lua (LPOP
+# and the job's HGETALL in one round trip; BLPOP when every queue is empty; on a cluster one
+# LPOP per running experiment's queue) and one EXPIRE after it, where RQ's SimpleWorker makes a
+# dozen round trips of bookkeeping per job (registries, statuses, heartbeats, results). Jobs,
+# queues and job hashes stay RQ's.
 
 
-def pop_job_id(r: Any, queue_names: list[str], timeout_s: float) -> str | None:
-    """The next job id from the first non-empty of ``queue_names``, waiting up to ``timeout_s``;
-    on a Redis Cluster from any running experiment's queue of those names."""
+def take_job(r: Any, queue_names: list[str], timeout_s: float) -> tuple[Job, bytes] | None:
+    """The next segment job from the first non-empty of ``queue_names`` (on a Redis Cluster from any
+    running experiment's queue of those names), waiting up to ``timeout_s``: the job and its payload,
+    checked as RQ would run it (see ``segment_of``), or None. One round trip when a job is waiting."""
     if is_cluster(r):
         deadline = time.monotonic() + timeout_s
         while True:
             for key in running_queue_keys(r, queue_names):
                 job_id = r.lpop(key)
                 if job_id is not None:
-                    return job_id.decode()
+                    jid = job_id.decode()
+                    return _checked(r, jid, r.hgetall(TaggedSegmentJob.key_for(jid)))
             if time.monotonic() >= deadline:
                 return None
             time.sleep(POLL_S)
-    got = r.blpop([queue_key(q) for q in queue_names], timeout=max(timeout_s, 0.01))
-    return got[1].decode() if got else None
+    keys = [queue_key(q) for q in queue_names]
+    got = call_script(r, "take_job", keys, [SegmentJob.redis_job_namespace_prefix])
+    if got:
+        jid = got[0].decode()
+        return _checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True)))
+    popped = r.blpop(keys, timeout=max(timeout_s, 0.01))
+    if not popped:
+        return None
+    jid = popped[1].decode()
+    return _checked(r, jid, r.hgetall(SegmentJob.key_for(jid)))
 
 
-def fetch_segment(r: Any, job_id: str) -> tuple[Job, bytes]:
-    """The job and its segment payload, checked as RQ would run it (only the segment runner, no
-    callbacks, bounded inflation): ProtocolError/UnsafeJob (see ``is_unreadable_job``) otherwise."""
-    cls = TaggedSegmentJob if is_cluster(r) else SegmentJob
+class UnreadableJob(ProtocolError):
+    """A job taken from a queue that must not run (forged, pickled, too large, gone): ``job_id``, ``why``."""
+
+    def __init__(self, job_id: str, why: BaseException) -> None:
+        super().__init__(f"job {job_id}: {why}")
+        self.job_id, self.why = job_id, why
+
+
+def _checked(r: Any, job_id: str, raw: dict[bytes, bytes]) -> tuple[Job, bytes]:
     try:
-        job = cls.fetch(job_id, connection=r, serializer=MsgpackSerializer)
-    except NoSuchJobError:
-        raise ProtocolError(f"job {job_id}: its hash is gone (expired, or deleted)") from None
+        return segment_of(r, job_id, raw)
+    except Exception as exc:  # noqa: BLE001 - whatever reading it raised, it is not run
+        raise UnreadableJob(job_id, is_unreadable_job(exc) or exc) from None
+
+
+def segment_of(r: Any, job_id: str, raw: dict[bytes, bytes]) -> tuple[Job, bytes]:
+    """The job from its hash (``Job.restore``: its inflation bounded) and its segment payload, checked
+    as RQ would run it (only the segment runner, no callbacks); ProtocolError or UnsafeJob otherwise
+    (``is_unreadable_job`` names the reason)."""
+    if not raw:
+        raise ProtocolError(f"job {job_id}: its hash is gone (expired, or deleted)")
+    job = (TaggedSegmentJob if is_cluster(r) else SegmentJob)(job_id, connection=r, serializer=MsgpackSerializer)
+    job.restore(raw)
     if job.func_name != SEGMENT_FUNC or job.instance is not None:
         raise UnsafeJob(f"job {job.id}: refusing to run {job.func_name!r}; only {SEGMENT_FUNC} is allowed")
     job._refuse_extras()
@@ -292,9 +319,10 @@ def fetch_segment(r: Any, job_id: str) -> tuple[Job, bytes]:
     return job, args[0]
 
 
-def job_finished(r: Any, job: Job, ok: bool) -> None:
-    """A finished job's hash expires (RESULT_TTL_S) like RQ's result; a failed one lasts longer."""
-    r.expire(job.key, RESULT_TTL_S if ok else FAILURE_TTL_S)
+def expire_job(job: Job, ok: bool) -> tuple:
+    """The command that lets a finished job's hash expire (RESULT_TTL_S) like RQ's result; a failed
+    one's lasts longer."""
+    return ("EXPIRE", job.key, RESULT_TTL_S if ok else FAILURE_TTL_S)
 
 
 def forget_registration(r: Any, worker_id: str, queue: str) -> bool:

@@ -32,7 +32,7 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
-                                       queue, current, beat_ms, segments, warm, cold
+                                       queue, current, beat_ms, segments, warm, cold, overhead_ms
     pbt:workers                 ZSET   worker id -> last heartbeat (ms)
     pbt:dead                    STREAM core.model.DeadLetter (jobs refused by workers): reason, source, entry,
                                        raw, worker

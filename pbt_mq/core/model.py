@@ -305,6 +305,8 @@ class Heartbeat(Record):
     segments: int = _f(int, "segments it finished", 0)
     warm: int = _f(int, "of them, continued on the live model", 0)
     cold: int = _f(int, "of them, loaded from the store", 0)
+    overhead_ms: float | None = _f(float, "pbt-mq's mean time per segment on this worker besides load, train, "
+                                          "evaluate and save (taking the job, claiming, publishing)")
 
 
 @dataclass(frozen=True)

@@ -211,5 +211,10 @@ def read(r: Any, exp: str, after: str | None = None) -> list[Lineage]:
                 continue
             recs = _cache.get(url, chunk)
             out.extend(recs if floor is None else [rec for rec in recs if id_tuple(rec.id) > floor])
-    out.extend(Lineage.from_entry(i, f) for i, f in live)
+    out.extend(Lineage.from_entry(i, _pairs(f)) for i, f in live)
     return out
+
+
+def _pairs(fields: Any) -> dict[Any, Any]:
+    """A stream entry's fields: a dict, or in a cluster transaction's raw reply a flat list."""
+    return fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))

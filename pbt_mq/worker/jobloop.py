@@ -1,8 +1,10 @@
 """pbt-worker's job loop: take a segment job, run it, let its hash expire; stop when asked.
 
-RQ's jobs and queues, without RQ's worker loop: a job costs one BLPOP (the worker's own queue
-first, then the shared one), one HGETALL and one EXPIRE (``broker.jobs``), where RQ's
-SimpleWorker spent about a dozen round trips of bookkeeping. Nothing of exactly-once rests on
+RQ's jobs and queues, without RQ's worker loop: taking a job is one round trip (take_job.lua:
+the worker's own queue first, then the shared one, and the job's hash), and its EXPIRE rides
+with the segment's last write (``broker.jobs``), where RQ's SimpleWorker spent about a dozen
+round trips of bookkeeping per job. With the runtime's claim (one round trip, the announce
+with it), the upload's registration and the publish (one script each), a segment costs five. Nothing of exactly-once rests on
 that bookkeeping: a job runs only after ``claim_segment.lua`` makes it the member's current one,
 its result is published only if it still is, and the reaper watches members, heartbeats and
 queues, never RQ's registries. A job that cannot be read (forged, pickled, too large) is
@@ -13,21 +15,23 @@ while waiting for one (the wait is at most ``POP_S``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
 from redis.exceptions import RedisClusterException
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from pbt_mq.broker.jobs import fetch_segment, is_unreadable_job, job_finished, pop_job_id
+from pbt_mq.broker.jobs import UnreadableJob, expire_job, take_job
 from pbt_mq.core.keys import DEAD
-from pbt_mq.core.protocol import SegmentCommand
+from pbt_mq.core.protocol import ProtocolError, SegmentCommand
 from pbt_mq.state.recovery import dead_letter
 from pbt_mq.worker.runtime import Runtime
 from pbt_mq.worker.stopping import StopPolicy
 
 log = logging.getLogger(__name__)
 POP_S = 1.0  # longest wait for a job before the stop flag is looked at again
+IDLE_TAKE_S = 0.05  # a take slower than this waited for a job (idle), it did not just fetch one
 REDIS_DOWN = (redis.RedisError, RedisClusterException)
 
 
@@ -41,47 +45,53 @@ class JobLoop:
     def run(self) -> None:
         backoff = 0.1
         while not self.stop.requested and (self.max_jobs is None or self.jobs < self.max_jobs):
+            t0 = time.perf_counter()
             try:
-                job_id = pop_job_id(self.r, self.queues, POP_S)
+                taken = take_job(self.r, self.queues, POP_S)
                 backoff = 0.1
+            except UnreadableJob as exc:
+                self.jobs += 1
+                self.refuse(exc.job_id, exc.why)
+                continue
             except REDIS_DOWN as exc:
                 log.warning("worker %s: Redis unavailable (%s); retrying in %.1f s", self.rt.worker_id, exc, backoff)
                 self.stop.event.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if job_id is None:
+            if taken is None:
                 if self.burst:
                     return
                 continue
             self.jobs += 1
-            self.run_job(job_id)
+            took = time.perf_counter() - t0
+            # taking a job that was waiting is overhead; waiting for one to be queued is idle time
+            self.run_job(*taken, t0 if took < IDLE_TAKE_S else time.perf_counter())
 
-    def run_job(self, job_id: str) -> None:
+    def run_job(self, job: Any, payload: bytes, t0: float) -> None:
+        done = self.rt.stats["segments"]
         try:
-            job, payload = fetch_segment(self.r, job_id)
             cmd = SegmentCommand.decode(payload)
-        except REDIS_DOWN as exc:
-            log.error("job %s: Redis went away while reading it (%s); the reaper queues it again", job_id, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - forged, pickled, too large: refused, never run
-            self.refuse(job_id, exc)
+        except ProtocolError as exc:
+            self.refuse(job.id, exc)
             return
         ok = False
         try:
             with UnixSignalDeathPenalty(job.timeout or -1, JobTimeoutException, job_id=job.id):
-                self.rt.run(cmd, job.id)
+                self.rt.run(cmd, job.id, after=[expire_job(job, True)])
             ok = True
         except REDIS_DOWN as exc:
-            log.error("job %s: Redis unavailable (%s); the reaper queues the segment again", job_id, exc)
+            log.error("job %s: Redis unavailable (%s); the reaper queues the segment again", job.id, exc)
         except Exception as exc:  # noqa: BLE001 - the runtime recorded the failure (retry or failed member)
-            log.debug("job %s raised %s", job_id, exc)
+            log.debug("job %s raised %s", job.id, exc)
+        if self.rt.stats["segments"] > done:  # published (its job's EXPIRE went with the publish)
+            self.rt.overhead_s += time.perf_counter() - t0 - self.rt.last_phases_s
+            return
         try:
-            job_finished(self.r, job, ok)
+            self.r.execute_command(*expire_job(job, ok))
         except REDIS_DOWN:
-            pass  # it expires with the next job that ends, or RQ's own cleanup; nothing depends on it
+            pass  # nothing depends on it
 
-    def refuse(self, job_id: str, exc: BaseException) -> None:
-        why = is_unreadable_job(exc) or exc
+    def refuse(self, job_id: str, why: BaseException) -> None:
         log.error("job %s refused: %s", job_id, why)
         try:
             dead_letter(self.r, DEAD, reason=f"{type(why).__name__}: {why}"[:2000], source=f"rq:queue:{self.queues[-1]}",

@@ -54,6 +54,7 @@ class HeartbeatThread(threading.Thread):
             host=socket.gethostname(), pid=os.getpid(), device=self.rt.device, queue=self.queue,
             current=self.rt.current, beat_ms=now_ms(), segments=self.rt.stats["segments"],
             warm=self.rt.stats["warm"], cold=self.rt.stats["cold"],
+            overhead_ms=1000 * self.rt.overhead_s / max(1, self.rt.stats["segments"]),
         ))
         pipe.pexpire(key, int(self.interval_s * 3000))
         pipe.zadd(WORKERS, {self.rt.worker_id: now_ms()})
