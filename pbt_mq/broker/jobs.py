@@ -260,31 +260,33 @@ def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handler
 # queues and job hashes stay RQ's.
 
 
-def take_job(r: Any, queue_names: list[str], timeout_s: float) -> tuple[Job, bytes] | None:
+def take_job(r: Any, queue_names: list[str], timeout_s: float) -> tuple[Job, bytes, bool] | None:
     """The next segment job from the first non-empty of ``queue_names`` (on a Redis Cluster from any
-    running experiment's queue of those names), waiting up to ``timeout_s``: the job and its payload,
-    checked as RQ would run it (see ``segment_of``), or None. One round trip when a job is waiting."""
+    running experiment's queue of those names), waiting up to ``timeout_s``: the job, its payload,
+    checked as RQ would run it (see ``segment_of``), and whether it had to wait for one; or None.
+    One round trip when a job is waiting."""
     if is_cluster(r):
-        deadline = time.monotonic() + timeout_s
+        deadline, waited = time.monotonic() + timeout_s, False
         while True:
             for key in running_queue_keys(r, queue_names):
                 job_id = r.lpop(key)
                 if job_id is not None:
                     jid = job_id.decode()
-                    return _checked(r, jid, r.hgetall(TaggedSegmentJob.key_for(jid)))
+                    return (*_checked(r, jid, r.hgetall(TaggedSegmentJob.key_for(jid))), waited)
             if time.monotonic() >= deadline:
                 return None
+            waited = True
             time.sleep(POLL_S)
     keys = [queue_key(q) for q in queue_names]
     got = call_script(r, "take_job", keys, [SegmentJob.redis_job_namespace_prefix])
     if got:
         jid = got[0].decode()
-        return _checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True)))
+        return (*_checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True))), False)
     popped = r.blpop(keys, timeout=max(timeout_s, 0.01))
     if not popped:
         return None
     jid = popped[1].decode()
-    return _checked(r, jid, r.hgetall(SegmentJob.key_for(jid)))
+    return (*_checked(r, jid, r.hgetall(SegmentJob.key_for(jid))), True)
 
 
 class UnreadableJob(ProtocolError):

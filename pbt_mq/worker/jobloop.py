@@ -31,7 +31,6 @@ from pbt_mq.worker.stopping import StopPolicy
 
 log = logging.getLogger(__name__)
 POP_S = 1.0  # longest wait for a job before the stop flag is looked at again
-IDLE_TAKE_S = 0.05  # a take slower than this waited for a job (idle), it did not just fetch one
 REDIS_DOWN = (redis.RedisError, RedisClusterException)
 
 
@@ -63,9 +62,10 @@ class JobLoop:
                     return
                 continue
             self.jobs += 1
-            took = time.perf_counter() - t0
-            # taking a job that was waiting is overhead; waiting for one to be queued is idle time
-            self.run_job(*taken, t0 if took < IDLE_TAKE_S else time.perf_counter())
+            job, payload, waited = taken
+            # taking a job that was waiting is overhead; waiting for one to be queued (the arbiter
+            # deciding, the fleet idle) is not the worker's
+            self.run_job(job, payload, time.perf_counter() if waited else t0)
 
     def run_job(self, job: Any, payload: bytes, t0: float) -> None:
         done = self.rt.stats["segments"]

@@ -237,8 +237,8 @@ def test_take_job_reads_the_own_queue_first_and_checks_what_it_takes(r: redis.Re
         pipe.multi()
         enqueue(pipe, queue_for(r, name), jid, b"\x93\x01\x02\x03", 60, "segment")
         pipe.execute()
-    job, payload = take_job(r, ["tj@w1", "tj"], 0.1)  # one round trip: LPOP and the job's hash
-    assert (job.id, payload) == ("tj_m001_1", b"\x93\x01\x02\x03")
+    job, payload, waited = take_job(r, ["tj@w1", "tj"], 0.1)  # one round trip: LPOP and the job's hash
+    assert (job.id, payload, waited) == ("tj_m001_1", b"\x93\x01\x02\x03", False)
     r.execute_command(*expire_job(job, True))
     assert 0 < r.ttl(job.key) <= RESULT_TTL_S
     assert take_job(r, ["tj@w1", "tj"], 0.1)[0].id == "tj_m000_1"

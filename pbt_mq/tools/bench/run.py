@@ -61,6 +61,7 @@ def run_fleet(a: argparse.Namespace) -> list[dict[str, Any]]:
         mb = a.model_mb
         plan = [(pop, segs, seg_s, mb, overlap) for seg_s, segs in ((0.5, 10), (5.0, 4))
                 for pop in (w, 4 * w) for overlap in (False, True)]
+        plan += [(pop, 10, 0.5, 0.01, False) for pop in (w, 4 * w)]  # pbt-mq's own cost, no checkpoint I/O
         plan.append((8 * w, 20, 0.0, 0.01, False))
     return [measure_fleet(w, pop, segs, seg_s, mb, overlap) for pop, segs, seg_s, mb, overlap in plan]
 
