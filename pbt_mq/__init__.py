@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pbt_mq.store.checkpoint import load_checkpoint
 from pbt_mq.worker.trainable import Trainable
 
 if TYPE_CHECKING:
     from pbt_mq.worker.session import Run, SessionError, session
 
-__all__ = ["Run", "SessionError", "Trainable", "__version__", "session"]
+__all__ = ["Run", "SessionError", "Trainable", "__version__", "load_checkpoint", "session"]
 __version__ = "0.1.0"
 
 

@@ -71,7 +71,9 @@ class Fleet:
     def start(self, role: str, name: str, *args: str) -> subprocess.Popen:
         flag = "--id" if role == "worker" else "--name"
         log = open(self.logs / f"{name}.log", "wb")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PBT_LOG_LEVEL": "INFO"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PBT_LOG_LEVEL": "INFO",
+               # the tests read events back after the fact: keep them unless a test says otherwise
+               "PBT_EVENTS_RETENTION_S": os.environ.get("PBT_EVENTS_RETENTION_S", "-1")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pbt_mq", role, "--redis", self.redis_url, flag, name, *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,

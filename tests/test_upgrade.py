@@ -104,6 +104,9 @@ def test_an_experiment_of_the_previous_release_finishes_under_this_one(fleet, re
     assert {rec.worker for rec in recs} >= {"old-w1", "new-w1"}  # both releases trained segments
     assert replay_decisions(load_config(r, exp), recs) == []  # this release re-derives release 1's decisions
     assert Meta.read(r, Keys(exp).meta, "schema").schema == 1  # launched by release 1, and says so
+    # so this release's workers kept writing release 1's checkpoint format, which its workers read
+    assert {rec.ckpt_key.rsplit(".", 1)[-1] for rec in recs if rec.ckpt_key} == {"pt"}
+    assert {rec.worker for rec in recs if rec.start_key} >= {"old-w1", "new-w1"}
 
 
 def _wait(cond, fleet, what: str, timeout_s: float = 120) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from pbt_mq.broker.cluster import cluster_enabled, connect_cluster
+from pbt_mq.broker.cluster import cluster_enabled, connect_cluster, is_cluster
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
@@ -59,3 +62,23 @@ def redact(url: str) -> str:
     cred, host = rest.rsplit("@", 1)
     user = cred.split(":", 1)[0]
     return f"{scheme}://{user + ':***' if ':' in cred else user}@{host}"
+
+
+def probe(r: Any, timeout_s: float = 1.0) -> Callable[[], bool]:
+    """A check that Redis answers now: one PING on a connection of its own, ``timeout_s`` at most,
+    no retries (``r`` retries with backoff for seconds: right for work, wrong for this question)."""
+    pool_kw = (r.get_default_node().redis_connection if is_cluster(r) else r).connection_pool.connection_kwargs
+    kw = {k: v for k, v in pool_kw.items() if k not in ("retry", "socket_timeout", "socket_connect_timeout",
+                                                         "retry_on_error", "health_check_interval")}
+    cls = pool_kw.get("connection_class")
+    client = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=cls or redis.Connection, **{k: v for k, v in kw.items() if k != "connection_class"},
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)))
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    return answers

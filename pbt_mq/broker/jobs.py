@@ -28,6 +28,7 @@ from rq.worker import SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from pbt_mq.broker.cluster import JOB_ID, POLL_S, is_cluster, queue_name, running_queue_keys
+from pbt_mq.broker.scripts import call as call_script
 from pbt_mq.core.protocol import ProtocolError, safe_unpackb
 
 # The job's function as named on the wire. Jobs carry it as a name, not an import path that is
@@ -37,6 +38,8 @@ SEGMENT_FUNC = "pbt_mq.segment.run_segment"
 MAX_JOB_BYTES = 4 << 20
 REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:"
+RESULT_TTL_S = 5  # a finished segment's job hash and result: the lineage holds what it meant
+FAILURE_TTL_S = 7 * 86400
 
 
 def queue_key(name: str) -> str:
@@ -203,8 +206,8 @@ def queue_for(r: Any, name: str, exp: str | None = None) -> Queue:
 
 def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str) -> None:
     """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue."""
-    job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=3600,
-                           failure_ttl=7 * 86400, description=description)
+    job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=RESULT_TTL_S,
+                           failure_ttl=FAILURE_TTL_S, description=description)
     queue.enqueue_job(job, pipeline=pipe)
 
 
@@ -246,6 +249,82 @@ def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handler
     w = SegmentWorker(queues, connection=r, name=name, serializer=MsgpackSerializer, job_monitoring_interval=5,
                       exception_handlers=exception_handlers, **kind)
     return w, queues
+
+
+# ---------------------------------------------------------------- pbt-worker's own job loop
+#
+# ``worker.jobloop`` takes jobs with these calls instead of RQ's worker loop: take_job.lua (LPOP
+# and the job's HGETALL in one round trip; BLPOP when every queue is empty; on a cluster one
+# LPOP per running experiment's queue) and one EXPIRE after it, where RQ's SimpleWorker makes a
+# dozen round trips of bookkeeping per job (registries, statuses, heartbeats, results). Jobs,
+# queues and job hashes stay RQ's.
+
+
+def take_job(r: Any, queue_names: list[str], timeout_s: float) -> tuple[Job, bytes, bool] | None:
+    """The next segment job from the first non-empty of ``queue_names`` (on a Redis Cluster from any
+    running experiment's queue of those names), waiting up to ``timeout_s``: the job, its payload,
+    checked as RQ would run it (see ``segment_of``), and whether it had to wait for one; or None.
+    One round trip when a job is waiting."""
+    if is_cluster(r):
+        deadline, waited = time.monotonic() + timeout_s, False
+        while True:
+            for key in running_queue_keys(r, queue_names):
+                job_id = r.lpop(key)
+                if job_id is not None:
+                    jid = job_id.decode()
+                    return (*_checked(r, jid, r.hgetall(TaggedSegmentJob.key_for(jid))), waited)
+            if time.monotonic() >= deadline:
+                return None
+            waited = True
+            time.sleep(POLL_S)
+    keys = [queue_key(q) for q in queue_names]
+    got = call_script(r, "take_job", keys, [SegmentJob.redis_job_namespace_prefix])
+    if got:
+        jid = got[0].decode()
+        return (*_checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True))), False)
+    popped = r.blpop(keys, timeout=max(timeout_s, 0.01))
+    if not popped:
+        return None
+    jid = popped[1].decode()
+    return (*_checked(r, jid, r.hgetall(SegmentJob.key_for(jid))), True)
+
+
+class UnreadableJob(ProtocolError):
+    """A job taken from a queue that must not run (forged, pickled, too large, gone): ``job_id``, ``why``."""
+
+    def __init__(self, job_id: str, why: BaseException) -> None:
+        super().__init__(f"job {job_id}: {why}")
+        self.job_id, self.why = job_id, why
+
+
+def _checked(r: Any, job_id: str, raw: dict[bytes, bytes]) -> tuple[Job, bytes]:
+    try:
+        return segment_of(r, job_id, raw)
+    except Exception as exc:  # noqa: BLE001 - whatever reading it raised, it is not run
+        raise UnreadableJob(job_id, is_unreadable_job(exc) or exc) from None
+
+
+def segment_of(r: Any, job_id: str, raw: dict[bytes, bytes]) -> tuple[Job, bytes]:
+    """The job from its hash (``Job.restore``: its inflation bounded) and its segment payload, checked
+    as RQ would run it (only the segment runner, no callbacks); ProtocolError or UnsafeJob otherwise
+    (``is_unreadable_job`` names the reason)."""
+    if not raw:
+        raise ProtocolError(f"job {job_id}: its hash is gone (expired, or deleted)")
+    job = (TaggedSegmentJob if is_cluster(r) else SegmentJob)(job_id, connection=r, serializer=MsgpackSerializer)
+    job.restore(raw)
+    if job.func_name != SEGMENT_FUNC or job.instance is not None:
+        raise UnsafeJob(f"job {job.id}: refusing to run {job.func_name!r}; only {SEGMENT_FUNC} is allowed")
+    job._refuse_extras()
+    args = job.args
+    if len(args) != 1 or not isinstance(args[0], bytes) or job.kwargs:
+        raise ProtocolError(f"job {job.id}: a segment job carries one msgpack payload")
+    return job, args[0]
+
+
+def expire_job(job: Job, ok: bool) -> tuple:
+    """The command that lets a finished job's hash expire (RESULT_TTL_S) like RQ's result; a failed
+    one's lasts longer."""
+    return ("EXPIRE", job.key, RESULT_TTL_S if ok else FAILURE_TTL_S)
 
 
 def forget_registration(r: Any, worker_id: str, queue: str) -> bool:

@@ -36,6 +36,25 @@ def call(client: Any, name: str, keys: list[str], args: list) -> Any:
         return client.execute_command("EVAL", source(name), len(keys), *keys, *args)
 
 
+def call_many(client: Any, calls: list[tuple[str, list[str], list]], extra: list[tuple] = ()) -> list[Any]:
+    """Several scripts (name, keys, args), then ``extra`` raw commands, in one round trip (a pipeline,
+    no transaction); a script Redis has not loaded yet is run again alone (only that one: each
+    runs once). Returns every reply in order; a command's error is raised."""
+    pipe = client.pipeline(transaction=False)
+    for name, keys, args in calls:
+        pipe.execute_command("EVALSHA", sha(name), len(keys), *keys, *args)
+    for cmd in extra:
+        pipe.execute_command(*cmd)
+    replies = pipe.execute(raise_on_error=False)
+    for i, (name, keys, args) in enumerate(calls):
+        if isinstance(replies[i], redis.exceptions.NoScriptError):
+            replies[i] = call(client, name, keys, args)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def text(reply: Any) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +13,10 @@ from pbt_mq.control.arbiter import Arbiter
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.observe.metrics import PrometheusHook, TensorBoardHook
 from pbt_mq.worker.serve import default_worker_id, serve
+from pbt_mq.worker.stopping import StopPolicy
 from pbt_mq.worker.tracking import TrackingHook
+
+ARBITER_GRACE_S = 1.0
 
 
 def _metrics_options(p: argparse.ArgumentParser) -> None:
@@ -35,6 +37,9 @@ def build_worker_parser() -> argparse.ArgumentParser:
                type=int)
     env_option(p, "--live-models", env="PBT_LIVE_MODELS", type=int, choices=(0, 1),
                help="keep the last trained model live for a warm next segment (1) or not (0)")
+    env_option(p, "--grace-s", env="PBT_GRACE_S", type=float,
+               help="on SIGTERM/SIGINT/SIGUSR1: finish the segment in flight within this long, else abandon it to the"
+                    " reaper; set it below your orchestrator's kill timeout")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--max-jobs", type=int, default=None)
     _metrics_options(p)
@@ -63,7 +68,7 @@ def run_worker(a: argparse.Namespace) -> int:
     tracking = TrackingHook(r, a.id or default_worker_id(a.device))  # idle unless an experiment has [tracking]
     hooks.add(tracking)
     try:
-        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks)
+        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks, a.grace_s)
     finally:
         tracking.close()
     return EXIT_OK
@@ -102,11 +107,13 @@ def run_arbiter(a: argparse.Namespace) -> int:
                   reap_interval_s=a.reap_interval_ms / 1000, reap_grace_ms=a.reap_grace_ms,
                   events_retention_s=a.events_retention_s, hooks=hooks)
 
-    def on_term(signum: int, frame: Any) -> None:
-        arb.stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Decisions are transactions: an arbiter stopped mid-way leaves its events pending for the others.
+    # So it stops at once, and if Redis is down (its client retrying with backoff) the watchdog ends it.
+    stop = StopPolicy(ARBITER_GRACE_S, lambda: "")
+    stop.install()
+    arb.halt = stop.event
     arb.run(burst=a.burst)
+    stop.finished()
     return EXIT_OK
 
 

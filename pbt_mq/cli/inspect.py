@@ -15,17 +15,21 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import env_option, state_options
 from pbt_mq.core import settings
 from pbt_mq.observe import plot, top
-from pbt_mq.observe.export import export
-from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, target
+from pbt_mq.observe.export import checkpoint_file, export
+from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, record_json, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records
+from pbt_mq.store.checkpoint import save_file
 
 
 def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment")
     p.add_argument("--member", default=None, help="whose latest checkpoint to trace (default: the best member)")
-    p.add_argument("--json", action="store_true", help="segments, origins and the schedule as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="segments, origins and the schedule as JSON")
+    out.add_argument("--records", action="store_true",
+                     help="every decision record of the experiment, archived or not, oldest first, as JSON lines")
     state_options(p)
     p.set_defaults(fn=cmd_lineage)
 
@@ -33,6 +37,10 @@ def add_lineage_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_lineage(a: argparse.Namespace) -> int:
     r = connect(a.redis)
     cfg = load_config(r, a.experiment)
+    if a.records:
+        for rec in records(r, a.experiment):
+            sys.stdout.write(json.dumps(record_json(rec), sort_keys=True) + "\n")
+        return 0
     tgt = target(r, a.experiment, a.member)
     segs = explain(records(r, a.experiment), tgt["ckpt_key"])
     if a.json:
@@ -71,7 +79,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_export(a: argparse.Namespace) -> int:
     sched = export(connect(a.redis), a.experiment, a.out, a.member)
     out, fin = Path(a.out), sched["final"]
-    print(f"{out / 'checkpoint.pt'}: {fin['member']} at step {fin['step']}, {sched['metric']}={fin['score']:.6g},"
+    print(f"{out / checkpoint_file(fin['ckpt_key'])}: {fin['member']} at step {fin['step']}, {sched['metric']}={fin['score']:.6g},"
           f" {fin['size']} bytes, sha256 {fin['sha256'][:16]}… verified")
     n = len(sched["phases"])
     print(f"{out / 'schedule.json'}: {len(sched['segments'])} segments, {n} phase{'s' * (n != 1)} of hyperparameters,"
@@ -90,9 +98,11 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
                    help="the pbt local work dir an experiment id refers to (default $PBT_LOCAL_DIR)")
     env_option(p, "--device", env="PBT_DEVICE", help="torch device")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
-    p.add_argument("--save", default=None, metavar="PATH", help="write the replayed state as a checkpoint file")
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="write the replayed state as a checkpoint file (read it with pbt_mq.load_checkpoint)")
     p.add_argument("--compare", default=None, metavar="CKPT",
-                   help="compare the final state bit for bit with this checkpoint (default: checkpoint.pt beside the schedule)")
+                   help="compare the final state bit for bit with this checkpoint (default: the exported"
+                        " checkpoint.safetensors or checkpoint.pt beside the schedule)")
     p.add_argument("--check", action="store_true", help="exit 1 unless the final score (and state) match exactly")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_replay)
@@ -115,8 +125,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
     res = replay(sched, a.device, None if a.json else show)
     same = _compare_state(a, sched, res.state)
     if a.save:
-        torch.save({"state": res.state, "step": sched["segments"][-1]["to_step"],
-                    "hparams": sched["segments"][-1]["hparams"], "member": "replay"}, a.save)
+        save_file(a.save, {"state": res.state, "step": sched["segments"][-1]["to_step"],
+                           "hparams": sched["segments"][-1]["hparams"], "member": "replay"})
     if a.json:
         print(json.dumps({"final_score": res.final_score, "recorded_score": res.recorded_score,
                           "exact": res.exact, "same_state": same, "segments": res.segments}, indent=2))
@@ -143,7 +153,8 @@ def _compare_state(a: argparse.Namespace, sched: dict[str, Any], state: Any) -> 
     path = a.compare
     sha = None
     if path is None:
-        beside = (Path(a.schedule) if Path(a.schedule).is_dir() else Path(a.schedule).parent) / "checkpoint.pt"
+        beside = (Path(a.schedule) if Path(a.schedule).is_dir() else Path(a.schedule).parent) \
+            / checkpoint_file(sched["final"].get("ckpt_key", ""))
         if not beside.exists():
             return None
         path, sha = beside, sched["final"].get("sha256")

@@ -52,6 +52,14 @@ class Tracking:
 
 
 @dataclass(frozen=True)
+class LineageSettings:
+    """How much of the lineage log Redis keeps: the newest ``redis_window`` records; the arbiters move
+    older ones to the store in compacted chunks, and every reader reads both (``state.lineage.records``)."""
+
+    redis_window: int = 10_000
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     trainable: str
@@ -71,6 +79,7 @@ class Experiment:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
     tracking: Tracking = field(default_factory=Tracking)
+    lineage: LineageSettings = field(default_factory=LineageSettings)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from pbt_mq.config.experiment import Experiment, GCSettings, Ready, Stop, Tracking, WorkerSettings
+from pbt_mq.config.experiment import Experiment, GCSettings, LineageSettings, Ready, Stop, Tracking, WorkerSettings
 from pbt_mq.config.reader import ConfigError, Reader, is_number
 from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
 from pbt_mq.rules.base import ExploitSpec, ExploreSpec
@@ -28,6 +28,7 @@ from pbt_mq.rules.registry import EXPLOIT_RULES, EXPLORE_RULES, missing_requirem
 TRAINABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_POPULATION = 100_000
+PB2_HISTORY = 128  # lineage records PB2 reads from Redis for one proposal (rules.pb2)
 
 
 # ---------------------------------------------------------------- entry points
@@ -112,9 +113,13 @@ def parse(raw: dict[str, Any]) -> Experiment:
         worker=_worker(r.table("worker", optional=True)),
         gc=_gc(r.table("gc", optional=True)),
         tracking=_tracking(r.table("tracking", optional=True)),
+        lineage=_lineage(r.table("lineage", optional=True)),
         raw=raw,
     )
     r.done()
+    if exp.explore.rule == "pb2" and exp.lineage.redis_window < PB2_HISTORY:
+        raise ConfigError(f"lineage.redis_window: PB2 reads the newest {PB2_HISTORY} records from Redis;"
+                          f" keep at least {PB2_HISTORY} there (got {exp.lineage.redis_window})")
     return exp
 
 
@@ -208,6 +213,12 @@ def _tracking(t: Reader) -> Tracking:
     if wandb is not None and not WANDB_PROJECT_RE.match(wandb):
         raise ConfigError(f"{t.path}wandb: {wandb!r} is not a W&B project name (1-128 characters, none of / \\ # ? % :)")
     return Tracking(mlflow=mlflow, wandb=wandb)
+
+
+def _lineage(t: Reader) -> LineageSettings:
+    settings = LineageSettings(redis_window=t.int("redis_window", default=10_000, low=1))
+    t.done()
+    return settings
 
 
 def _worker(t: Reader) -> WorkerSettings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -44,7 +45,7 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 class Arbiter:
     def __init__(self, r: Any, name: str | None = None, block_ms: int = 1000, batch: int = 128,
                  claim_idle_ms: int = 30_000, refresh_s: float = 1.0, reap_interval_s: float = 2.0,
-                 reap_grace_ms: int = 10_000, events_retention_s: float = 3600.0, hooks: Hooks | None = None):
+                 reap_grace_ms: int = 10_000, events_retention_s: float = 5.0, hooks: Hooks | None = None):
         self.r = r
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.block_ms = block_ms
@@ -61,19 +62,20 @@ class Arbiter:
         self._refreshed = 0.0
         self._claimed = 0.0
         self.stopping = False
+        self.halt = threading.Event()  # set to stop the loop from another thread or a signal handler
 
     # ------------------------------------------------------------ loop
 
     def run(self, burst: bool = False) -> None:
         log.info("arbiter %s started", self.name)
         backoff = 0.25
-        while not self.stopping:
+        while not self.stopping and not self.halt.is_set():
             try:
                 handled = self.step()
                 backoff = 0.25
             except (redis.RedisError, RedisClusterException) as exc:  # restarting, failing over, out of memory
                 log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
-                time.sleep(backoff)
+                self.halt.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             if burst and handled == 0 and not self._pending_anywhere():

@@ -39,7 +39,9 @@ def lineage_record(ev: ReadyEvent, plan: Plan) -> Lineage:
         parent_step=cmd.parent_step if cmd else None, next_start_key=cmd.start.key if cmd and cmd.start else "",
         ops=plan.ops, reason=plan.reason, worker=ev.worker, declined_donor=plan.declined_donor,
         snapshot=[list(e) for e in plan.snapshot] if plan.snapshot is not None else None,
-        board=plan.board, board_at=plan.board_at, **(plan.facts or {}),
+        board=plan.board, board_at=plan.board_at,
+        timings=dict(ev.timings_s) or None,  # the event leaves Redis within seconds; pbt stats reads these
+        **(plan.facts or {}),
     )
 
 

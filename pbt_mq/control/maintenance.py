@@ -1,5 +1,6 @@
 """The arbiter's housekeeping, on timers: the reaper (no member is ever stuck), checkpoint garbage
-collection, and trimming the events streams; plus the last collection of an experiment that ended.
+collection, trimming the events streams and archiving the lineage beyond its Redis window; plus,
+for an experiment that ended, a last collection, an empty events stream and a last archive.
 
 Every replica runs it; running it twice at once is harmless (each piece is idempotent).
 """
@@ -18,21 +19,23 @@ from pbt_mq.broker.jobs import drain
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.gc import collect
 from pbt_mq.control.reaper import sweep
-from pbt_mq.control.trim import trim_boards, trim_events
+from pbt_mq.control.trim import empty_events, tracking_floor, trim_boards, trim_events
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Meta
+from pbt_mq.state.archive import archive
 from pbt_mq.state.finish import complete_if_all_finished
 from pbt_mq.store.base import Store, StoreError
 from pbt_mq.store.open import open_store
 
 log = logging.getLogger(__name__)
-TRIM_INTERVAL_S = 60.0
+TRIM_INTERVAL_S = 2.0  # decided events leave Redis within seconds
+ARCHIVE_INTERVAL_S = 5.0
 
 
 class Maintenance:
     def __init__(self, r: Any, stats: Counter[str], reap_interval_s: float = 2.0, reap_grace_ms: int = 10_000,
-                 events_retention_s: float = 3600.0) -> None:
+                 events_retention_s: float = 5.0) -> None:
         self.r = r
         self.stats = stats
         self.reap_interval_s = reap_interval_s  # 0: no reaper, no GC, no trimming
@@ -41,6 +44,7 @@ class Maintenance:
         self.stores: dict[str, Store] = {}
         self._reaped = 0.0
         self._trimmed = 0.0
+        self._archived = 0.0
         self._gc_at: dict[str, float] = {}
 
     def tick(self, configs: dict[str, Experiment], now: float) -> None:
@@ -53,7 +57,10 @@ class Maintenance:
         self.trim_boards(configs)
         if self.events_retention_s >= 0 and now - self._trimmed >= TRIM_INTERVAL_S:
             self._trimmed = now
-            self.trim(list(configs))
+            self.trim(configs)
+        if now - self._archived >= ARCHIVE_INTERVAL_S:
+            self._archived = now
+            self.archive(configs)
 
     def reap(self, configs: dict[str, Experiment]) -> None:
         """Requeue the segments of members whose worker died or whose job was lost; end an
@@ -87,21 +94,38 @@ class Maintenance:
             except redis.RedisError as exc:
                 log.warning("trim boards: %s: %s", e, exc)
 
-    def trim(self, exps: list[str]) -> None:
+    def trim(self, configs: dict[str, Experiment]) -> None:
         """Bound every running experiment's events stream (trim.py)."""
-        for e in exps:
+        for e, cfg in configs.items():
             try:
-                self.stats["trimmed"] += trim_events(self.r, e, self.events_retention_s, now_ms())
+                self.stats["trimmed"] += trim_events(self.r, e, self.events_retention_s, now_ms(), bool(cfg.tracking))
             except redis.RedisError as exc:
                 log.warning("trim: %s: %s", e, exc)
 
+    def archive(self, configs: dict[str, Experiment]) -> None:
+        """Move each experiment's lineage beyond ``[lineage] redis_window`` to its store (state.archive)."""
+        for e, cfg in configs.items():
+            try:
+                keep = tracking_floor(self.r, e, "lineage") if cfg.tracking else None
+                self.stats["archived"] += archive(self.r, self.store(e), e, cfg.lineage.redis_window, keep_from=keep)
+            except (redis.RedisError, StoreError) as exc:
+                log.warning("archive: %s: %s", e, exc)
+
     def ended(self, ended: dict[str, Experiment], now: float) -> None:
         """Experiments that stopped running: a last collection leaves each member's final checkpoint
-        and nothing else; on a cluster their queued jobs are drained (no worker sweeps them)."""
+        and nothing else, their events streams are emptied and their lineage archived down to the
+        window; on a cluster their queued jobs are drained (no worker sweeps them)."""
         if not ended:
             return
         self.collect_garbage(ended, now, final=True)
         self.trim_boards(ended, everything=True)
+        if self.events_retention_s >= 0:
+            for e, cfg in ended.items():
+                try:
+                    self.stats["trimmed"] += empty_events(self.r, e, bool(cfg.tracking))
+                except redis.RedisError as exc:
+                    log.warning("trim: %s: %s", e, exc)
+        self.archive(ended)
         if is_cluster(self.r):
             for e, cfg in ended.items():
                 try:

@@ -1,10 +1,13 @@
 """Bounded event streams: decided events older than a retention window are trimmed.
 
-An events stream only grows; once the arbiters have decided an event, the lineage stream
-holds what it meant, so the event itself is kept only for a window (``--events-retention-s``,
-for ``pbt stats`` and a look with redis-cli). The trim never reaches an event that is pending
-in the consumer group or not yet delivered: its MINID is at most the oldest of those.
-The lineage stream is the experiment's record (replay, plots, export) and is never trimmed.
+An events stream only grows; once the arbiters have decided an event, the lineage record
+holds what it meant (its timings included, for ``pbt stats``), so the event itself is kept only
+for a few seconds (``--events-retention-s``, for a look with redis-cli). The trim never reaches
+an event that is pending in the consumer group or not yet delivered: its MINID is at most the
+oldest of those. An experiment that ended has nothing left to decide: its stream is emptied.
+The lineage is the experiment's record (replay, plots, export): never trimmed, only archived
+(``state.archive``). An experiment with ``[tracking]`` keeps every event its tracker sender
+(``worker.tracking``) has not sent yet, until that sender is done: ``tracking_floor``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from pbt_mq.core.keys import GROUP, Keys
+from pbt_mq.core.model import TrackingState
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:
@@ -20,10 +24,25 @@ def _id(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def trim_events(r: Any, exp: str, retention_s: float, now_ms: int) -> int:
-    """XTRIM the events of ``exp`` below min(now - retention, oldest undecided); returns how many went."""
+def tracking_floor(r: Any, exp: str, which: str) -> tuple[int, int] | None:
+    """The first entry of ``which`` ("events" or "lineage") the tracker sender has not sent, for an
+    experiment with ``[tracking]`` whose sending is not done: nothing from it on may leave Redis.
+    None: no sender waits (call it only for a tracked experiment)."""
+    t = TrackingState.read(r, Keys(exp).tracking, which, "done_ms")
+    if t.done_ms:
+        return None
+    ms, seq = _id(getattr(t, which) or "0-0")
+    return ms, seq + 1
+
+
+def trim_events(r: Any, exp: str, retention_s: float, now_ms: int, tracked: bool = False) -> int:
+    """XTRIM the events of ``exp`` below min(now - retention, oldest undecided, the tracker's cursor);
+    returns how many went."""
     stream = Keys(exp).events
     floor = (now_ms - int(retention_s * 1000), 0)
+    keep = tracking_floor(r, exp, "events") if tracked else None
+    if keep is not None:
+        floor = min(floor, keep)
     pending = r.xpending(stream, GROUP)
     if pending and pending.get("pending"):
         floor = min(floor, _id(pending["min"]))
@@ -55,3 +74,10 @@ def trim_boards(r: Any, exp: str, everything: bool = False) -> int:
         pipe.delete(k.reached)
     pipe.execute()
     return len(old)
+def empty_events(r: Any, exp: str, tracked: bool = False) -> int:
+    """An ended experiment's events: no one decides them any more (the consumer group stays); those
+    its tracker sender has still to send stay until it has."""
+    keep = tracking_floor(r, exp, "events") if tracked else None
+    if keep is not None:
+        return 0 if keep[0] <= 0 else int(r.xtrim(Keys(exp).events, minid=f"{keep[0]}-{keep[1]}", approximate=False))
+    return int(r.xtrim(Keys(exp).events, maxlen=0, approximate=False))

@@ -31,7 +31,9 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
-                                       board_at, n, worse, better, k, snapshot
+                                       board_at, n, worse, better, k, snapshot, timings
+    pbt:{EXP}:archive           LIST   the lineage records moved to the store, one JSON entry per chunk, oldest
+                                       first (state.archive.Chunk: key, sha256, size, count, first, last)
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:{EXP}:tracking          HASH   core.model.TrackingState: holder, lease_ms, events, lineage, sent, lost,
                                        done_ms
@@ -39,7 +41,7 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        written once (HSETNX): one run per member, whoever sends
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
-                                       queue, current, beat_ms, segments, warm, cold
+                                       queue, current, beat_ms, segments, warm, cold, overhead_ms
     pbt:workers                 ZSET   worker id -> last heartbeat (ms)
     pbt:dead                    STREAM core.model.DeadLetter (jobs refused by workers): reason, source, entry,
                                        raw, worker
@@ -136,6 +138,10 @@ class Keys:
         return f"{self.prefix}:lineage"
 
     @property
+    def archive(self) -> str:
+        return f"{self.prefix}:archive"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 
@@ -174,6 +180,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported"),
     ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
+    ("pbt:{EXP}:archive", "list", "lineage records moved to the store: one JSON entry per chunk (key, sha256, size,"
+                                  " count, first, last), oldest first"),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
     ("pbt:{EXP}:tracking", "hash", TrackingState),

@@ -23,7 +23,7 @@ from enum import Enum
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
-SCHEMA = 2  # the record layout of this release; a meta hash without "schema" was written by release 1
+SCHEMA = 3  # the record layout of this release (3: checkpoints in store.format); no "schema": release 1
 
 
 class _StrEnum(str, Enum):
@@ -274,6 +274,8 @@ class Lineage(Record):
     k: int | None = _f(int, "the truncation size, ceil(quantile * n) capped at n/2")
     snapshot: list[list[Any]] | None = _f("json", "the board the rule saw, [[member, score], ...] best first, "
                                                   "higher is better (populations up to 64; JSON)")
+    timings: dict[str, float] | None = _f("json", "the segment's seconds from its ready event: load, train, eval, "
+                                                  "save, wait, and 1 for how it started: warm, cold or fresh (JSON)")
     id: str = ""  # the stream entry id, set by ``from_entry``
 
     @classmethod
@@ -307,6 +309,8 @@ class Heartbeat(Record):
     segments: int = _f(int, "segments it finished", 0)
     warm: int = _f(int, "of them, continued on the live model", 0)
     cold: int = _f(int, "of them, loaded from the store", 0)
+    overhead_ms: float | None = _f(float, "pbt-mq's mean time per segment on this worker besides load, train, "
+                                          "evaluate and save (taking the job, claiming, publishing)")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """``pbt export``: take a result away.
 
-``export`` writes a directory a person can carry off: ``checkpoint.pt`` (the member's
-checkpoint, verified by sha256 on the way out), ``schedule.json`` (the checkpoint's
+``export`` writes a directory a person can carry off: ``checkpoint.safetensors`` (the member's
+checkpoint, verified by sha256 on the way out; ``checkpoint.pt`` for an experiment launched by an
+earlier release; ``pbt_mq.load_checkpoint`` reads either), ``schedule.json`` (the checkpoint's
 ancestry as a replayable schedule, read by ``observe.replay``) and ``experiment.toml``
 (the experiment as it ran, overrides applied). It needs no torch: bytes are copied, not loaded.
 """
@@ -59,8 +60,14 @@ def build_schedule(cfg: Experiment, exp: str, tgt: dict[str, Any], segments: lis
     }
 
 
+def checkpoint_file(ckpt_key: str) -> str:
+    """The exported checkpoint's file name: its format's extension, as the store key has it."""
+    ext = ckpt_key.rsplit(".", 1)[-1] if "." in ckpt_key.rsplit("/", 1)[-1] else "pt"
+    return f"checkpoint.{ext}"
+
+
 def export(r: Any, exp: str, out_dir: str | Path, member: str | None = None) -> dict[str, Any]:
-    """Write checkpoint.pt, schedule.json and experiment.toml for ``member`` (default: the best)."""
+    """Write checkpoint.EXT, schedule.json and experiment.toml for ``member`` (default: the best)."""
     cfg = load_config(r, exp)
     tgt = target(r, exp, member)
     segments = explain(records(r, exp), tgt["ckpt_key"])
@@ -68,7 +75,7 @@ def export(r: Any, exp: str, out_dir: str | Path, member: str | None = None) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store_url = Meta.read(r, Keys(exp).meta, "store").store
-    copy_verified(store_url, tgt, out / "checkpoint.pt")
+    copy_verified(store_url, tgt, out / checkpoint_file(tgt["ckpt_key"]))
     _write_text(out / "schedule.json", json.dumps(sched, indent=2) + "\n")
     header = f"# experiment {exp}, exported with its best checkpoint by `pbt export`\n"
     _write_text(out / "experiment.toml", header + to_toml(cfg.raw))

@@ -11,6 +11,7 @@ own last checkpoint), ``exploit`` (a donor's checkpoint, then the mutation ``ops
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Any
 
 from pbt_mq.core.keys import Keys
@@ -155,3 +156,13 @@ def target(r: Any, exp: str, member: str | None = None) -> dict[str, Any]:
         "sha256": h.ckpt_sha256,
         "size": h.ckpt_size or 0,
     }
+
+
+def record_json(rec: Lineage) -> dict[str, Any]:
+    """A decision record as plain data (``pbt lineage --records``): its entry id and every field set."""
+    out: dict[str, Any] = {"id": rec.id}
+    for name in Lineage.spec():
+        value = getattr(rec, name)
+        if value is not None:
+            out[name] = str(value) if isinstance(value, Enum) else value
+    return out

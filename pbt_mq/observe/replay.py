@@ -29,6 +29,8 @@ from typing import Any
 from pbt_mq.core.ids import member_seed
 from pbt_mq.observe.export import FORMAT, ScheduleError, sha256_file
 from pbt_mq.store.base import ChecksumError
+from pbt_mq.store.checkpoint import load_checkpoint, serialize
+from pbt_mq.store.format_read import decode
 from pbt_mq.worker.loop import is_function, seed_torch
 from pbt_mq.worker.session import Assignment, Bound, Run, SessionError
 from pbt_mq.worker.trainable import import_trainable
@@ -168,20 +170,19 @@ class Scripted:
 
 def _round_trip(state: Any) -> Any:
     """``state`` saved and loaded back, as a checkpoint (a copy the function cannot change any more)."""
-    import io
-
-    import torch  # replay trains: torch is here
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    data, _, _ = serialize(state, "replay.safetensors")
+    return decode(data, "the replayed state")
 
 
 def same_state(a: Any, b: Any) -> bool:
-    """Bitwise equality of two state dicts (tensors compared exactly, containers recursively)."""
+    """Bitwise equality of two state dicts (tensors and arrays compared exactly, containers recursively)."""
     import torch  # only called on replayed states, which torch made
 
+    if type(a).__module__ == "numpy" or type(b).__module__ == "numpy":
+        import numpy as np  # a numpy array or scalar in the state: numpy is there
+
+        return type(a) is type(b) and np.asarray(a).dtype == np.asarray(b).dtype \
+            and bool(np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind in "fc"))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
             and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu()))
@@ -189,15 +190,15 @@ def same_state(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
 
 
 def load_exported(path: str | Path, sha256: str | None = None) -> dict[str, Any]:
-    """Load an exported checkpoint safely (weights_only), after checking its sha256 if given."""
-    import torch  # a checkpoint of torch tensors
-
+    """Load an exported checkpoint safely (``pbt_mq.load_checkpoint``), after checking its sha256 if given."""
     if sha256 is not None and sha256_file(path) != sha256:
         raise ChecksumError(f"{path}: sha256 does not match the schedule's final.sha256; not loading it")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint(path)
 
 

@@ -1,4 +1,5 @@
-"""``pbt stats EXP``: where an experiment's time went, from its event and lineage streams."""
+"""``pbt stats EXP``: where an experiment's time went, from its lineage (each record carries its
+segment's timings; the events stream keeps an event only seconds after its decision)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Lineage
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.state.lineage import records
 
@@ -19,20 +21,30 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
-    k = Keys(exp)
-    evs = []
-    for _, fields in r.xrange(k.events, "-", "+"):
+def segment_timings(r: Any, exp: str, lineage: list[Lineage]) -> list[dict[str, float]]:
+    """Each decided segment's timings: from its lineage record (archived or not), or for records
+    written before lineage carried them, from its event if the stream still holds it."""
+    out = [rec.timings for rec in lineage if rec.timings is not None]
+    timed = {(rec.member, rec.seq) for rec in lineage if rec.timings is not None}
+    for _, fields in r.xrange(Keys(exp).events, "-", "+"):
         try:
-            evs.append(ReadyEvent.decode(fields.get(b"msg")))
+            ev = ReadyEvent.decode(fields.get(b"msg"))
         except ProtocolError:
             continue
+        if (ev.member, ev.seq) not in timed:
+            timed.add((ev.member, ev.seq))
+            out.append(ev.timings_s)
+    return out
+
+
+def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
     lineage = records(r, exp)
+    evs = segment_timings(r, exp, lineage)
     actions = Counter(str(rec.action) for rec in lineage)
-    waits = [e.timings_s["wait"] for e in evs if "wait" in e.timings_s]
-    phases = {p: sum(e.timings_s.get(p, 0.0) for e in evs) for p in ("load", "train", "eval", "save")}
+    waits = [t["wait"] for t in evs if "wait" in t]
+    phases = {p: sum(t.get(p, 0.0) for t in evs) for p in ("load", "train", "eval", "save")}
     busy = sum(phases.values())
-    kinds = Counter(next((h for h in ("warm", "cold", "fresh") if h in e.timings_s), "?") for e in evs)
+    kinds = Counter(next((h for h in ("warm", "cold", "fresh") if h in t), "?") for t in evs)
     span_s = 0.0
     if len(lineage) > 1:
         span_s = (entry_ms(lineage[-1].id) - entry_ms(lineage[0].id)) / 1000

@@ -33,6 +33,7 @@ from pbt_mq.state.lineage import records
 
 SPARK = "▁▂▃▄▅▆▇█"
 RATE_WINDOW_MS = 10_000
+EVENTS_WINDOW_MS = 3_000  # decided events stay in Redis only seconds (PBT_EVENTS_RETENTION_S, 5 s)
 WORKER_MEMORY_MS = 600_000  # workers not seen for this long are left out of the table
 STATE_STYLE = {"running": "green", "queued": "yellow", "ready": "cyan", "done": "blue", "failed": "bold red"}
 
@@ -79,9 +80,9 @@ def sparkline(xs: list[float], higher_is_better: bool = True) -> str:
     return "".join(out)
 
 
-def rate(r: Any, stream: str, now: int, since_ms: int) -> float:
-    """Entries per second over the last RATE_WINDOW_MS (or since ``since_ms`` if later)."""
-    start = max(now - RATE_WINDOW_MS, since_ms)
+def rate(r: Any, stream: str, now: int, since_ms: int, window_ms: int = RATE_WINDOW_MS) -> float:
+    """Entries per second over the last ``window_ms`` (or since ``since_ms`` if later)."""
+    start = max(now - window_ms, since_ms)
     n = len(r.xrange(stream, f"{start}-0", "+", count=100_000))
     return n / max((now - start) / 1000, 1.0)
 
@@ -119,7 +120,7 @@ def snapshot(r: Any, exp: str, follower: Follower, stale_s: float) -> dict[str, 
     return {
         **st,
         "elapsed_s": ((done or now) - created) / 1000,
-        "events_per_s": rate(r, k.events, now, created),
+        "events_per_s": rate(r, k.events, now, created, EVENTS_WINDOW_MS),
         "decisions_per_s": rate(r, k.lineage, now, created),
         "actions": dict(follower.actions),
         "workers": fleet,

@@ -1,4 +1,5 @@
-"""The lineage log (``pbt:{EXP}:lineage``): one record per decision, append-only, replayable.
+"""The lineage log (``pbt:{EXP}:lineage``, its oldest part archived in the store): one record per
+decision, append-only, replayable.
 
 Each record says: member M trained segment ``seq`` from checkpoint ``start_key`` (at
 ``start_step``) with ``hparams`` to ``step``, wrote ``ckpt_key``, scored ``score``; then the
@@ -13,16 +14,16 @@ import math
 from typing import Any
 
 from pbt_mq.config.experiment import Experiment
-from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, Lineage
 from pbt_mq.rules.base import ExploreContext, decision_rng
 from pbt_mq.rules.registry import exploit_rule, explore_rule
+from pbt_mq.state import archive
 
 
 def records(r: Any, exp: str, after: str | None = None) -> list[Lineage]:
-    """The typed records, oldest first; with ``after`` (an entry id) only the newer ones."""
-    return [Lineage.from_entry(entry_id, fields)
-            for entry_id, fields in r.xrange(Keys(exp).lineage, "-" if after is None else f"({after}", "+")]
+    """The typed records, oldest first, those moved to the store (``state.archive``) and those still in
+    Redis alike: every reader goes through here. With ``after`` (an entry id) only the newer ones."""
+    return archive.read(r, exp, after)
 
 
 def by_checkpoint(recs: list[Lineage]) -> dict[str, Lineage]:

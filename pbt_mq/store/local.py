@@ -6,13 +6,23 @@ import hashlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from pbt_mq.core.protocol import CheckpointRef
-from pbt_mq.store.base import CHUNK, MissingObject, StoreError, check_key, verify
+from pbt_mq.store.base import (
+    CHUNK,
+    READ_CHUNK,
+    MissingObject,
+    PipelinedHash,
+    StoreError,
+    check_key,
+    download_buffers,
+    verify,
+)
 
 
 class LocalStore:
@@ -61,6 +71,40 @@ class LocalStore:
         side_tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.sha256.part"
         side_tmp.write_text(f"{sha256} {size}\n")
         os.replace(side_tmp, side)
+
+    def put_buffers(self, key: str, buffers: list[memoryview], sha256: str, size: int) -> None:
+        fd, tmp = tempfile.mkstemp(prefix="pbt-save-", suffix=".part", dir=self.scratch_dir())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for b in buffers:
+                    f.write(b)
+            self.put_file(key, tmp, sha256, size)
+        finally:
+            os.unlink(tmp)
+
+    def fetch_bytes(self, ref: CheckpointRef) -> memoryview:
+        """Read into a new buffer in chunks, each hashed on a helper thread while the next is read."""
+        try:
+            f = open(self.path(ref.key), "rb")
+        except FileNotFoundError:
+            raise MissingObject(f"checkpoint {ref.key}: not found in {self.url}") from None
+        with f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != ref.size:
+                verify(ref, "(not read)", actual)
+            buf, h = download_buffers.take(actual), PipelinedHash()
+            try:
+                off = 0
+                while off < actual:
+                    n = f.readinto(buf[off:off + READ_CHUNK])
+                    if not n:
+                        break
+                    h.feed(buf[off:off + n])
+                    off += n
+            finally:
+                h.wait()
+        verify(ref, h.hexdigest(), off)
+        return buf
 
     def get_to(self, key: str, out: BinaryIO | None) -> tuple[str, int]:
         h, size = hashlib.sha256(), 0

@@ -11,13 +11,22 @@ import hashlib
 import os
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
 from pbt_mq.core.protocol import CheckpointRef
 from pbt_mq.core.settings import read as setting
-from pbt_mq.store.base import CHUNK, MissingObject, StoreError, StoreUnavailable, check_key, verify
+from pbt_mq.store.base import (
+    CHUNK,
+    MissingObject,
+    PipelinedHash,
+    StoreError,
+    StoreUnavailable,
+    check_key,
+    download_buffers,
+    verify,
+)
 from pbt_mq.store.s3client import S3Client, S3Failure, valid_bucket
 
 
@@ -89,6 +98,21 @@ class S3Store:
         actual = os.path.getsize(path)
         if actual != size:
             raise StoreError(f"checkpoint {key}: {path} holds {actual} bytes, not the recorded {size}")
+
+        def put(headers: dict[str, str]) -> None:
+            with open(path, "rb") as f:
+                self.client.put_once(name, f, size, headers)
+
+        self._put_once(key, name, sha256, size, put)
+
+    def put_buffers(self, key: str, buffers: list[memoryview], sha256: str, size: int) -> None:
+        """``put_file`` straight from memory: no scratch file, each part a view of the state's bytes."""
+        name = self.name(key)
+        if sum(b.nbytes for b in buffers) != size:
+            raise StoreError(f"checkpoint {key}: the buffers hold {sum(b.nbytes for b in buffers)} bytes, not {size}")
+        self._put_once(key, name, sha256, size, lambda h: self.client.put_once_buffers(name, buffers, size, h))
+
+    def _put_once(self, key: str, name: str, sha256: str, size: int, put: Callable[[dict[str, str]], None]) -> None:
         exists = StoreError(f"checkpoint {key}: already exists in {self.url}; keys are write-once")
         if self.exists(key):
             if self._stored_sha256(name) == (sha256, size):
@@ -96,9 +120,9 @@ class S3Store:
             raise exists
         headers = {"Content-Type": "application/octet-stream", "x-amz-meta-sha256": sha256}
         try:
-            with open(path, "rb") as f, self._errors(f"checkpoint {key}: upload"):
+            with self._errors(f"checkpoint {key}: upload"):
                 try:
-                    self.client.put_once(name, f, size, headers)
+                    put(headers)
                 except S3Failure as exc:
                     if exc.code != "PreconditionFailed":
                         raise
@@ -108,6 +132,17 @@ class S3Store:
                         raise exists from None
         except MissingObject as exc:  # the bucket is gone: not a missing checkpoint
             raise StoreError(str(exc)) from None
+
+    def fetch_bytes(self, ref: CheckpointRef) -> memoryview:
+        """Downloaded into a new buffer, hashed on a helper thread as it arrives, then verified."""
+        buf, h = download_buffers.take(ref.size), PipelinedHash()
+        try:
+            with self._errors(f"checkpoint {ref.key}: download", ref.key):
+                size = self.client.read_into(self.name(ref.key), buf, h.feed)
+        finally:
+            h.wait()
+        verify(ref, h.hexdigest() if size == ref.size else "(not read)", size)
+        return buf
 
     def _stored_sha256(self, name: str) -> tuple[str, int] | None:
         try:

@@ -4,8 +4,9 @@ The public API serves reads, stats, deletes and listing. Write-once uploads need
 ``If-None-Match: *`` header on the request that creates the object, which minio's public
 ``put_object`` cannot send on a multipart upload's completion, so five private methods are used,
 here only: ``_put_object``, ``_create_multipart_upload``, ``_upload_part``, ``_execute`` and
-``_abort_multipart_upload``. ``tests/store/test_s3_contract.py`` checks them against the installed
-minio and a real S3 server.
+``_abort_multipart_upload``; a download lands in our buffer through the response's ``_fp``
+(http.client's ``readinto``: urllib3's own ``readinto`` reads into a temporary and copies).
+``tests/store/test_s3_contract.py`` checks them against the installed minio and a real S3 server.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from xml.etree import ElementTree as ET
 
 import certifi
@@ -27,7 +28,7 @@ from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
 from pbt_mq.core.settings import read as setting
-from pbt_mq.store.base import PART_SIZE
+from pbt_mq.store.base import PART_SIZE, READ_CHUNK
 
 MAX_PARTS = 10_000
 UPLOAD_THREADS = 2
@@ -50,6 +51,29 @@ class S3Failure(Exception):
     @property
     def transient(self) -> bool:
         return self.code == "" or self.code in TRANSIENT_CODES
+
+
+def _part_size(size: int) -> int:
+    return max(PART_SIZE, -(-size // MAX_PARTS))
+
+
+def _slices(buffers: list[memoryview], part_size: int) -> Iterator[Any]:
+    """The concatenation of ``buffers`` in parts of ``part_size`` (the last shorter): a view of one
+    buffer when the part lies inside it, else the pieces joined."""
+    pending: list[memoryview] = []
+    have = 0
+    for b in buffers:
+        off = 0
+        while off < b.nbytes:
+            take = min(part_size - have, b.nbytes - off)
+            pending.append(b[off:off + take])
+            have += take
+            off += take
+            if have == part_size:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, have = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else b"".join(pending)
 
 
 def valid_bucket(name: str) -> str | None:
@@ -103,12 +127,21 @@ class S3Client:
             if size <= PART_SIZE:
                 self.minio._put_object(self.bucket, name, f.read(), {**headers, **ONCE})
             else:
-                self._multipart_once(name, f, size, headers)
+                part_size = _part_size(size)
+                self._multipart_once(name, iter(lambda: f.read(part_size), b""), headers)
 
-    def _multipart_once(self, name: str, f: BinaryIO, size: int, headers: dict[str, str]) -> None:
-        """Parts read one at a time and sent by UPLOAD_THREADS threads: at most UPLOAD_THREADS + 1
+    def put_once_buffers(self, name: str, buffers: list[memoryview], size: int, headers: dict[str, str]) -> None:
+        """``put_once`` of the buffers' concatenation, each part a view of them where it can be (no copy)."""
+        with _failures():
+            if size <= PART_SIZE:
+                body = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+                self.minio._put_object(self.bucket, name, body, {**headers, **ONCE})
+            else:
+                self._multipart_once(name, _slices(buffers, _part_size(size)), headers)
+
+    def _multipart_once(self, name: str, parts: Iterator[Any], headers: dict[str, str]) -> None:
+        """Parts taken one at a time and sent by UPLOAD_THREADS threads: at most UPLOAD_THREADS + 1
         parts are ever in memory, whatever the object's size; the completion is conditional."""
-        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         upload_id = self.minio._create_multipart_upload(self.bucket, name, dict(headers))
         done = False
         try:
@@ -116,7 +149,7 @@ class S3Client:
             with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pbt-upload") as pool:
                 pending: list = []
                 number = 0
-                while chunk := f.read(part_size):
+                for chunk in parts:
                     number += 1
                     pending.append((number, pool.submit(self.minio._upload_part, self.bucket, name, chunk, None,
                                                         upload_id, number)))
@@ -168,6 +201,28 @@ class S3Client:
             resp = self.minio.get_object(self.bucket, name)
             try:
                 yield from resp.stream(chunk)
+            finally:
+                resp.close()
+                resp.release_conn()
+
+    def read_into(self, name: str, buf: memoryview, feed: Callable[[memoryview], None]) -> int:
+        """GET ``name`` straight into ``buf`` (http.client's ``readinto``: urllib3's own copies every
+        chunk), calling ``feed`` on each piece as it lands; returns the object's size (read or, when
+        it is not ``len(buf)``, as the server reports it, unread)."""
+        with _failures():
+            resp = self.minio.get_object(self.bucket, name)
+            try:
+                length = resp.headers.get("Content-Length")
+                if length is not None and int(length) != len(buf):
+                    return int(length)
+                fp, off = resp._fp, 0
+                while off < len(buf):
+                    n = fp.readinto(buf[off:off + READ_CHUNK])
+                    if not n:
+                        return off
+                    feed(buf[off:off + n])
+                    off += n
+                return off + len(resp._fp.read(1))  # a body longer than announced: not ours
             finally:
                 resp.close()
                 resp.release_conn()

@@ -43,14 +43,18 @@ class Live:
 
 class Loader:
     def __init__(self, r: Any, device: str, hooks: Hooks) -> None:
+        self.legacy = False
         self.r = r
         self.device = device
         self.hooks = hooks
         self.calls = Calls(device)  # the loop API: the call of a user's function this worker keeps
         self.trainables: tuple[str, ...] = settings.read("PBT_TRAINABLES") or ()  # () : any module
 
-    def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None) -> tuple[Any, str, Start]:
-        """The trainable to train and where its state came from: warm, cold, fresh or recovered."""
+    def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None,
+               legacy: bool = False) -> tuple[Any, str, Start]:
+        """The trainable to train and where its state came from: warm, cold, fresh or recovered.
+        ``legacy``: the experiment predates this checkpoint format (its ``.pt`` objects load)."""
+        self.legacy = legacy
         self.calls.reassign(cmd)
         if live is not None and not self.calls.usable(live.trainable):
             live = None  # a call of a function that is over
@@ -92,10 +96,10 @@ class Loader:
         """Download and verify; a checkpoint still being uploaded (overlap_upload) is waited for."""
         t0 = time.perf_counter()
         try:
-            state = checkpoint.load(store, ref, map_location=self.device)
+            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
         except MissingObject:
             await_upload(self.r, exp, ref.key)  # and once more even if it was not marked: it may just have landed
-            state = checkpoint.load(store, ref, map_location=self.device)
+            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
         if self.hooks:
             self.hooks.checkpoint_loaded(exp, ref.size, time.perf_counter() - t0)
         return state

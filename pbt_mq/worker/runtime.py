@@ -26,12 +26,12 @@ import redis
 
 from pbt_mq.broker.jobs import current_job_id, queue_for
 from pbt_mq.broker.scripts import call as call_script
-from pbt_mq.broker.scripts import claim_segment
+from pbt_mq.broker.scripts import call_many, text
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys, worker_key
-from pbt_mq.core.model import ExperimentState, Member, MemberState, Meta
+from pbt_mq.core.model import Member, Meta
 from pbt_mq.core.protocol import CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.finish import fail_member
@@ -58,8 +58,12 @@ class Runtime:
         self.stores: dict[str, Store] = {}
         self.configs: dict[str, Experiment] = {}
         self.store_urls: dict[str, str] = {}
+        self.schemas: dict[str, int] = {}  # experiment -> its meta schema: the checkpoint format it uses
         self.stats: Counter[str] = Counter()
         self.current: str = ""
+        self.in_flight: str = ""  # the job being run, from its claim to its publish ("" between jobs)
+        self.last_phases_s = 0.0  # load + train + eval + save of the last segment
+        self.overhead_s = 0.0  # pbt-mq's time per published segment besides those, summed (worker.jobloop)
         self.hooks = hooks or Hooks()
         self.loader = Loader(r, device, self.hooks)
         self.uploads = Uploads(r, self.hooks)
@@ -78,25 +82,40 @@ class Runtime:
 
     def store_url(self, exp: str) -> str:
         if exp not in self.store_urls:
-            url = Meta.read(self.r, Keys(exp).meta, "store").store
-            if not url:
+            meta = Meta.read(self.r, Keys(exp).meta, "store", "schema")
+            if not meta.store:
                 raise RuntimeError(f"experiment {exp}: no store URL in its meta hash")
-            self.store_urls[exp] = url
+            self.store_urls[exp], self.schemas[exp] = meta.store, meta.schema
         return self.store_urls[exp]
 
     # ------------------------------------------------------------ one segment
 
-    def run(self, cmd: SegmentCommand, job_id: str) -> dict[str, Any]:
+    def run(self, cmd: SegmentCommand, job_id: str, after: list[tuple] = ()) -> dict[str, Any]:
+        """Run one segment; ``after``: raw Redis commands to send with the last write of a published
+        segment (the job loop's EXPIRE of the job hash), in the same round trip."""
+        self.in_flight = f"{cmd.experiment}/{cmd.member}/{cmd.seq} (job {job_id})"
+        try:
+            return self._run(cmd, job_id, list(after))
+        finally:
+            self.in_flight = ""
+
+    def _run(self, cmd: SegmentCommand, job_id: str, after: list[tuple]) -> dict[str, Any]:
         k = Keys(cmd.experiment)
         cfg = self.config(cmd.experiment)
         started_ms = now_ms()
-        claim = claim_segment(self.r, k.member(cmd.member), k.meta, job_id, self.worker_id, started_ms)
+        current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
+        # Claim it and say so at once (warm routing reads it) in one round trip; a refused claim
+        # takes the word back (rare: a stale copy of a requeued segment).
+        claim, _ = call_many(self.r, [("claim_segment", [k.member(cmd.member), k.meta],
+                                       [job_id, self.worker_id, started_ms]),
+                                      ("set_current", [worker_key(self.worker_id)], [current])])
+        claim = text(claim)
         if claim != "ok":
+            self._announce("")
             log.info("skip %s %s seq=%d: %s", cmd.experiment, cmd.member, cmd.seq, claim)
             self.stats["skipped"] += 1
             return {"skipped": claim}
-        self.current = f"{cmd.experiment}/{cmd.member}/{cmd.seq}"
-        self._announce(self.current)
+        self.current = current
         self.pending = None
         try:
             event = self._train(cfg, cmd)
@@ -106,10 +125,11 @@ class Runtime:
             raise
         finally:
             self.current = ""
+        self.last_phases_s = sum(event.timings_s.get(p, 0.0) for p in ("load", "train", "eval", "save"))
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
         pending, self.pending = self.pending, None
-        outcome = self._publish(k, cmd, job_id, event, stored=pending is None)
+        outcome = self._publish(k, cmd, job_id, event, pending is None, after)
         if outcome != "published":
             log.warning("%s %s seq=%d: %s; result dropped", cmd.experiment, cmd.member, cmd.seq,
                         "a requeued copy owns the member now" if outcome == "superseded" else "the experiment ended")
@@ -118,7 +138,6 @@ class Runtime:
             return {"skipped": outcome}
         if pending is not None:
             self.uploads.start(*pending)
-        self._announce("")  # idle: the arbiter may send this member's next segment to this worker
         self.stats["segments"] += 1
         if self.hooks:
             self.hooks.segment_done(cmd, event)
@@ -129,7 +148,8 @@ class Runtime:
     def _train(self, cfg: Experiment, cmd: SegmentCommand) -> ReadyEvent:
         t0 = time.perf_counter()
         store = self.store(self.store_url(cmd.experiment))  # cached: one lookup per experiment
-        trainable, how, start = self.loader.obtain(cfg, cmd, store, self.live.get(cmd.experiment))
+        legacy = self.schemas[cmd.experiment] < checkpoint.FORMAT_SCHEMA  # launched by an earlier release
+        trainable, how, start = self.loader.obtain(cfg, cmd, store, self.live.get(cmd.experiment), legacy)
         trainable.apply(dict(cmd.hparams))
         t1 = time.perf_counter()
         step = self._advance(trainable, cmd, start.step)
@@ -139,11 +159,12 @@ class Runtime:
             raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
         clean = {str(a): _to_float(b) for a, b in metrics.items()}
         t3 = time.perf_counter()
-        key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4), "pt")
+        key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4),
+                             checkpoint.extension(self.schemas[cmd.experiment]))
         state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
         self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
         if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
-            data, sha256, size = checkpoint.serialize(state)
+            data, sha256, size = checkpoint.serialize(state, key)
             ref = CheckpointRef(key, sha256, size)
             self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
         else:
@@ -194,7 +215,8 @@ class Runtime:
         except Exception as exc:  # the store or Redis is down: gc's abandoned-upload rule takes it later
             log.warning("%s: could not delete dropped checkpoint %s: %s", k.experiment, key, exc)
 
-    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True) -> str:
+    def _publish(self, k: Keys, cmd: SegmentCommand, job_id: str, event: ReadyEvent, stored: bool = True,
+                 after: list[tuple] = ()) -> str:
         """Publish the event and mark the member "ready", only if this job still owns the member
         and the experiment still runs: "published", "superseded" or "ended".
 
@@ -202,30 +224,17 @@ class Runtime:
         alone however long the arbiters take). A worker whose segment was requeued meanwhile
         (it lost its heartbeat but lived) must not overwrite the newer copy's state; a segment
         that ends after its experiment did has no one to decide it.
+
+        One round trip: publish.lua, then this worker says it is idle (the arbiter may send the
+        member's next segment here), then ``after`` (the job loop's EXPIRE of the job hash).
         """
-        mkey = k.member(cmd.member)
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(mkey, k.meta)
-                    h = Member.read(pipe, mkey, "job", "state", "worker")
-                    if h.job != job_id or h.state is not MemberState.RUNNING or h.worker != self.worker_id:
-                        pipe.unwatch()
-                        return "superseded"
-                    if Meta.read(pipe, k.meta, "state").state is not ExperimentState.RUNNING:
-                        pipe.unwatch()
-                        return "ended"
-                    pipe.multi()
-                    pipe.xadd(k.events, {"member": cmd.member, "seq": cmd.seq, "step": event.step,
-                                         "score": repr(event.score), "msg": event.encode()})
-                    pipe.hset(mkey, mapping=Member.fields(state=MemberState.READY))
-                    if stored:  # else the upload in flight moves it when the object is in the store
-                        pipe.zrem(k.uploading, event.checkpoint.key)
-                        pipe.zadd(k.stored, {event.checkpoint.key: now_ms()})
-                    pipe.execute()
-                    return "published"
-                except redis.WatchError:
-                    continue
+        replies = call_many(self.r, [
+            ("publish", [k.member(cmd.member), k.meta, k.events, k.uploading, k.stored],
+             [job_id, self.worker_id, cmd.member, cmd.seq, event.step, repr(event.score), event.encode(),
+              event.checkpoint.key, "1" if stored else "0", now_ms()]),
+            ("set_current", [worker_key(self.worker_id)], [""]),
+        ], after)
+        return text(replies[0])
 
     def _failed(self, cfg: Experiment, cmd: SegmentCommand, job_id: str, exc: BaseException) -> None:
         """Retry the segment, or fail the member, but only if this job is still the member's current one."""

@@ -1,10 +1,12 @@
 """``pbt-worker``: an RQ worker (one per GPU) that runs segments in its own process.
 
-It uses RQ's in-process worker (no fork per job) so the model stays live on the device between
-segments, the msgpack serializer, and ``SegmentJob`` so nothing but the segment runner can run
-(``broker.jobs``). A heartbeat thread refreshes ``pbt:worker:{ID}`` every ``--heartbeat-s``
-seconds with a TTL of three beats: a dead worker's key vanishes within seconds. SIGTERM finishes
-the current segment, then exits (RQ's warm shutdown); a second SIGTERM abandons it.
+Jobs run in this process (no fork per job) so the model stays live on the device between
+segments; they are RQ jobs (msgpack, ``SegmentJob``: nothing but the segment runner can run),
+taken by ``worker.jobloop`` with three round trips per job instead of RQ's worker loop. A
+heartbeat thread refreshes ``pbt:worker:{ID}`` every ``--heartbeat-s`` seconds with a TTL of
+three beats: a dead worker's key vanishes within seconds. Stopping (SIGTERM, SIGINT, SLURM's
+SIGUSR1, ``StopPolicy.request``) finishes the segment in flight within ``--grace-s``, else
+abandons it to the reaper (``worker.stopping``), whatever Redis is doing.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from typing import Any
 import redis
 
 from pbt_mq.broker.cluster import is_cluster
-from pbt_mq.broker.jobs import SegmentJob, forget_queue, forget_registration, is_unreadable_job, make_worker
+from pbt_mq.broker.connect import probe
+from pbt_mq.broker.jobs import forget_queue, forget_registration, queue_for
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import now_ms
-from pbt_mq.core.keys import DEAD, DEFAULT_QUEUE, WORKERS, private_queue, worker_key
+from pbt_mq.core.keys import DEFAULT_QUEUE, WORKERS, private_queue, worker_key
 from pbt_mq.core.model import Heartbeat
-from pbt_mq.state.recovery import dead_letter
-from pbt_mq.worker.runtime import Runtime, runner
+from pbt_mq.worker.jobloop import JobLoop
+from pbt_mq.worker.runtime import Runtime
+from pbt_mq.worker.stopping import StopPolicy
 
 log = logging.getLogger(__name__)
 WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -50,6 +54,7 @@ class HeartbeatThread(threading.Thread):
             host=socket.gethostname(), pid=os.getpid(), device=self.rt.device, queue=self.queue,
             current=self.rt.current, beat_ms=now_ms(), segments=self.rt.stats["segments"],
             warm=self.rt.stats["warm"], cold=self.rt.stats["cold"],
+            overhead_ms=1000 * self.rt.overhead_s / max(1, self.rt.stats["segments"]),
         ))
         pipe.pexpire(key, int(self.interval_s * 3000))
         pipe.zadd(WORKERS, {self.rt.worker_id: now_ms()})
@@ -111,35 +116,27 @@ def claim_worker_id(r: Any, worker_id: str, queue: str) -> None:
 
 def serve(r: Any, queue: str = DEFAULT_QUEUE, device: str = "cpu", worker_id: str | None = None,
           burst: bool = False, heartbeat_s: float = 2.0, max_jobs: int | None = None, live_models: int = 1,
-          hooks: Hooks | None = None) -> Runtime:
+          hooks: Hooks | None = None, grace_s: float = 25.0, signals: bool = True) -> Runtime:
     rt = Runtime(r, worker_id or default_worker_id(device), device, live_models, hooks)
+    stop = StopPolicy(grace_s, lambda: rt.in_flight, reachable=probe(r))
+    if signals:
+        stop.install()
     claim_worker_id(r, rt.worker_id, queue)
-    SegmentJob.install_runner(runner(rt))
     hb = HeartbeatThread(r, rt, queue, heartbeat_s)
     hb.beat()
     hb.start()
-
-    def refuse(job: Any, exc_type: type, exc: BaseException, tb: object) -> bool:
-        """Dead-letter jobs that are not ours to run (forged, pickled, unreadable), with the reason."""
-        why = is_unreadable_job(exc)
-        if why is not None:
-            dead_letter(r, DEAD, reason=f"{type(why).__name__}: {why}"[:2000], source=f"rq:queue:{queue}",
-                        entry=job.id, worker=rt.worker_id)
-        return True  # and let RQ file it in its failed registry as usual
-
-    w, queues = make_worker(r, queue, private_queue(queue, rt.worker_id), rt.worker_id, [refuse])
+    own = private_queue(queue, rt.worker_id)
     try:
-        # RQ logs four lines per job; ours logs one per segment. RQ's own detail stays at DEBUG.
-        rq_level = "DEBUG" if log.getEffectiveLevel() <= logging.DEBUG else "WARNING"
-        w.work(burst=burst, with_scheduler=False, max_jobs=max_jobs, logging_level=rq_level)
+        JobLoop(r, rt, [queue] if is_cluster(r) else [own, queue], stop, burst, max_jobs).run()
     finally:
         rt.loader.calls.close()  # a function's call (the loop API) sees run.done and returns
         rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes
         if not is_cluster(r):  # RQ indexes every queue it ever saw; this worker's own one goes with it
             try:
-                forget_queue(r, queues[0])
+                forget_queue(r, queue_for(r, own))
             except redis.RedisError:
                 pass
         hb.stop()
+        stop.finished()
         log.info("worker %s stopped: %s", rt.worker_id, dict(rt.stats))
     return rt

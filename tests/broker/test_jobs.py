@@ -224,3 +224,33 @@ def test_job_data_is_inflated_only_up_to_the_limit():
     assert bounded_inflate(zlib.compress(b"a" * 10), 10) == b"a" * 10
     assert bounded_inflate(zlib.compress(b"a" * 11), 10) is None
     assert bounded_inflate(b"\x93\x01\x02\x03", 10) == b"\x93\x01\x02\x03"  # not zlib: as RQ, the raw bytes
+
+
+# ---------------------------------------------------------------- the worker's job loop (take_job)
+
+
+def test_take_job_reads_the_own_queue_first_and_checks_what_it_takes(r: redis.Redis):
+    from pbt_mq.broker.jobs import RESULT_TTL_S, UnreadableJob, enqueue, expire_job, queue_for, take_job
+
+    for name, jid in (("tj", "tj_m000_1"), ("tj@w1", "tj_m001_1")):
+        pipe = r.pipeline(transaction=True)
+        pipe.multi()
+        enqueue(pipe, queue_for(r, name), jid, b"\x93\x01\x02\x03", 60, "segment")
+        pipe.execute()
+    job, payload, waited = take_job(r, ["tj@w1", "tj"], 0.1)  # one round trip: LPOP and the job's hash
+    assert (job.id, payload, waited) == ("tj_m001_1", b"\x93\x01\x02\x03", False)
+    r.execute_command(*expire_job(job, True))
+    assert 0 < r.ttl(job.key) <= RESULT_TTL_S
+    assert take_job(r, ["tj@w1", "tj"], 0.1)[0].id == "tj_m000_1"
+    assert take_job(r, ["tj@w1", "tj"], 0.1) is None  # both empty: BLPOP waited, then nothing
+    Queue("tj", connection=r, serializer=MsgpackSerializer).enqueue("os.system", "true")
+    with pytest.raises(UnreadableJob, match="refusing to run 'os.system'") as e:
+        take_job(r, ["tj"], 0.1)
+    assert isinstance(e.value.why, UnsafeJob)
+    r.hset("rq:job:pickled", mapping={"data": pickle.dumps({"x": 1}), "status": "queued", "origin": "tj"})
+    r.rpush("rq:queue:tj", "pickled")
+    with pytest.raises(UnreadableJob, match="pickle"):
+        take_job(r, ["tj"], 0.1)
+    r.rpush("rq:queue:tj", "gone-job-id")
+    with pytest.raises(UnreadableJob, match="its hash is gone"):
+        take_job(r, ["tj"], 0.1)

@@ -20,6 +20,7 @@ import redis
 from helpers import PAPER_INIT_4, launch, pbt, status
 from services import ROOT, Fleet, free_port
 
+import pbt_mq
 from pbt_mq.config.parse import load_file, tomllib  # tomli before Python 3.11
 from pbt_mq.core.ids import member_seed
 from pbt_mq.core.keys import EXPERIMENTS, WORKERS, Keys, worker_key
@@ -138,17 +139,16 @@ def exported(run: Run) -> Path:
 def test_export_checkpoint_loads_and_verifies(run, exported):
     import hashlib
 
-    import torch
-
     from workers.toy import Toy
 
     sched = json.loads((exported / "schedule.json").read_text())
     fin = sched["final"]
     h = run.r.hgetall(Keys(run.exp).member(fin["member"]))
-    data = (exported / "checkpoint.pt").read_bytes()
+    assert not (exported / "checkpoint.pt").exists()  # this release's experiments: no pickle
+    data = (exported / "checkpoint.safetensors").read_bytes()
     assert hashlib.sha256(data).hexdigest() == fin["sha256"] == h[b"ckpt_sha256"].decode()
     assert len(data) == fin["size"]
-    state = torch.load(exported / "checkpoint.pt", weights_only=True)
+    state = pbt_mq.load_checkpoint(exported / "checkpoint.safetensors", sha256=fin["sha256"])
     assert state["step"] == fin["step"] == 100 and state["member"] == fin["member"]
     toy = Toy(state["hparams"])
     toy.load_state_dict(state["state"])
@@ -185,7 +185,7 @@ def test_replay_notices_a_different_schedule(exported, tmp_path):
     mid["hparams"] = {k: v * 0.5 for k, v in mid["hparams"].items()}
     bad = tmp_path / "schedule.json"
     bad.write_text(json.dumps(sched))
-    res = pbt("replay", str(bad), "--check", "--json", "--compare", str(exported / "checkpoint.pt"), timeout=120)
+    res = pbt("replay", str(bad), "--check", "--json", "--compare", str(exported / "checkpoint.safetensors"), timeout=120)
     assert res.returncode == 1, res.stdout + res.stderr
     out = json.loads(res.stdout)
     assert not out["exact"] and out["same_state"] is False

@@ -46,6 +46,28 @@ def test_a_write_is_once_and_says_so(client, monkeypatch, size):
     assert list(client.minio._list_multipart_uploads(client.bucket).uploads) == []  # noqa: SLF001
 
 
+@pytest.mark.parametrize("size", [100, 11 << 20], ids=["single", "multipart"])
+def test_buffers_go_up_as_views_and_come_down_into_a_buffer(client, monkeypatch, size):
+    """put_once_buffers (parts are views of the buffers, or joins across them) and read_into (the
+    response's http.client ``_fp.readinto``, straight into our buffer), byte for byte."""
+    monkeypatch.setattr(s3client, "PART_SIZE", 5 << 20)
+    data = os.urandom(size)
+    cut = [0, 7, size // 3, size // 3 + 1, size]  # parts that span buffers, and a 1-byte buffer
+    bufs = [memoryview(data)[a:b] for a, b in zip(cut, cut[1:], strict=False)]
+    client.put_once_buffers("b/obj", bufs, size, {"x-amz-meta-sha256": "abc"})
+    out = memoryview(bytearray(size))
+    seen: list[int] = []
+    assert client.read_into("b/obj", out, lambda piece: seen.append(piece.nbytes)) == size
+    assert bytes(out) == data and sum(seen) == size
+    assert client.read_into("b/obj", memoryview(bytearray(size - 1)), seen.append) == size  # wrong size: unread
+    resp = client.minio.get_object(client.bucket, "b/obj")
+    try:
+        assert callable(resp._fp.readinto)  # noqa: SLF001 - the internal read_into relies on
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
 def test_reads_of_what_is_missing(client):
     assert client.stat("nope") is None
     with pytest.raises(S3Failure) as exc:

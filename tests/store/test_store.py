@@ -94,6 +94,11 @@ def put_bytes(store, key: str, data: bytes, tmp_path: Path) -> CheckpointRef:
     return CheckpointRef(key=key, sha256=sha, size=len(data))
 
 
+def load(store, ref: CheckpointRef):
+    """What a worker does: this format, or for a ``.pt`` key an earlier release's experiment."""
+    return checkpoint.load(store, ref, legacy_ok=ref.key.endswith(".pt"))
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,17 +121,18 @@ def no_torch_load(monkeypatch: pytest.MonkeyPatch) -> list:
 # ---------------------------------------------------------------- round trip and write-once
 
 
-def test_save_load_round_trip(store_url: str) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_save_load_round_trip(store_url: str, ext: str) -> None:
     s = make_store(store_url)
     state = sample_state()
-    ref = checkpoint.save(s, "exp/m003/000001-s40-ab12.pt", state)
-    assert ref.key == "exp/m003/000001-s40-ab12.pt"
+    ref = checkpoint.save(s, f"exp/m003/000001-s40-ab12.{ext}", state)
+    assert ref.key == f"exp/m003/000001-s40-ab12.{ext}"
     assert ref.size > 64 * 32 * 4
     assert len(ref.sha256) == 64
     assert ref.sha256 == hashlib.sha256(read_object(s, ref.key)).hexdigest()
-    assert_same(checkpoint.load(s, ref), state)
+    assert_same(load(s, ref), state)
     # A second store object on the same URL (another worker) sees the same bytes.
-    assert_same(checkpoint.load(open_store(store_url), ref), state)
+    assert_same(load(open_store(store_url), ref), state)
 
 
 def test_save_leaves_no_scratch_files_and_restores_crc_setting(store_url: str, tmp_path, monkeypatch) -> None:
@@ -136,27 +142,28 @@ def test_save_leaves_no_scratch_files_and_restores_crc_setting(store_url: str, t
     torch.serialization.set_crc32_options(True)
     ref = checkpoint.save(s, "a/b.pt", sample_state())
     assert torch.serialization.get_crc32_options() is True
-    checkpoint.load(s, ref)
+    load(s, ref)
     assert list((tmp_path / "scratch").iterdir()) == []
     if isinstance(s, LocalStore):
         assert [p.name for p in (s.root / ".tmp").iterdir()] == []
         assert sorted(p.name for p in (s.root / "a").iterdir()) == ["b.pt", "b.pt.sha256"]
 
 
-def test_keys_are_write_once(store_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_keys_are_write_once(store_url: str, tmp_path: Path, ext: str) -> None:
     s = make_store(store_url)
     first = sample_state()
-    ref = checkpoint.save(s, "exp/m0/000001.pt", first)
+    ref = checkpoint.save(s, f"exp/m0/000001.{ext}", first)
     other = sample_state()
     other["step"] = 99
     with pytest.raises(StoreError, match="already exists.*write-once"):
-        checkpoint.save(s, "exp/m0/000001.pt", other)
+        checkpoint.save(s, f"exp/m0/000001.{ext}", other)
     with pytest.raises(StoreError, match="write-once"):
-        put_bytes(s, "exp/m0/000001.pt", b"x" * 10, tmp_path)
+        put_bytes(s, f"exp/m0/000001.{ext}", b"x" * 10, tmp_path)
     # The first object is untouched: same bytes, still loads, still verifies.
-    assert_same(checkpoint.load(s, ref), first)
+    assert_same(load(s, ref), first)
     if isinstance(s, LocalStore):
-        assert (s.root / "exp/m0/000001.pt.sha256").read_text().split() == [ref.sha256, str(ref.size)]
+        assert (s.root / f"exp/m0/000001.{ext}.sha256").read_text().split() == [ref.sha256, str(ref.size)]
         assert not os.access(s.path(ref.key), os.W_OK) or os.geteuid() == 0
 
 
@@ -179,16 +186,17 @@ def test_s3_write_once_holds_without_the_precheck(s3_url: str, tmp_path: Path, m
     assert list(s.client.minio._list_multipart_uploads(s.bucket).uploads) == []
 
 
-def test_s3_multipart_round_trip(s3_url: str, monkeypatch) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_s3_multipart_round_trip(s3_url: str, monkeypatch, ext: str) -> None:
     monkeypatch.setattr(store_mod, "PART_SIZE", 5 << 20)
     s = make_store(s3_url)
     state = {"w": torch.randn(3_000_000)}  # 12 MB: three parts
-    ref = checkpoint.save(s, "mp/big.pt", state)
+    ref = checkpoint.save(s, f"mp/big.{ext}", state)
     assert ref.size > 2 * (5 << 20)
     st = s.client.minio.stat_object(s.bucket, s.name(ref.key))
     assert st.size == ref.size
     assert (st.metadata.get("x-amz-meta-sha256") or st.metadata.get("X-Amz-Meta-Sha256")) == ref.sha256
-    assert_same(checkpoint.load(s, ref), state)
+    assert_same(load(s, ref), state)
 
 
 def test_put_refuses_a_file_of_the_wrong_size(store_url: str, tmp_path: Path) -> None:
@@ -203,9 +211,10 @@ def test_put_refuses_a_file_of_the_wrong_size(store_url: str, tmp_path: Path) ->
 # ---------------------------------------------------------------- verification before load
 
 
-def test_corrupted_object_is_caught_and_never_loaded(store_url: str, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_corrupted_object_is_caught_and_never_loaded(store_url: str, tmp_path: Path, monkeypatch, ext: str) -> None:
     s = make_store(store_url)
-    ref = checkpoint.save(s, "exp/m1/000002.pt", sample_state())
+    ref = checkpoint.save(s, f"exp/m1/000002.{ext}", sample_state())
     good = read_object(s, ref.key)
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0x01  # one bit, same length: only the hash can tell
@@ -216,33 +225,35 @@ def test_corrupted_object_is_caught_and_never_loaded(store_url: str, tmp_path: P
     calls: list = []
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(a))
     with pytest.raises(ChecksumError, match=r"does not match the recorded.*refusing to load") as e:
-        checkpoint.load(s, ref)
+        load(s, ref)
     assert ref.key in str(e.value)
     assert calls == []
     assert list((tmp_path / "scratch").iterdir()) == []  # the downloaded copy is gone too
 
 
-def test_replaced_object_of_another_length_is_caught(store_url: str, no_torch_load: list) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_replaced_object_of_another_length_is_caught(store_url: str, no_torch_load: list, ext: str) -> None:
     s = make_store(store_url)
-    ref = checkpoint.save(s, "exp/m1/000003.pt", sample_state())
+    ref = checkpoint.save(s, f"exp/m1/000003.{ext}", sample_state())
     other = io.BytesIO()
     torch.save({"state": {}, "step": 0}, other)  # a valid checkpoint, just not this one
     overwrite_object(s, ref.key, other.getvalue())
     with pytest.raises(ChecksumError):
-        checkpoint.load(s, ref)
+        load(s, ref)
     assert no_torch_load == []
 
 
-def test_wrong_recorded_size_is_caught(store_url: str, no_torch_load: list) -> None:
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_wrong_recorded_size_is_caught(store_url: str, no_torch_load: list, ext: str) -> None:
     s = make_store(store_url)
-    ref = checkpoint.save(s, "exp/m1/000004.pt", sample_state())
+    ref = checkpoint.save(s, f"exp/m1/000004.{ext}", sample_state())
     for size in (ref.size + 1, ref.size - 1, 0):
         wrong = CheckpointRef(key=ref.key, sha256=ref.sha256, size=size)
         with pytest.raises(ChecksumError, match=f"{ref.size} bytes does not match the recorded .* {size} bytes"):
-            checkpoint.load(s, wrong)
+            load(s, wrong)
     wrong_sha = CheckpointRef(key=ref.key, sha256="0" * 64, size=ref.size)
     with pytest.raises(ChecksumError):
-        checkpoint.load(s, wrong_sha)
+        load(s, wrong_sha)
     assert no_torch_load == []
 
 
@@ -389,8 +400,10 @@ def test_malicious_pickle_with_a_valid_sha_is_refused(store_url: str, tmp_path: 
     marker = tmp_path / "pwned"
     ref = put_bytes(s, f"evil/{kind}.pt", evil_payloads(marker)[kind], tmp_path)
     with pytest.raises(UnsafeCheckpoint, match=r"refused by torch.load\(weights_only=True\).*posix\.system") as e:
-        checkpoint.load(s, ref)
+        checkpoint.load(s, ref, legacy_ok=True)  # an earlier release's experiment: torch.load, weights only
     assert "weights_only=False will" not in str(e.value)
+    with pytest.raises(UnsafeCheckpoint, match=r"holds a pickle.*refusing it") as e:
+        checkpoint.load(s, ref)  # this release's experiment: never unpickled at all
     assert not marker.exists(), "the payload ran"
     # Control: the payload is live; an unsafe load of the same bytes would have run it.
     control = tmp_path / "control"
@@ -448,7 +461,7 @@ BIG_SCRIPT = textwrap.dedent(
     base = rss()
     tracemalloc.start()
     t = time.perf_counter()
-    ref = checkpoint.save(s, "big/state.pt", state)
+    ref = checkpoint.save(s, "big/state.safetensors", state)
     out["save_s"] = time.perf_counter() - t
     out["save_py_peak"] = tracemalloc.get_traced_memory()[1]
     out["save_rss_growth"] = peak() - base

@@ -137,8 +137,10 @@ def test_a_worker_restarted_under_its_id_after_sigkill_starts_and_a_live_id_is_r
         time.sleep(0.05)
     twin = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=60)
     assert twin.returncode == 1 and "worker id 'pod-0' is in use" in twin.stderr, twin.stderr
-    fleet.kill("pod-0")  # SIGKILL: its heartbeat lives on for three beats, RQ's registration for minutes
-    assert r.exists("rq:worker:pod-0") and r.exists(worker_key("pod-0"))
+    fleet.kill("pod-0")  # SIGKILL: its heartbeat lives on for three beats
+    assert r.exists(worker_key("pod-0"))
+    assert not r.exists("rq:worker:pod-0")  # its job loop is pbt-mq's: no RQ worker registration to clear
+    r.hset("rq:worker:pod-0", "name", "pod-0")  # but one a previous release's worker left is cleared
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path}/ckpt", "stop.steps=8")
     again = pbt("worker", "--redis", redis_url, "--id", "pod-0", "--burst", timeout=120)  # at once: it waits

@@ -1,16 +1,16 @@
 """``pbt bench``: measure a deployment's checkpoint data plane against its raw limit.
 
-For each state-dict size it times pbt-mq's save (torch.save + sha256 + upload) and
-load (download + verify + torch.load), and, in the same run, a raw ``minio``
-put/get (or a raw file write/read for a file:// store) of the same number of bytes,
+For each state-dict size it times pbt-mq's save (``store.format`` + sha256 + upload) and
+load (download + verify + decode), and, in the same run, a raw ``minio``
+put/get (or a raw file write/read for a file:// store) of the same bytes,
 already serialized. The ratio is the figure: how close checkpointing runs to the
-store's own speed. The raw get discards what it reads, so the load ratio also pays
-for what any loader must do: hash every byte and build the tensors.
+store's own speed. The raw get discards what it reads (into one reused 1 MiB chunk), so the
+load ratio also pays for what any loader must do: land every byte in memory, hash it and
+build the tensors.
 """
 
 from __future__ import annotations
 
-import io
 import secrets
 import statistics
 import time
@@ -18,11 +18,12 @@ from typing import Any
 
 from pbt_mq.store import checkpoint
 from pbt_mq.store.base import CHUNK
+from pbt_mq.store.format import encode
 from pbt_mq.store.open import open_store
 
 
 def make_state(size_mb: float) -> dict[str, Any]:
-    import torch  # as above
+    import torch  # real tensors: a worker's dependency, not the CLI's
 
     n = int(size_mb * 1e6 / 4)
     chunks = 8
@@ -71,18 +72,13 @@ def _raw_ops(store: Any, data: bytes) -> tuple[Any, Any, Any]:
 def measure(store_url: str, sizes_mb: list[float], repeat: int) -> list[dict[str, Any]]:
     """Raw and pbt-mq runs alternate (put, save, put, save, ...; then get, load, ...), each on a
     fresh key, so that a store whose speed drifts (caches filling, a busy server) weighs on both."""
-    import torch  # the data plane saves real tensors: workers' dependency, not the CLI's
-
     store = open_store(store_url)
     store.check()
     rows = []
     run_id = secrets.token_hex(4)
     for size in sizes_mb:
         state = make_state(size)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
-        del buf
+        data = b"".join(encode(state).buffers)
         mb = len(data) / 1e6
         raw_put, raw_get, raw_delete = _raw_ops(store, data)
         raw_keys = [f"bench-{run_id}/raw-{size:g}-{i}" for i in range(repeat)]
@@ -91,7 +87,7 @@ def measure(store_url: str, sizes_mb: list[float], repeat: int) -> list[dict[str
         try:
             for i in range(repeat):
                 t["put"].append(_timed(raw_put, raw_keys[i])[0])
-                took, ref = _timed(checkpoint.save, store, f"bench-{run_id}/ckpt-{size:g}-{i}", state)
+                took, ref = _timed(checkpoint.save, store, f"bench-{run_id}/ckpt-{size:g}-{i}.safetensors", state)
                 t["save"].append(took)
                 refs.append(ref)
             del data

@@ -10,21 +10,26 @@ published. From that:
 * warm: of the segments that continued a member, the fraction served from the live model;
 * bytes per exploit: what the worker downloaded to start from a donor (the arbiter moves
   none: it hands over a checkpoint reference, and the store makes no copy);
-* segments/s: the whole fleet's rate, end to end.
+* segments/s: the whole fleet's rate, end to end;
+* overhead: pbt-mq's time per segment on a worker besides load, train, evaluate and save (taking
+  the job, claiming it, publishing), as the workers measure it (their heartbeats' ``overhead_ms``).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pbt_mq.broker.connect import connect
 from pbt_mq.config.parse import parse
 from pbt_mq.core.ids import entry_ms
-from pbt_mq.core.keys import WORKERS, Keys
-from pbt_mq.core.model import Action, ExperimentState, Meta
+from pbt_mq.core.keys import WORKERS, Keys, worker_key
+from pbt_mq.core.model import Action, ExperimentState, Heartbeat, Meta
 from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.state.experiment import launch
 from pbt_mq.state.lineage import records
@@ -49,7 +54,7 @@ def measure_fleet(workers: int, population: int, segments: int, segment_s: float
     with tempfile.TemporaryDirectory(prefix="pbt-bench-fleet-") as tmp:
         wd = Path(tmp)
         (wd / "logs").mkdir()
-        with fleet(wd, workers) as (url, _procs):
+        with _env("PBT_EVENTS_RETENTION_S", "-1"), fleet(wd, workers) as (url, _procs):  # events read back below
             r = connect(url)
             _warm_up(r, wd, workers)
             exp = launch(r, cfg, f"file://{wd / 'checkpoints'}")
@@ -61,9 +66,32 @@ def measure_fleet(workers: int, population: int, segments: int, segment_s: float
             if meta.state is not ExperimentState.DONE:
                 raise RuntimeError(f"bench experiment {exp} ended {meta.reason!r}")
             row = analyse(r, exp)
+            row["overhead_ms"] = _overhead_ms(r, workers)
     row.update(workers=workers, population=population, segment_s=segment_s, model_mb=model_mb,
                upload="overlap" if overlap else "sync")
     return row
+
+
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _overhead_ms(r: Any, workers: int) -> float:
+    """The workers' own figure (their heartbeats, after one more beat): pbt-mq's mean time per
+    segment besides load, train, evaluate and save, weighted by segments."""
+    time.sleep(2.5)
+    beats = [Heartbeat.read(r, worker_key(w.decode()), "segments", "overhead_ms") for w in r.zrange(WORKERS, 0, -1)]
+    total = sum(b.segments for b in beats if b.overhead_ms is not None)
+    return sum(b.segments * (b.overhead_ms or 0.0) for b in beats) / total if total else 0.0
 
 
 def _warm_up(r: Any, wd: Path, workers: int) -> None:
@@ -117,10 +145,10 @@ def _start_size(ev: ReadyEvent, events: list[tuple[float, ReadyEvent]]) -> int:
 
 def format_fleet(rows: list[dict[str, Any]]) -> str:
     out = (f"{'workers':>7} | {'pop':>4} | {'segment':>7} | {'model':>6} | {'upload':>7} | {'segments':>8} | {'user time':>9} | "
-           f"{'warm':>6} | {'MB/exploit':>10} | {'segments/s':>10}\n")
-    out += "-" * 106 + "\n"
+           f"{'overhead':>8} | {'warm':>6} | {'MB/exploit':>10} | {'segments/s':>10}\n")
+    out += "-" * 117 + "\n"
     for x in rows:
         out += (f"{x['workers']:>7} | {x['population']:>4} | {x['segment_s']:>6g}s | {x['model_mb']:>4g}MB | {x['upload']:>7} | "
-                f"{x['segments']:>8} | {x['user_fraction']:>9.1%} | {x['warm_fraction']:>6.0%} | "
+                f"{x['segments']:>8} | {x['user_fraction']:>9.1%} | {x['overhead_ms']:>6.2f}ms | {x['warm_fraction']:>6.0%} | "
                 f"{x['mb_per_exploit']:>10.1f} | {x['segments_per_s']:>10.1f}\n")
     return out

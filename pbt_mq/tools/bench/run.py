@@ -19,6 +19,7 @@ from pbt_mq.tools.bench.control import measure as measure_control
 from pbt_mq.tools.bench.dashboard import format_dashboard, measure_dashboard
 from pbt_mq.tools.bench.data import format_table, measure
 from pbt_mq.tools.bench.fleet import format_fleet, measure_fleet
+from pbt_mq.tools.bench.memory import format_memory, measure_memory
 from pbt_mq.tools.redis_server import private_redis
 
 
@@ -41,7 +42,9 @@ def run_control(a: argparse.Namespace) -> dict[str, Any]:
                 for n in ([16] if a.quick else pops)]
         big = 64 if a.quick else max(pops)
         replicas = [measure_replicas(url, n, big, rounds=1 if a.quick else 2) for n in ([1, 2] if a.quick else reps)]
-    return {"redis": redact(a.redis or read_if_set("PBT_REDIS_URL") or "a private redis-server"), "control_plane": rows, "replicas": replicas}
+        memory = measure_memory(r, 16, 50, (200, 600)) if a.quick else measure_memory(r, 16, 500, (2000, 20_000))
+    return {"redis": redact(a.redis or read_if_set("PBT_REDIS_URL") or "a private redis-server"), "control_plane": rows,
+            "replicas": replicas, "redis_memory": memory}
 
 
 @contextmanager
@@ -76,6 +79,7 @@ def run_fleet(a: argparse.Namespace) -> list[dict[str, Any]]:
         mb = a.model_mb
         plan = [(pop, segs, seg_s, mb, overlap) for seg_s, segs in ((0.5, 10), (5.0, 4))
                 for pop in (w, 4 * w) for overlap in (False, True)]
+        plan += [(pop, 10, 0.5, 0.01, False) for pop in (w, 4 * w)]  # pbt-mq's own cost, no checkpoint I/O
         plan.append((8 * w, 20, 0.0, 0.01, False))
     return [measure_fleet(w, pop, segs, seg_s, mb, overlap) for pop, segs, seg_s, mb, overlap in plan]
 
@@ -112,6 +116,7 @@ def run(a: argparse.Namespace) -> int:
             sys.stdout.write("\n" + format_control(out["control_plane"], out["redis"]) + "\n")
             sys.stdout.write("arbiter replicas, one consumer group, synthetic events\n")
             sys.stdout.write(format_replicas(out["replicas"]) + "\n")
+            sys.stdout.write(format_memory(out["redis_memory"]) + "\n")
     if parts["fleet"]:
         out["fleet"] = run_fleet(a)
         if not a.json:
