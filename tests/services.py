@@ -128,9 +128,10 @@ class Dashboard:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         line = b""
+        poller = select.poll()  # not select(): a long test session has descriptors past 1024
+        poller.register(self.proc.stdout, select.POLLIN)
         while time.monotonic() < deadline and not line.endswith(b"\n"):
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
+            if poller.poll(200):
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
                 if not chunk:
                     break

@@ -15,10 +15,14 @@ from helpers import TOY
 from pbt_mq.config.parse import load_file
 from pbt_mq.control.arbiter import Arbiter
 from pbt_mq.control.decide import Decider
+from pbt_mq.control.trim import empty_events, tracking_floor, trim_events
 from pbt_mq.core.keys import GROUP, Keys
+from pbt_mq.core.model import TrackingState
 from pbt_mq.core.protocol import SegmentCommand
+from pbt_mq.state.archive import archive
 from pbt_mq.state.experiment import launch, load_config
 from pbt_mq.state.lineage import records, replay_decisions
+from pbt_mq.store.open import open_store
 from pbt_mq.tools.bench.control import fake_event, publish, take_commands
 
 
@@ -140,8 +144,6 @@ def test_mode_min_prefers_lower_metric(r):
 
 
 def test_decided_events_are_trimmed_and_undecided_ones_never(r, toy):
-    from pbt_mq.control.trim import trim_events
-
     cfg, exp = toy
     k = Keys(exp)
     arb = Arbiter(r, "t1", block_ms=10)
@@ -159,6 +161,32 @@ def test_decided_events_are_trimmed_and_undecided_ones_never(r, toy):
     assert left == [c.member for c in first[3:]]  # the pending and the undelivered stay
     assert trim_events(r, exp, 0.0, later_ms) == 0
     assert trim_events(r, exp, 3600.0, int(time.time() * 1000)) == 0  # inside the window: kept
+
+
+def test_events_and_lineage_the_tracker_has_not_sent_stay_in_redis(r, toy, tmp_path):
+    """[tracking]: the sender's cursor is a floor for trimming, emptying and archiving, until it is done."""
+    cfg, exp = toy
+    k = Keys(exp)
+    arb = Arbiter(r, "t1", block_ms=10)
+    first = take_commands(r)
+    for cmd in first:
+        publish(r, fake_event(cmd, 1.0))
+    arb.run(burst=True)  # every event decided, one lineage record each
+    ids = [i.decode() for i, _ in r.xrange(k.events)]
+    later_ms = int(time.time() * 1000) + 3_600_000
+    r.hset(k.tracking, mapping=TrackingState.fields(events=ids[1]))  # the sender got through two events
+    assert trim_events(r, exp, 0.0, later_ms, tracked=True) == 2
+    assert [i.decode() for i, _ in r.xrange(k.events)] == ids[2:]
+    assert empty_events(r, exp, tracked=True) == 0  # the experiment ended: the unsent stay
+    assert r.xlen(k.events) == len(ids) - 2
+    lineage = [i.decode() for i, _ in r.xrange(k.lineage)]
+    r.hset(k.tracking, mapping=TrackingState.fields(lineage=lineage[2]))
+    store = open_store(f"file://{tmp_path}/store")
+    assert archive(r, store, exp, 1, chunk_records=1, keep_from=tracking_floor(r, exp, "lineage")) == 3
+    assert [i.decode() for i, _ in r.xrange(k.lineage)] == lineage[3:]
+    r.hset(k.tracking, mapping=TrackingState.fields(done_ms=1))  # sent in full: nothing holds them
+    assert tracking_floor(r, exp, "events") is None
+    assert empty_events(r, exp, tracked=True) == len(ids) - 2 and r.xlen(k.events) == 0
 
 
 def test_an_event_that_keeps_failing_is_dead_lettered_and_its_member_failed(r, toy, monkeypatch, caplog):
