@@ -20,14 +20,17 @@ def fail_member(r: Any, cfg: Experiment, exp: str, member: str, seq: int, reason
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(mkey)
+                pipe.watch(mkey, k.boards)
                 state = Member.read(pipe, mkey, "state").state
                 if state is not None and state.ended:
                     pipe.unwatch()
                     return False
+                boards = [int(float(b)) for b in pipe.zrange(k.boards, 0, -1)]
                 pipe.multi()
                 pipe.hset(mkey, mapping=Member.fields(state=MemberState.FAILED, error=reason, updated_ms=now_ms()))
                 pipe.zrem(k.scores, member)
+                for at in boards:  # exploit.compare = "step": a failed member is no donor on any board
+                    pipe.zrem(k.board(at), member)
                 pipe.zrem(k.reached, member)  # it will report no ready point again
                 pipe.xadd(k.lineage, Lineage.fields(member=member, seq=seq, action=Action.FAILED, reason=reason[-500:],
                                                     ops=[]))

@@ -18,6 +18,7 @@ from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action
 from pbt_mq.core.protocol import SegmentCommand
 from pbt_mq.state.experiment import launch, load_config, stop
+from pbt_mq.state.finish import fail_member
 from pbt_mq.state.lineage import records, replay_decisions
 from pbt_mq.tools.bench.control import fake_event, publish, take_commands
 
@@ -84,6 +85,20 @@ def test_a_donor_whose_latest_score_is_not_finite_is_declined(r):
     decide(r, arb, nxt["m002"], 0.4)
     k = Keys(exp)
     assert r.zscore(k.board(8), "m000") is None and r.hget(k.ckpts, "m000") is None
+    assert replay_decisions(load_config(r, exp), records(r, exp)) == []
+
+
+def test_a_failed_member_leaves_every_board_and_is_no_donor(r):
+    exp, _, nxt = the_shift(r, "step")
+    k = Keys(exp)
+    cfg = load_config(r, exp)
+    assert r.zscore(k.board(4), "m001") is not None and r.zscore(k.board(8), "m001") is not None
+    assert fail_member(r, cfg, exp, "m001", 2, "its worker's process died") is True
+    assert r.zscore(k.board(4), "m001") is None and r.zscore(k.board(8), "m001") is None
+    arb = Arbiter(r, "t1", block_ms=10, reap_interval_s=0)
+    decide(r, arb, nxt["m003"], 0.01)  # the bottom at step 8: exploits m000, the best left, not m001
+    m3 = [rec for rec in records(r, exp) if rec.member == "m003"][-1]
+    assert m3.action is Action.EXPLOIT and m3.parent == "m000"
     assert replay_decisions(load_config(r, exp), records(r, exp)) == []
 
 
