@@ -67,7 +67,9 @@ def chaos_redis(tmp_path: Path) -> Iterator[ChaosRedis]:
 @pytest.fixture
 def s3_proxy(s3_endpoint: str) -> Iterator[Proxy]:
     host, port = s3_endpoint.rsplit(":", 1)
-    yield Proxy((host, int(port)))
+    proxy = Proxy((host, int(port)))
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

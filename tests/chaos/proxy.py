@@ -44,8 +44,7 @@ class Proxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(1 << 16):
                 dst.sendall(data)
@@ -54,9 +53,14 @@ class Proxy:
         finally:
             for s in (src, dst):
                 try:
-                    s.shutdown(socket.SHUT_RDWR)
+                    s.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv
                 except OSError:
                     pass
+            with self.lock:  # the first direction to end closes the pair (a long session would run out of fds)
+                ours = [s for s in (src, dst) if s in self.conns]
+                self.conns = [c for c in self.conns if c not in ours]
+            for s in ours:
+                s.close()
 
     def cut(self) -> None:
         self.listener.close()
@@ -65,9 +69,13 @@ class Proxy:
         for c in conns:
             try:
                 c.shutdown(socket.SHUT_RDWR)
-                c.close()
             except OSError:
                 pass
+            c.close()
+
+    def close(self) -> None:
+        """The listener and every connection, at the end of a test."""
+        self.cut()
 
     def restore(self) -> None:
         self.listener = self._listen(self.port)
