@@ -8,6 +8,7 @@ test can see exactly what the function saw.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -28,10 +29,13 @@ def note(log: str, **fields) -> None:
             os.close(fd)
 
 
-def toy(log: str = "", step_size: float = 0.05, delay_s: float = 0.0, misuse: str | dict = "") -> None:
-    """``misuse``: one way to misuse the API for every member, or {member: way}."""
+def toy(log: str = "", step_size: float = 0.05, delay_s: float = 0.0, misuse: str | dict = "",
+        setup_s: float = 0.0) -> None:
+    """``misuse``: one way to misuse the API for every member, or {member: way}; ``setup_s``: a slow
+    model construction before the first segment's loop."""
     call = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
     run = pbt_mq.session()
+    time.sleep(setup_s)
     torch.manual_seed(run.seed)
     model = torch.nn.Linear(2, 1, bias=False, dtype=torch.float64).to(run.device)
     with torch.no_grad():
@@ -77,6 +81,27 @@ def sleeper(seconds: float = 30.0, **_: object) -> None:
     run = pbt_mq.session()
     time.sleep(seconds)
     run.report({"q": 0.0}, step=run.step + 1, state={"x": torch.zeros(1)})
+
+
+_overruns = itertools.count()  # calls of overrun() in this worker process
+
+
+def overrun(log: str = "", first_s: float = 5.0, step_s: float = 0.5, **_: object) -> None:
+    """The first call overruns its segment (timed out, abandoned), then reports anyway; later calls
+    report every ``step_s`` s, q = 1. What the late report got is noted in ``log``."""
+    first = next(_overruns) == 0
+    run = pbt_mq.session()
+    if first:
+        time.sleep(first_s)
+        try:
+            run.report({"q": -1.0}, step=run.step + 4, state={"x": torch.zeros(1)})
+            note(log, late="accepted")
+        except pbt_mq.SessionError as exc:
+            note(log, late="refused", error=str(exc))
+        return
+    while not run.done:
+        time.sleep(step_s)
+        run = run.report({"q": 1.0}, step=run.step + 4, state={"x": torch.ones(1)})
 
 
 def by_time(log: str = "", **_: object) -> None:

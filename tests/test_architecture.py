@@ -20,8 +20,11 @@ LAYERS = {
     "core": 0, "rules": 1, "config": 2, "broker": 3, "store": 3, "state": 4, "control": 5, "worker": 5,
     "observe": 6, "integrations": 6, "tools": 7, "dashboard": 7, "cli": 8,
 }
-# Imported only by a worker, by name, when an experiment asks for them (or by a user's function): never by these.
+# Imported only by a user's function or the tracker backends a worker is given: never by these.
 NO_INTEGRATIONS = ("control", "cli", "tools", "observe", "state", "config", "broker", "store", "core", "rules")
+# ...except that pbt-worker's start-up hands the tracking sender its backends: factories that import
+# their library only when an experiment asks (tests/observe/test_inspect.py: importing it loads none).
+INTEGRATIONS_ALLOWED = {("pbt_mq.cli.daemons", "pbt_mq.integrations.trackers")}
 
 
 def modules() -> dict[str, Path]:
@@ -122,8 +125,28 @@ def test_imports_run_down_the_layers():
 
 def test_the_arbiter_and_the_cli_never_import_an_integration():
     bad = [f"{src} -> {dst}" for src, targets in graph().items() for dst in targets
-           if layer(src) in NO_INTEGRATIONS and layer(dst) == "integrations"]
+           if layer(src) in NO_INTEGRATIONS and layer(dst) == "integrations" and (src, dst) not in INTEGRATIONS_ALLOWED]
     assert bad == []
+
+
+def names_in_strings(path: Path, prefix: str) -> list[str]:
+    """String constants in code (docstrings aside) that start with ``prefix``: a module named for
+    importlib or __import__ is an import the graph cannot see."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docs and n.value.startswith(prefix)]
+
+
+def test_no_layer_below_integrations_names_one_to_import_it(tmp_path):
+    probe = tmp_path / "m.py"  # the check must see an import hidden in a string, and not a docstring
+    probe.write_text('"""pbt_mq.integrations.doc"""\nimport importlib\n'
+                     'm = importlib.import_module("pbt_mq.integrations.x")\n')
+    assert names_in_strings(probe, "pbt_mq.integrations") == ["pbt_mq.integrations.x"]
+    found = {name: hits for name, path in modules().items()
+             if layer(name) is not None and LAYERS[layer(name)] <= LAYERS["integrations"] and layer(name) != "integrations"
+             and (hits := names_in_strings(path, "pbt_mq.integrations"))}
+    assert found == {}
 
 
 def test_every_subpackage_is_on_a_layer():

@@ -11,6 +11,7 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import EXIT_OK, Parser, UsageError, env_option, log_option, redis_option, run
 from pbt_mq.control.arbiter import Arbiter
 from pbt_mq.core.hooks import Hooks
+from pbt_mq.integrations.trackers import BACKENDS  # factories only: no tracker library is imported here
 from pbt_mq.observe.metrics import PrometheusHook, TensorBoardHook
 from pbt_mq.worker.serve import default_worker_id, serve
 from pbt_mq.worker.stopping import StopPolicy
@@ -65,7 +66,8 @@ def run_worker(a: argparse.Namespace) -> int:
         hooks.add(PrometheusHook(r, "worker", a.metrics_port, a.metrics_addr, (a.queue,)))
     if a.tensorboard_dir:
         hooks.add(TensorBoardHook(a.tensorboard_dir))
-    tracking = TrackingHook(r, a.id or default_worker_id(a.device))  # idle unless an experiment has [tracking]
+    # idle unless an experiment has [tracking]; the backends are built by name only when one asks
+    tracking = TrackingHook(r, a.id or default_worker_id(a.device), BACKENDS)
     hooks.add(tracking)
     try:
         serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks, a.grace_s)

@@ -80,15 +80,15 @@ class MlflowTracker:
         ms = when_ms  # the segment's own time: two segments at one step stay two entries
         values = {**metrics, **{f"hparams/{k}": v for k, v in hparams.items() if _number(v)}}
         batch = [Metric(k, float(v), ms, step) for k, v in values.items() if not math.isinf(float(v))]
-        params = [Param(k, str(v)) for k, v in hparams.items()] if self._needs_params(run_id) else []
+        needs = self._needs_params(run_id)
+        params = [Param(k, str(v)) for k, v in hparams.items()] if needs else []
         _calling(self.client.log_batch, run_id, metrics=batch, params=params)
+        self.params_done.add(run_id)  # only now: a batch that failed logs its params at the next try
 
     def _needs_params(self, run_id: str) -> bool:
-        """Params are set once, with the run's first logged segment: MLflow never changes a param."""
-        if run_id in self.params_done:
-            return False
-        self.params_done.add(run_id)
-        return not _calling(self.client.get_run, run_id).data.params
+        """Params are set once, with the run's first logged segment: MLflow never changes a param.
+        A run another sender began may have them already."""
+        return run_id not in self.params_done and not _calling(self.client.get_run, run_id).data.params
 
     def exploit(self, run_id: str, rec: Lineage) -> None:
         ms = int(time.time() * 1000)

@@ -14,6 +14,12 @@ another experiment, or the worker stopping.
 A worker keeps at most one call alive (it holds a model, maybe a GPU's worth). An error of the
 function (it raised, misused the API, returned early) fails the segment it happened in, like a
 raising ``train()``; an error after ``done`` fails the experiment's next segment on this worker.
+
+A Python thread cannot be killed: a call whose segment timed out (or that did not return after
+``done``) is *abandoned*, said in one warning line. Its thread runs on until it next reports,
+which raises; a reply is taken only for the assignment the worker is waiting on (the segment's
+generation), so it never lands in a later segment, which gets a new call. The worker does not
+exit over it: nothing restarts an exited worker under ``pbt local`` or SLURM.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +62,8 @@ class FunctionTrainable:
         self.fn, self.experiment, self.exp_seed, self.metric = fn, experiment, exp_seed, metric
         self.device, self.args = device, dict(args)
         self.name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', '?')}"
+        self.member = ""  # the member of the latest segment
+        self.train_s = self.after_s = 0.0  # the latest segment's training seconds, and after it (evaluation)
         self.hparams: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
         self.state: Any = None
@@ -62,6 +71,7 @@ class FunctionTrainable:
         self._cond = threading.Condition()
         self._pending: Any = None  # a loaded checkpoint for the next assignment
         self._next: Any = None  # the next Assignment (or END) for the function's thread
+        self._given: Assignment | None = None  # the segment's assignment: only its report is a reply
         self._reply: tuple[str, Any] | None = None  # the function's answer to a segment
         self._waiting = False  # a segment waits for a reply
         self._run: Run | None = None
@@ -96,10 +106,11 @@ class FunctionTrainable:
             steps=None if cmd.until_step is None else cmd.until_step - cmd.step, seconds=cmd.seconds,
         )
         self._pending, self.metrics, self.state = None, {}, None
+        self.member, self.train_s, self.after_s = cmd.member, 0.0, 0.0
         with self._cond:
             if not self.alive:
                 raise SessionError(f"{self.name}: this call cannot take another segment")
-            self._reply, self._next, self._waiting = None, a, True
+            self._reply, self._next, self._given, self._waiting = None, a, a, True
             self._cond.notify_all()
         if self.thread is None:
             self.thread = threading.Thread(target=self._main, args=(a.seed,), name=f"pbt-call-{cmd.member}",
@@ -107,11 +118,15 @@ class FunctionTrainable:
             self.thread.start()
         try:
             kind, payload = self._await_reply()
-        except BaseException:  # RQ's timeout or a forced stop: this call can never be resumed
+        except BaseException as exc:  # RQ's timeout or a forced stop: this call can never be resumed
             self._abandon()
+            log.warning("%s %s seq=%d: %s while %s trained it; its thread is abandoned: it runs on (holding its"
+                        " memory, maybe a GPU's) until its next run.report(), which raises and reaches no later"
+                        " segment; restart this worker to free it now", self.experiment, cmd.member, cmd.seq,
+                        type(exc).__name__, self.name)
             raise
         if kind == "report":
-            self.metrics, step, self.state = payload
+            self.metrics, step, self.state, self.train_s, self.after_s = payload
             return step
         self._charged = True
         if kind == "error":
@@ -129,6 +144,7 @@ class FunctionTrainable:
     def _abandon(self) -> None:
         with self._cond:
             self._abandoned = True
+            self._given, self._waiting = None, False
             self._cond.notify_all()
 
     def end(self, join_s: float = JOIN_S) -> BaseException | None:
@@ -143,6 +159,9 @@ class FunctionTrainable:
         self.thread.join(join_s)
         if self.thread.is_alive():
             self._abandon()
+            log.warning("%s %s: %s did not return within %.0f s after its run was done; its thread is abandoned:"
+                        " it runs on until its next run.report(), which raises; restart this worker to free it now",
+                        self.experiment, self.member, self.name, join_s)
             return SessionError(f"{self.name} did not return within {join_s:.0f} s after its run was done")
         if self._outcome and self._outcome[0] == "error" and not self._charged:
             self._charged = True
@@ -180,11 +199,15 @@ class FunctionTrainable:
         return a
 
     def report(self, run: Run, metrics: dict[str, float], step: int, state: Any) -> Run:
+        train_s, after_s = run.trained_s(time.monotonic())
         with self._cond:
             if self._abandoned or self._broken:
                 raise SessionError(f"{self.name}: this call was abandoned (its segment timed out, failed or the worker"
                                    " stopped); return from the function")
-            self._reply = ("report", (metrics, step, state))
+            if not self._waiting or run._a is not self._given:  # never a reply to another segment than its own
+                raise SessionError(f"{self.name}: report() for an assignment the worker no longer waits for;"
+                                   " return from the function")
+            self._reply = ("report", (metrics, step, state, train_s, after_s))
             self._cond.notify_all()
             while self._next is None and not self._abandoned:
                 self._cond.wait()

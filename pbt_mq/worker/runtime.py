@@ -154,6 +154,10 @@ class Runtime:
         t1 = time.perf_counter()
         step = self._advance(trainable, cmd, start.step)
         t2 = time.perf_counter()
+        load, train, after = t1 - t0, t2 - t1, 0.0
+        if isinstance(trainable, FunctionTrainable):  # its setup and evaluation ran in the call too: not training
+            train, after = min(trainable.train_s, train), trainable.after_s
+            load += max(0.0, t2 - t1 - train - after)
         metrics = trainable.evaluate()
         if cfg.metric not in metrics:
             raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
@@ -178,8 +182,8 @@ class Runtime:
         event = ReadyEvent(
             experiment=cmd.experiment, member=cmd.member, seq=cmd.seq, step=step, score=clean[cfg.metric],
             checkpoint=ref, hparams=dict(cmd.hparams), metrics=clean, worker=self.worker_id,
-            timings_s={"load": t1 - t0, "train": t2 - t1, "eval": t3 - t2, "save": t4 - t3, how: 1.0},
-            train_s=cmd.train_s + (t2 - t1), start_step=start.step, start_key=start.key,
+            timings_s={"load": load, "train": train, "eval": t3 - t2 + after, "save": t4 - t3, how: 1.0},
+            train_s=cmd.train_s + train, start_step=start.step, start_key=start.key,
         )
         ReadyEvent.decode(event.encode())  # an event the arbiter would reject fails here, as a segment failure
         return event

@@ -67,7 +67,9 @@ class Run:
         self._channel = channel
         self._a = assignment if not done else replace(assignment, state=None)
         self._done = done
-        self._began = time.monotonic()
+        self._handed = time.monotonic()  # the assignment reached the function
+        self._began: float | None = None  # its first should_report(): training started (setup is done)
+        self._stopped: float | None = None  # the first should_report() that said true
         self._spent = False
 
     def __repr__(self) -> str:
@@ -114,12 +116,32 @@ class Run:
 
     def should_report(self, step: int) -> bool:
         """True once ``step - self.step`` reaches the segment's length ([ready] steps), or its
-        seconds have passed since the assignment began ([ready] seconds, and at least one step)."""
+        seconds have passed since this run's first ``should_report()`` ([ready] seconds, and at
+        least one step). Its first call also marks where the segment's training time begins."""
+        now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        due = self._due(step, now)
+        if due and self._stopped is None:
+            self._stopped = now
+        return due
+
+    def _due(self, step: int, now: float) -> bool:
         if self._done:
             return True
         if self._a.steps is not None:
             return step - self._a.step >= self._a.steps
-        return step > self._a.step and time.monotonic() - self._began >= float(self._a.seconds or 0.0)
+        began = self._handed if self._began is None else self._began
+        return step > self._a.step and now - began >= float(self._a.seconds or 0.0)
+
+    def trained_s(self, now: float) -> tuple[float, float]:
+        """The segment's training seconds (``train_s``), and the seconds after it until ``now``:
+        from the first ``should_report()`` (without one: from when the assignment was handed over)
+        to the first that said true (without one: ``now``). Setup before the loop (building the
+        model, loading ``state``) and evaluation after it are not training, as for a Trainable."""
+        began = self._handed if self._began is None else self._began
+        stopped = now if self._stopped is None else max(self._stopped, began)
+        return max(0.0, stopped - began), max(0.0, now - stopped)
 
     def report(self, metrics: Mapping[str, Any], step: int, state: Any) -> Run:
         """Save ``state`` (serialized before this returns) and publish ``metrics`` at ``step``;
@@ -144,7 +166,7 @@ class Run:
         if a.steps is not None and step != a.step + a.steps:
             raise SessionError(f"report(step={step}): this segment runs steps {a.step}-{a.step + a.steps} ([ready] steps"
                                f" = {a.steps}); report at step {a.step + a.steps}, when run.should_report(step) turns true")
-        if a.steps is None and not self.should_report(step):
+        if a.steps is None and not self._due(step, time.monotonic()):
             raise SessionError(f"report(step={step}) before the segment's end: it started at step {a.step} and lasts"
                                f" {a.seconds} s ([ready] seconds); report when run.should_report(step) turns true")
         if state is None:

@@ -11,17 +11,23 @@ exploit of the lineage (donor and step). So each member has exactly one run per 
 It runs on one background thread per worker: a tracker that is down or slow delays only the
 sending (a call that fails as "down" is retried with backoff and the cursor waits in Redis while
 the streams keep the events), never a segment; an entry a tracker refuses is skipped and counted
-(``lost``). When the experiment has ended and everything is sent, the runs are closed and
-``done_ms`` is set. The tracker libraries are loaded only when an experiment asks for them
-(``integrations.mlflow``, ``integrations.wandb``).
+(``lost``). The lease is renewed before every chunk (``CHUNK`` entries, fewer once a third of
+the lease has gone by), so a sender that lost it (it stalled, another took over) stops within one
+chunk. When the experiment has
+ended and everything is sent, every run in ``pbt:{EXP}:runs`` is closed (whichever sender opened
+it) and ``done_ms`` is set.
+
+The backends come from whoever builds the worker (``pbt-worker`` passes
+``integrations.trackers.BACKENDS``: name -> factory): this layer never imports an integration,
+and a factory imports its tracker library only when an experiment asks for it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import redis
@@ -36,8 +42,8 @@ from pbt_mq.state.experiment import load_config
 
 log = logging.getLogger(__name__)
 LEASE_MS = 15_000
-BATCH = 200
-BACKENDS = {"mlflow": "pbt_mq.integrations.mlflow", "wandb": "pbt_mq.integrations.wandb"}
+BATCH = 200  # entries read per stream per pass
+CHUNK = 20  # entries sent between two renewals of the lease
 
 
 class TrackerDown(RuntimeError):
@@ -66,20 +72,26 @@ class Tracker(Protocol):
     def close(self, run_id: str, finished: bool) -> None: ...
 
 
-def load_trackers(cfg: Experiment, experiment: str) -> list[Tracker]:
+# ``[tracking] NAME = TARGET`` -> factory(TARGET, cfg, experiment); ImportError: its library is missing.
+TrackerFactory = Callable[[str, Experiment, str], Tracker]
+
+
+def load_trackers(cfg: Experiment, experiment: str, backends: Mapping[str, TrackerFactory]) -> list[Tracker]:
     """The experiment's trackers; one that is not installed is reported once and left out."""
     out = []
     for name, target in (("mlflow", cfg.tracking.mlflow), ("wandb", cfg.tracking.wandb)):
         if not target:
             continue
+        factory = backends.get(name)
+        if factory is None:
+            log.error("%s: [tracking] %s: this worker was started without a %s backend; run pbt-worker",
+                      experiment, name, name)
+            continue
         try:
-            module = importlib.import_module(BACKENDS[name])  # lazy on purpose: optional dependencies
+            out.append(factory(target, cfg, experiment))
         except ImportError as exc:
             log.error("%s: [tracking] %s: %s; install it on the workers: pip install 'pbt-mq[%s]'", experiment, name,
                       exc, name)
-            continue
-        try:
-            out.append(module.tracker(target, cfg, experiment))
         except Exception as exc:  # a bad URI, a library that refuses: said once, training goes on untracked
             log.error("%s: [tracking] %s = %r: %s: %s", experiment, name, target, type(exc).__name__, exc)
     return out
@@ -98,6 +110,7 @@ class Sender:
         self.failures = 0
 
     def lease(self) -> bool:
+        """Take or renew the lease; False (and ``held`` False) when another worker holds it."""
         with self.r.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self.k.tracking)
@@ -113,7 +126,8 @@ class Sender:
                 pipe.execute()
                 self.held = True
                 return True
-            except redis.WatchError:
+            except redis.WatchError:  # someone wrote the hash meanwhile: not ours this time
+                self.held = False
                 return False
 
     def release(self) -> None:
@@ -135,7 +149,10 @@ class Sender:
             return False
         ended = Meta.read(self.r, self.k.meta, "state").state is not ExperimentState.RUNNING  # before the reads
         try:
-            more = self._stream("events") | self._stream("lineage")
+            more = self._stream("events")
+            more = self.held and (self._stream("lineage") or more)
+            if self.held and not more and ended and self.lease():  # everything written before the end was read
+                self._finish()
         except TrackerDown as exc:
             self.failures += 1
             wait = min(60.0, 2.0 ** self.failures)
@@ -143,19 +160,35 @@ class Sender:
             self.backoff_until = time.monotonic() + wait
             return False
         self.failures = 0
-        if not more and ended:  # everything written before the end was read above
-            self._finish()
         return more
 
     def _stream(self, which: str) -> bool:
-        cursor = getattr(TrackingState.read(self.r, self.k.tracking, which), which) or "0-0"
+        """Send a batch of one stream, a chunk at a time, each under a renewed lease; True when
+        the batch was full (there may be more)."""
+        cursor: str = getattr(TrackingState.read(self.r, self.k.tracking, which), which) or "0-0"
         key = self.k.events if which == "events" else self.k.lineage
         entries = self.r.xrange(key, f"({cursor}", "+", count=BATCH)
-        if not entries:
-            return False
+        i = 0
+        while i < len(entries):
+            if not self.lease():  # lost it: the new holder goes on from the cursor
+                return False
+            n, moved = self._chunk(which, cursor, entries[i:i + CHUNK])
+            if moved is None:
+                self.held = False
+                return False
+            i, cursor = i + n, moved
+        return len(entries) == BATCH
+
+    def _chunk(self, which: str, cursor: str, entries: list[tuple[Any, Any]]) -> tuple[int, str | None]:
+        """Send ``entries`` (fewer if a third of the lease has gone by: a slow tracker makes short
+        chunks) and move the cursor past them: how many, and the new cursor, or None if this worker
+        no longer holds the lease or someone else moved the cursor."""
         sent = lost = 0
         prev: Any = cursor
+        until = time.monotonic() + LEASE_MS / 3000
         for entry_id, fields in entries:
+            if sent + lost and time.monotonic() >= until:
+                break
             try:
                 if which == "events":
                     ev = ReadyEvent.decode(fields[b"msg"])
@@ -175,10 +208,9 @@ class Sender:
                 log.warning("%s: %s entry %s not sent: %s", self.exp, which, entry_id, exc)
                 lost += 1
             prev = entry_id
-        self._advance(which, cursor, entries[-1][0], sent, lost)
-        return len(entries) == BATCH
+        return sent + lost, self._advance(which, cursor, prev, sent, lost)
 
-    def _advance(self, which: str, cursor: str, last: Any, sent: int, lost: int) -> None:
+    def _advance(self, which: str, cursor: str, last: Any, sent: int, lost: int) -> str | None:
         """Move the cursor, only while this worker still holds the lease and no one moved it."""
         last = last.decode() if isinstance(last, bytes) else last
         with self.r.pipeline(transaction=True) as pipe:
@@ -187,14 +219,15 @@ class Sender:
                 t = TrackingState.read(pipe, self.k.tracking, "holder", which)
                 if t.holder != self.me or (getattr(t, which) or "0-0") != cursor:
                     pipe.unwatch()
-                    return
+                    return None
                 pipe.multi()
                 pipe.hset(self.k.tracking, mapping=TrackingState.fields(**{which: last}))
                 pipe.hincrby(self.k.tracking, "sent", sent)
                 pipe.hincrby(self.k.tracking, "lost", lost)
                 pipe.execute()
+                return str(last)
             except redis.WatchError:
-                pass
+                return None
 
     def _run(self, t: Tracker, member: str) -> str:
         """The member's one run in ``t``: from pbt:{EXP}:runs, or created now and written once."""
@@ -214,11 +247,15 @@ class Sender:
         return self.runs[slot]
 
     def _finish(self) -> None:
-        """Everything of the ended experiment is sent: close its runs, record it, give the lease back."""
-        for (name, _), rid in self.runs.items():
+        """Everything of the ended experiment is sent: close every run it has (``pbt:{EXP}:runs``,
+        also those a sender that died opened), record it, give the lease back."""
+        for field in sorted(self.r.hgetall(self.k.runs)):
+            name, _, member = (field.decode() if isinstance(field, bytes) else str(field)).partition("/")
             for t in self.trackers:
-                if t.name == name:
-                    t.close(rid, finished=True)
+                if t.name == name and member:
+                    if not self.lease():  # closing is slow (W&B resumes a run to end it): another took over
+                        return
+                    t.close(self._run(t, member), finished=True)
         self.runs.clear()
         self.r.hset(self.k.tracking, mapping=TrackingState.fields(done_ms=now_ms(), lease_ms=0))
         self.finished = True
@@ -235,10 +272,12 @@ class Sender:
 
 
 class TrackingHook(Hook):
-    """Installed by every pbt-worker: sends the experiments it trains that ask for tracking."""
+    """Installed by every pbt-worker: sends the experiments it trains that ask for tracking, with
+    ``backends`` (``[tracking]`` name -> factory; ``pbt-worker`` passes ``integrations.trackers``'s)."""
 
-    def __init__(self, r: Any, worker_id: str, interval_s: float = 1.0) -> None:
+    def __init__(self, r: Any, worker_id: str, backends: Mapping[str, TrackerFactory], interval_s: float = 1.0) -> None:
         self.r, self.worker_id, self.interval_s = r, worker_id, interval_s
+        self.backends = dict(backends)
         self.asks: dict[str, bool] = {}
         self.senders: dict[str, Sender] = {}
         self.lock = threading.Lock()
@@ -251,7 +290,7 @@ class TrackingHook(Hook):
             cfg = load_config(self.r, exp)
             self.asks[exp] = bool(cfg.tracking)
             if cfg.tracking:
-                trackers = load_trackers(cfg, exp)
+                trackers = load_trackers(cfg, exp, self.backends)
                 with self.lock:
                     if trackers:
                         self.senders[exp] = Sender(self.r, self.worker_id, exp, trackers)

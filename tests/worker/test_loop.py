@@ -200,7 +200,8 @@ def test_a_report_after_done_fails_the_next_segment_of_the_experiment(fleet, red
 
 
 def test_a_segment_timeout_applies_to_a_function(fleet, redis_url, r, tmp_path):
-    fleet.start("worker", "w1")
+    # --threads imports torch at start: an import of torch the 1 s timeout interrupts may swallow it
+    fleet.start("worker", "w1", "--threads", "1")
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:sleeper", "population.size=1",
                  "population.initial=[]", "worker.segment_timeout_s=1", "worker.max_retries=0",
@@ -225,3 +226,42 @@ def test_should_report_by_seconds(fleet, redis_url, r, tmp_path):
     seen = entries(log)
     assert len(seen) >= 2 and all(e["elapsed"] >= 0.1 and e["step"] > e["start"] for e in seen)
     assert all(a["step"] == b["start"] for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_an_abandoned_call_is_said_once_and_its_late_report_reaches_no_later_segment(fleet, redis_url, r, tmp_path):
+    """The first call overruns its segment's timeout and reports 5 s in, while the retry's call is
+    training the same member: that report is refused; every event comes from the new call."""
+    log = tmp_path / "calls.jsonl"
+    fleet.start("worker", "w1", "--threads", "1")  # imports torch at start: no timeout in the middle of that
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:overrun", "population.size=1",
+                 "population.initial=[]", "worker.segment_timeout_s=2", "worker.max_retries=1", "stop.steps=48",
+                 f"trainable_args.log={json.dumps(str(log))}")
+    st = wait_done(redis_url, exp, fleet, timeout=90)
+    assert st["members"][0]["state"] == "done"
+    deadline = time.monotonic() + 30
+    while not entries(log):  # the abandoned thread wakes up on its own time
+        assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.1)
+    (late,) = entries(log)
+    assert late["late"] == "refused" and "abandoned" in late["error"], late
+    evs = r.xrange(Keys(exp).events)
+    assert [ReadyEvent.decode(f[b"msg"]).metrics["q"] for _, f in evs] == [1.0] * 12  # none from the late report
+    assert set(event_counts(r, exp).values()) == {1}
+    assert int(evs[0][0].split(b"-")[0]) / 1000 < late["t"] < int(evs[-1][0].split(b"-")[0]) / 1000  # it overlapped
+    warned = [line for line in fleet.log("w1").splitlines() if "abandoned" in line]
+    assert len(warned) == 1 and " m000 " in warned[0] and "tests.loops:overrun" in warned[0], warned
+
+
+def test_train_s_counts_the_loop_not_the_setup_before_it(fleet, redis_url, r, tmp_path):
+    """A function that takes 2 s to build its model: its first segment's training seconds (what
+    [ready] seconds and time boards use) exclude them; they are counted as loading."""
+    fleet.start("worker", "w1")
+    fleet.start("arbiter", "a1")
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", LOOP, "trainable_args.setup_s=2.0", "population.size=1",
+                 "population.initial=[]", "stop.steps=8")
+    wait_done(redis_url, exp, fleet)
+    first, second = events(r, exp)
+    assert first.timings_s["load"] >= 2.0 and "fresh" in first.timings_s
+    assert first.train_s == first.timings_s["train"] < 2.0, first.timings_s
+    assert second.train_s == pytest.approx(first.train_s + second.timings_s["train"])
