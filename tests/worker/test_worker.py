@@ -131,7 +131,7 @@ def test_heartbeat_key_expires_with_the_worker(fleet, redis_url, r):
 
 
 def test_a_worker_restarted_under_its_id_after_sigkill_starts_and_a_live_id_is_refused(fleet, redis_url, r, tmp_path):
-    fleet.start("worker", "pod-0", "--heartbeat-s", "0.5")
+    fleet.start("worker", "pod-0", "--heartbeat-s", "4")  # it outlives its SIGKILL by 12 s: time to restart under load
     deadline = time.monotonic() + 30
     while not r.exists(worker_key("pod-0")) and time.monotonic() < deadline:
         time.sleep(0.05)
