@@ -117,7 +117,7 @@ class ExperimentView:
             started = self.pace.clock()
             try:
                 self._refresh(started)
-                self.error = None
+                self.error = self.log.archive_error  # None, or why the oldest records are missing
             except redis.RedisError as exc:  # Redis restarting: keep the last snapshot, say so, retry later
                 self.error = f"redis: {exc}"
                 self.pace.done(started, ENDED_INTERVAL_S)

@@ -195,6 +195,18 @@ class _Cache:
 _cache = _Cache(CACHE_CHUNKS)
 
 
+def read_archived(r: Any, exp: str) -> list[Lineage]:
+    """Only the records moved to the store, oldest first (a follower then reads the stream after them)."""
+    k = Keys(exp)
+    index = r.lrange(k.archive, 0, -1)
+    if not index:
+        return []
+    url = Meta.read(r, k.meta, "store").store
+    if not url:
+        raise ArchiveError(f"experiment {exp}: archived lineage, but no store URL in its meta hash")
+    return [rec for raw in index for rec in _cache.get(url, Chunk.from_json(raw))]
+
+
 def read(r: Any, exp: str, after: str | None = None) -> list[Lineage]:
     """Every record, archived then live, oldest first; with ``after`` (an entry id) only newer ones."""
     k = Keys(exp)

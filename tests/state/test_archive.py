@@ -12,6 +12,7 @@ from helpers import PAPER_INIT_4, launch, pbt
 
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.core.keys import Keys
+from pbt_mq.dashboard.follow import LineageLog
 from pbt_mq.state.archive import Chunk, archive, read
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records, replay_decisions
@@ -58,6 +59,10 @@ def test_an_archived_experiment_reads_exactly_as_before(fleet, redis_url, r, tmp
     chunks = [Chunk.from_json(c) for c in r.lrange(k.archive, 0, -1)]
     assert sum(c.count for c in chunks) == moved and all(open_store(store).exists(c.key) for c in chunks)
     assert views(redis_url, r, exp, tmp_path, "after") == before
+    follower = LineageLog(exp)  # pbt dashboard's: archived records first, then the stream, in bounded reads
+    while follower.poll(r, 5):
+        pass
+    assert [n["q"] for n in follower.nodes] == [rec.seq for rec in records(r, exp)] and follower.archive_error is None
     # only the newer ones, across the archive's edge
     recs = read(r, exp)
     mid = recs[moved // 2].id
