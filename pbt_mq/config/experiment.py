@@ -68,6 +68,13 @@ class Experiment:
         """The leaderboard score: the metric, negated when lower is better."""
         return metric_value if self.mode == "max" else -metric_value
 
+    def ready_point(self, step: int, train_s: float) -> int:
+        """The ready point a member at (``step``, ``train_s``) reported: its step, or with ``[ready] seconds``
+        its train time in ready periods (what boards and synchronous rounds are keyed by)."""
+        if self.ready.seconds is not None:
+            return round(train_s / self.ready.seconds)
+        return step
+
     def first_target(self, step: int) -> dict[str, Any]:
         """The target of a segment starting at ``step``: the next ready point, capped by the stop
         (keyword arguments of ``SegmentCommand``)."""

@@ -148,6 +148,7 @@ def _exploit(t: Reader) -> ExploitSpec:
         quantile=t.float("quantile", default=0.2, low=1e-9, high=0.5),
         ties=t.choice("ties", ("strict", "rank", "random"), default="strict"),
         compare=t.choice("compare", ("step", "latest"), default="step"),
+        burn_in_steps=t.int("burn_in_steps", default=0, low=0),
     )
     t.done()
     return spec

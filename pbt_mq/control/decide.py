@@ -109,9 +109,14 @@ class Decider:
         periods) with exploit.compare = "step", or ("latest", None): every member's last score."""
         if self.cfg.exploit.compare != "step":
             return "latest", None
-        if self.cfg.ready.seconds is not None:
-            return "time", round(ev.train_s / self.cfg.ready.seconds)
-        return "step", ev.step
+        return ("time" if self.cfg.ready.seconds is not None else "step"), self.cfg.ready_point(ev.step, ev.train_s)
+
+    def board_key(self, k: Keys, at: int | None) -> str:
+        """The sorted set a member is ranked on: its ready point's board, else the latest scores (of the
+        members past the burn-in, when there is one)."""
+        if at is not None:
+            return k.board(at)
+        return k.eligible if self.cfg.exploit.burn_in_steps else k.scores
 
     def prepare(self, ev: ReadyEvent) -> Prepared:
         """decide.lua's keys and arguments for ``ev`` (see the script's header)."""
@@ -119,16 +124,16 @@ class Decider:
         score = self.cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
         reason, target = self.stop_reason(ev)
         rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
-        mode = "none" if reason else self.exploit.lua or "none"
+        ranked = not reason and not self.cfg.exploit.in_burn_in(ev.step)
+        mode = (self.exploit.lua or "none") if ranked else "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
         record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
                                   ev.train_s)
         board, at = self.ready_point(ev)
-        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, k.scores if at is None else k.board(at),
-                         k.boards, k.reached], [
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, self.board_key(k, at), k.boards, k.reached], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
-            "" if at is None else at,
+            "" if at is None else at, self.cfg.exploit.burn_in_steps, ev.step,
         ], rng, score, reason, target, board, at)
 
     def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any], ready_ms: int,

@@ -19,6 +19,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:board:{B}         ZSET   member -> its score at ready point B (the step, or with [ready] seconds
                                        the train time in ready periods), higher is better: the board a
                                        member reporting B is ranked on (exploit.compare = "step")
+    pbt:{EXP}:eligible          ZSET   member -> latest finite score, for members whose latest score is at a step
+                                       >= exploit.burn_in_steps: the board with compare = "latest" and a burn-in
     pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
     pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only)
     pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
@@ -143,6 +145,11 @@ class Keys:
         return f"{self.prefix}:board:{at}"
 
     @property
+    def eligible(self) -> str:
+        """The latest scores of members past the burn-in (exploit.compare = "latest", burn_in_steps > 0)."""
+        return f"{self.prefix}:eligible"
+
+    @property
     def boards(self) -> str:
         return f"{self.prefix}:boards"
 
@@ -160,6 +167,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
     ("pbt:{EXP}:board:{B}", "zset", "member -> its score at ready point B: what a member reporting B is ranked on"),
     ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported"),
+    ("pbt:{EXP}:eligible", "zset", "member -> latest score at a step >= exploit.burn_in_steps: the board of "
+                                   "compare = latest with a burn-in"),
     ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:dead", "stream", DeadLetter),

@@ -28,6 +28,7 @@ def fail_member(r: Any, cfg: Experiment, exp: str, member: str, seq: int, reason
                 pipe.multi()
                 pipe.hset(mkey, mapping=Member.fields(state=MemberState.FAILED, error=reason, updated_ms=now_ms()))
                 pipe.zrem(k.scores, member)
+                pipe.zrem(k.eligible, member)
                 pipe.zrem(k.reached, member)  # it will report no ready point again
                 pipe.xadd(k.lineage, Lineage.fields(member=member, seq=seq, action=Action.FAILED, reason=reason[-500:],
                                                     ops=[]))

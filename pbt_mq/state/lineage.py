@@ -96,6 +96,8 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     chosen = rec.chosen_donor
     board = rec.leaderboard
+    if cfg.exploit.in_burn_in(rec.step):  # no rule ran, no draw was taken
+        return f"log says donor {chosen} at step {rec.step}, in the burn-in" if chosen else None
     if board is not None:
         donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
         if donor != chosen:
