@@ -6,6 +6,7 @@ from __future__ import annotations
 from helpers import PAPER_INIT_4, launch, lineage_counts, pbt, status
 
 from pbt_mq.core.model import Action
+from pbt_mq.rules.plugins import allow_plugins
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records, replay_decisions
 
@@ -35,3 +36,80 @@ def test_burn_in_no_exploit_before_step_n(fleet, redis_url, r, tmp_path):
     assert max(lineage_counts(r, exp).values()) == 1
     assert replay_decisions(load_config(r, exp), recs) == []
     assert status(redis_url, exp)["state"] == "done"
+
+
+def test_replace_a_member_failing_on_its_first_segment_and_at_random_later(fleet, redis_url, r, tmp_path):
+    start(fleet)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4,
+                 "trainable=tests.trainables:Flaky", "worker.max_retries=1")
+    wait_done(fleet, redis_url, exp)
+    st = status(redis_url, exp)
+    assert st["state"] == "done" and st["reason"] == "all members finished", st  # none failed
+    assert [m["state"] for m in st["members"]] == ["done"] * 4 and all(m["scored_step"] == 100 for m in st["members"])
+    recs = records(r, exp)
+    replaced = [rec for rec in recs if rec.action is Action.REPLACED]
+    first = [rec for rec in replaced if rec.member == "m000" and rec.seq == 0]
+    assert first and "RuntimeError: boom: the first segment" in first[0].reason  # the traceback, kept
+    assert "Traceback (most recent call last)" in first[0].reason
+    assert max(lineage_counts(r, exp).values()) == 1  # each (member, seq) decided once
+    assert replay_decisions(load_config(r, exp), recs) == []
+
+
+def test_a_trainable_that_always_raises_ends_the_experiment_failed_with_the_reason(fleet, redis_url, r, tmp_path):
+    start(fleet)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=3", "population.initial=[]",
+                 "trainable=tests.trainables:AlwaysRaises", "worker.max_retries=0", "worker.max_replacements=2")
+    wait_done(fleet, redis_url, exp, code=1)
+    st = status(redis_url, exp)
+    assert st["state"] == "failed" and "ValueError: this trainable is broken" in st["reason"], st
+    assert st["reason"].startswith("every member failed; m000: ")
+    assert {m["state"] for m in st["members"]} == {"failed"}
+    for m in ("m000", "m001", "m002"):
+        actions = [rec.action for rec in records(r, exp) if rec.member == m]
+        assert actions == [Action.REPLACED, Action.REPLACED, Action.FAILED], (m, actions)
+
+
+def test_replace_a_member_whose_segment_keeps_killing_its_workers(fleet, redis_url, r, tmp_path):
+    start(fleet, 3)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4,
+                 "trainable=tests.trainables:KillsItsWorker", "worker.max_retries=0", "stop.steps=60")
+    wait_done(fleet, redis_url, exp)
+    assert sum(p.poll() is not None for name, p in fleet.procs.items() if name.startswith("w")) == 2
+    st = status(redis_url, exp)
+    assert [m["state"] for m in st["members"]] == ["done"] * 4
+    replaced = [rec for rec in records(r, exp) if rec.action is Action.REPLACED]
+    assert [(rec.member, rec.seq) for rec in replaced] == [("m000", 0)]
+    assert "stopped heartbeating; gave up after 1 requeues" in replaced[0].reason
+    assert replay_decisions(load_config(r, exp), records(r, exp)) == []
+
+
+PLUGIN_SETS = ("exploit.rule=tests.plugin_rules:copy_the_best", "explore.rule=tests.plugin_rules:HalveOrDouble")
+
+
+def test_a_plug_in_rule_drives_the_decisions_and_replays(fleet, redis_url, r, tmp_path):
+    start(fleet, 2, "--plugins", "tests.plugin_rules")
+    fleet.start("arbiter", "a2", "--claim-idle-ms", "2000")  # no plug-ins here: it leaves the experiment to a1
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4, *PLUGIN_SETS)
+    wait_done(fleet, redis_url, exp)
+    recs = records(r, exp)
+    exploits = [rec for rec in recs if rec.action is Action.EXPLOIT]
+    assert exploits and all(rec.parent == rec.leaderboard[0][0] for rec in exploits)
+    assert all("--(x0.5)-->" in op or "--(x2.0)-->" in op for rec in exploits for op in rec.ops)
+    st = status(redis_url, exp)
+    assert st["state"] == "done" and "not on this process's plug-in allowlist" in st["refused"]["a2"]
+    assert max(lineage_counts(r, exp).values()) == 1
+    allow_plugins(["tests.plugin_rules"])  # replay imports the same module, from its own allowlist
+    try:
+        assert replay_decisions(load_config(r, exp), recs) == []
+    finally:
+        allow_plugins(None)
+
+
+def test_an_experiment_naming_a_plug_in_no_arbiter_allows_fails_with_that_reason(fleet, redis_url, tmp_path):
+    start(fleet, 1)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=2", *PLUGIN_SETS)
+    wait_done(fleet, redis_url, exp, code=1, timeout=120)
+    st = status(redis_url, exp)
+    assert st["state"] == "failed" and "no arbiter decided its events" in st["reason"]
+    assert "a1: exploit.rule 'tests.plugin_rules:copy_the_best': module 'tests.plugin_rules' is not on this " \
+           "process's plug-in allowlist (empty)" in st["reason"], st["reason"]

@@ -177,8 +177,9 @@ def _explore(t: Reader) -> ExploreSpec:
 
 
 def _rule(t: Reader, registry: dict[str, Any], default: str) -> str:
-    """A registered rule's name, whose requirements (PB2: numpy) are installed here."""
-    name = t.choice("rule", tuple(registry), default=default)
+    """A registered rule's name, whose requirements (PB2: numpy) are installed here, or a plug-in's
+    "module:callable" (its form only: importing it is for arbiters that allow it, ``rules.plugins``)."""
+    name = t.str("rule", default=default)
     problem = missing_requirement(registry, name)
     if problem:
         raise ConfigError(f"{t.path}rule: {problem}")
@@ -201,6 +202,8 @@ def _worker(t: Reader) -> WorkerSettings:
         segment_timeout_s=t.int("segment_timeout_s", default=3600, low=1),
         max_retries=t.int("max_retries", default=2, low=0, high=100),
         overlap_upload=t.bool("overlap_upload", default=False),
+        on_failure=t.choice("on_failure", ("replace", "fail"), default="replace"),
+        max_replacements=t.int("max_replacements", default=3, low=0, high=1000),
     )
     t.done()
     return w

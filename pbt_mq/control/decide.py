@@ -56,6 +56,7 @@ class Prepared:
     target: bool
     board: str = "latest"
     board_at: int | None = None
+    python: bool = False  # the exploit rule runs in Python on the board (a plug-in), not in decide.lua
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,14 @@ class Decider:
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
             "" if at is None else at, self.cfg.exploit.burn_in_steps, ev.step,
-        ], rng, score, reason, target, board, at)
+        ], rng, score, reason, target, board, at, python=ranked and self.exploit.lua is None)
 
-    def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any], ready_ms: int,
+    def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any] | Reply, ready_ms: int,
                   history: Callable[[int], Sequence[Lineage]]) -> Plan:
-        """decide.lua's reply as a plan: done, duplicate, or the next segment (explore runs here).
-        ``history(n)``: the newest n lineage records, for an explore rule that asks for them."""
-        reply = Reply.parse(raw)
+        """decide.lua's reply (or, with a rule in Python, ``control.pyrule``'s) as a plan: done, duplicate,
+        or the next segment (explore runs here). ``history(n)``: the newest n lineage records, for an
+        explore rule that asks for them."""
+        reply = raw if isinstance(raw, Reply) else Reply.parse(raw)
         score, reason, target = prep.score, prep.reason, prep.target
         if reply.status == "dup":
             return Plan(DUPLICATE, None, score)

@@ -10,7 +10,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:member:{M}        HASH   core.model.Member: state, seq, step, hparams, why, job, cmd, queue,
                                        queued_ms, started_ms, updated_ms, limbo_ms, worker, score, scored_step,
                                        ckpt_key, ckpt_sha256, ckpt_size, ckpt_hparams, train_s, parent,
-                                       parent_step, last_exploit, reason, error, attempt, reaped
+                                       parent_step, last_exploit, reason, error, attempt, reaped, replaced,
+                                       replaced_seq
     pbt:{EXP}:scores            ZSET   member -> latest finite score of a member that has a checkpoint (the
                                        leaderboard; donors come from here). Stored so that higher is
                                        better: for mode = "min" the stored score is -metric.
@@ -23,17 +24,20 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        >= exploit.burn_in_steps: the board with compare = "latest" and a burn-in
     pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
     pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only)
+    pbt:{EXP}:refused           HASH   arbiter name -> why it cannot decide this experiment (a plug-in rule not on
+                                       its allowlist, or failing to import): it leaves the events to others
     pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
                                        (the lineage as a tree, for garbage collection)
     pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
     pbt:{EXP}:stored            ZSET   published checkpoint key -> time (ms): what the garbage
                                        collector may delete once nothing needs it
     pbt:{EXP}:events            STREAM ready events: member, seq, step, score (plain fields) + msg
-                                       (the msgpack core.protocol.ReadyEvent)
+                                       (the msgpack core.protocol.ReadyEvent); with a plain field failed = 1,
+                                       a failed segment to replace (core.failed.FailedEvent)
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
-                                       board_at, n, worse, better, k, snapshot
+                                       board_at, seed, n, worse, better, k, snapshot
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
@@ -150,6 +154,11 @@ class Keys:
         return f"{self.prefix}:eligible"
 
     @property
+    def refused(self) -> str:
+        """Arbiters that cannot decide this experiment, and why (control.refusals)."""
+        return f"{self.prefix}:refused"
+
+    @property
     def boards(self) -> str:
         return f"{self.prefix}:boards"
 
@@ -169,9 +178,12 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported"),
     ("pbt:{EXP}:eligible", "zset", "member -> latest score at a step >= exploit.burn_in_steps: the board of "
                                    "compare = latest with a burn-in"),
-    ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
+    ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack); "
+                                   "failed = 1: a failed segment whose member is to be replaced"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
+    ("pbt:{EXP}:refused", "hash", "arbiter name -> why it cannot decide this experiment (a plug-in not on its "
+                                  "allowlist): it leaves the events to others"),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
     ("pbt:experiments", "zset", "experiment id -> created time (ms)"),
     ("pbt:workers", "zset", "worker id -> last heartbeat (ms)"),

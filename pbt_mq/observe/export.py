@@ -40,12 +40,13 @@ class ScheduleError(ConfigError):
 def build_schedule(cfg: Experiment, exp: str, tgt: dict[str, Any], segments: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything replay needs, and what the run recorded to compare against."""
     first = segments[0]["member"] if segments else tgt["member"]
+    seed = segments[0]["start"].get("seed") if segments else None  # a replacement's own, else the member's
     return {
         "format": FORMAT,
         "experiment": exp,
         "trainable": cfg.trainable,
         "trainable_args": dict(cfg.trainable_args),
-        "seed": member_seed(cfg.seed, first),
+        "seed": member_seed(cfg.seed, first) if seed is None else seed,
         "experiment_seed": cfg.seed,
         "first_member": first,
         "metric": cfg.metric,

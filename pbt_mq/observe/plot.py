@@ -230,7 +230,7 @@ def best_path(ax: Any, rep: Report, lane: dict[str, int]) -> None:
         return
     xs, ys, notes = [], [], 0
     for s in rep.chain:
-        if s["start"]["kind"] == "exploit" and xs:
+        if s["start"]["kind"] in ("exploit", "replaced") and xs:
             xs.append(s["from_step"])
             ys.append(lane[s["member"]])
             if notes < MAX_NOTES and s["start"]["ops"]:

@@ -44,6 +44,8 @@ def format_status(st: dict[str, Any]) -> str:
     best = st.get("best")
     if best:
         lines.append(f"best: {best['member']} {st['metric']}={best['score']:.6g} at step {best['step']}")
+    for arbiter, why in sorted((st.get("refused") or {}).items()):
+        lines.append(f"arbiter {arbiter} cannot decide it: {why}")
     lines.append(f"{'member':<8} {'state':<8} {'step':>7} {st['metric']:>12}  {'worker':<24} hparams")
     for m in st["members"]:
         score = "-" if m["score"] is None else f"{m['score']:.6g}"

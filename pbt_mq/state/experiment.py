@@ -61,12 +61,18 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
 
 @lru_cache(maxsize=256)
 def _parse_cached(text: str, schema: int) -> Experiment:
+    """An experiment goes on as it was launched: a default that changed since keeps its old value."""
     raw = json.loads(text)
-    if schema < 2 and isinstance(raw, dict) and isinstance(raw.get("exploit", {}), dict):
-        # launched by release 1, which ranked every member's latest score: it goes on as launched
-        raw.setdefault("exploit", {}).setdefault("compare", "latest")
-        text = json.dumps(raw)
-    return load_json(text)
+    for since, section, key, old in (UPGRADED_DEFAULTS if isinstance(raw, dict) else ()):
+        if schema < since and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).setdefault(key, old)
+    return load_json(json.dumps(raw))
+
+
+UPGRADED_DEFAULTS = (  # (schema that changed it, section, key, the default before)
+    (2, "exploit", "compare", "latest"),  # release 1 ranked every member's latest score
+    (3, "worker", "on_failure", "fail"),  # release 2 failed a member whose segment kept failing
+)
 
 
 def load_config(r: Any, exp: str) -> Experiment:
@@ -130,9 +136,11 @@ def status(r: Any, exp: str) -> dict[str, Any]:
     if top:
         member = top[0][0].decode()
         best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
+    refused = {m.decode(): why.decode() for m, why in r.hgetall(k.refused).items()}
     return {
         "experiment": exp,
         "state": str(meta.state) if meta.state else None,
+        "refused": refused,  # arbiter -> why it cannot decide this experiment (control.refusals)
         "reason": meta.reason or None,
         "metric": cfg.metric,
         "mode": cfg.mode,

@@ -96,7 +96,7 @@ class Loader:
     def construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
         cls = import_trainable(cfg.trainable)
-        seed = member_seed(cfg.seed, cmd.member)
+        seed = member_seed(cfg.seed, cmd.member) if cmd.seed is None else cmd.seed  # a replacement's own seed
         try:
             import torch  # workers have torch; a trainable without it still constructs
 

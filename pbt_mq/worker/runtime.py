@@ -34,7 +34,7 @@ from pbt_mq.core.keys import Keys, worker_key
 from pbt_mq.core.model import ExperimentState, Member, MemberState, Meta
 from pbt_mq.core.protocol import CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
 from pbt_mq.state.experiment import load_config
-from pbt_mq.state.finish import fail_member
+from pbt_mq.state.failure import give_up
 from pbt_mq.state.segments import enqueue_segment
 from pbt_mq.store import checkpoint
 from pbt_mq.store.base import Store
@@ -237,7 +237,7 @@ class Runtime:
                     return  # a requeued copy owns the member now
                 if cmd.attempt >= cfg.worker.max_retries:
                     pipe.unwatch()
-                    fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+                    give_up(self.r, cfg, cmd, job_id, tb, self.worker_id)  # failed, or replaced (on_failure)
                     return
                 retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
                 pipe.multi()
