@@ -3,12 +3,20 @@ redis-server, the toy. Burn-in, failed members replaced, plug-in rules, synchron
 
 from __future__ import annotations
 
-from helpers import PAPER_INIT_4, launch, lineage_counts, pbt, status
+import importlib.util
+import json
 
+from helpers import PAPER_INIT_4, ROOT, launch, lineage_counts, pbt, status
+
+from pbt_mq.core.ids import entry_ms
+from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action
+from pbt_mq.observe import plot
+from pbt_mq.rules.pareto import dominates
 from pbt_mq.rules.plugins import allow_plugins
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records, replay_decisions
+from pbt_mq.tools.report import summary
 
 
 def wait_done(fleet, redis_url: str, exp: str, code: int = 0, timeout: int = 240) -> None:
@@ -113,3 +121,48 @@ def test_an_experiment_naming_a_plug_in_no_arbiter_allows_fails_with_that_reason
     assert st["state"] == "failed" and "no arbiter decided its events" in st["reason"]
     assert "a1: exploit.rule 'tests.plugin_rules:copy_the_best': module 'tests.plugin_rules' is not on this " \
            "process's plug-in allowlist (empty)" in st["reason"], st["reason"]
+
+
+def test_synch_no_member_starts_past_a_ready_point_before_every_live_member_reported_it(fleet, redis_url, r, tmp_path):
+    start(fleet)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4, "stop.steps=60",
+                 "exploit.synch=true", "trainable_args.delay_s=0.01")
+    wait_done(fleet, redis_url, exp)
+    k = Keys(exp)
+    reported: dict[int, int] = {}  # ready point -> when its last event was published (ms)
+    for entry_id, f in r.xrange(k.events):
+        reported[int(f[b"step"])] = max(reported.get(int(f[b"step"]), 0), entry_ms(entry_id))
+    recs = records(r, exp)
+    decided = [rec for rec in recs if rec.action in (Action.CONTINUE, Action.EXPLOIT)]
+    assert decided and [rec for rec in decided if rec.action is Action.EXPLOIT]
+    for rec in decided:  # the next segment is queued by the decision: none before the round is complete
+        assert entry_ms(rec.id) >= reported[rec.step], (rec.member, rec.step)
+        assert rec.n == 4  # ranked on the whole board of its ready point
+    assert max(lineage_counts(r, exp).values()) == 1
+    assert replay_decisions(load_config(r, exp), recs) == []
+    assert [m["state"] for m in status(redis_url, exp)["members"]] == ["done"] * 4
+
+
+def test_multi_objective_pbt_reports_a_non_dominated_front_and_exports_it(fleet, redis_url, r, tmp_path):
+    start(fleet)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", "stop.steps=100",
+                 file=str(ROOT / "workers" / "pareto.toml"))
+    wait_done(fleet, redis_url, exp)
+    st = status(redis_url, exp)
+    assert st["state"] == "done" and st["best"] is None and st["metrics"] == ["accuracy", "density"]
+    front = {row["member"]: (row["values"]["accuracy"], -row["values"]["density"]) for row in st["front"]}
+    assert front and not any(dominates(front[a], front[b]) for a in front for b in front if a != b)
+    text = pbt("status", exp, "--redis", redis_url).stdout
+    assert f"Pareto front: {len(front)} of 4 members" in text
+    out = tmp_path / "front"
+    res = pbt("export", exp, "--front", "-o", str(out), "--redis", redis_url)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "front.json").read_text())["front"] == st["front"]
+    assert all((out / m / "checkpoint.pt").exists() and (out / m / "schedule.json").exists() for m in front)
+    best = pbt("export", exp, "--best", "-o", str(tmp_path / "best"), "--redis", redis_url)
+    assert best.returncode == 1 and "a Pareto front, not one best; export the front with --front" in best.stderr
+    assert replay_decisions(load_config(r, exp), records(r, exp)) == []
+    assert max(lineage_counts(r, exp).values()) == 1
+    assert f"Pareto front: {len(front)} of 4 members" in summary(r, exp, st, 1.0)  # pbt local's summary
+    if importlib.util.find_spec("matplotlib"):
+        assert "front" in plot.write(plot.collect(r, exp), tmp_path / "report.png")  # the panels' labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,21 @@ class Experiment:
     queue: str = "pbt"
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
+    metrics: tuple[str, ...] = ()  # every objective (metric = its first); several: multi-objective (rules.pareto)
+    modes: tuple[str, ...] = ()  # "max" | "min" per objective
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: members are ordered by non-dominated rank, then crowding distance."""
+        return len(self.metrics) > 1
+
+    def objectives(self, metrics: dict[str, float]) -> tuple[float, ...] | None:
+        """An event's objective vector, oriented (higher is better each); None if one is missing or not finite."""
+        values = [metrics.get(name, math.nan) for name in self.metrics]
+        if not all(math.isfinite(v) for v in values):
+            return None
+        return tuple(v if mode == "max" else -v for v, mode in zip(values, self.modes, strict=True))
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True)

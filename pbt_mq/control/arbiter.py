@@ -33,6 +33,7 @@ from pbt_mq.control.pyrule import pick_in_python
 from pbt_mq.control.refusals import Refusals
 from pbt_mq.control.replace import Replacer
 from pbt_mq.control.routing import Queues
+from pbt_mq.control.synch import Tries, due
 from pbt_mq.core.failed import FailedEvent
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import entry_ms
@@ -45,6 +46,7 @@ from pbt_mq.state.experiment import load_config, running_experiments
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
+ROUNDS_S = 1.0  # exploit.synch: how often every arbiter looks for complete rounds nobody decided
 
 
 class Arbiter:
@@ -66,6 +68,9 @@ class Arbiter:
         self.maintenance = Maintenance(r, self.stats, reap_interval_s, reap_grace_ms, events_retention_s)
         self.errors = EventErrors(r, self.stats)
         self.refusals = Refusals(r, self.name, claim_idle_ms)
+        self.tries = Tries(r)
+        self.outcomes: dict[bytes, str] | None = None  # set while flush_rounds collects them
+        self._flushed = 0.0
         self._refreshed = 0.0
         self._claimed = 0.0
         self.stopping = False
@@ -101,25 +106,35 @@ class Arbiter:
             handled += self.reclaim()
             self._claimed = now
         self.maintenance.tick(self.configs, now)
+        touched = set()
         for stream, entries in self.read():
+            touched.add(experiment_of(stream))
             handled += self.handle_many(experiment_of(stream), entries)
+        timer = now - self._flushed >= ROUNDS_S
+        self._flushed = now if timer else self._flushed
+        for e in [e for e, cfg in self.configs.items() if cfg.exploit.synch and (timer or e in touched)]:
+            handled += self.flush_rounds(e)
         return handled
 
     def read(self) -> list:
-        """New events from every running experiment's stream: one blocking XREADGROUP, or on a
-        Redis Cluster (streams in different slots) one non-blocking read per stream, per node."""
-        streams = {Keys(e).events: ">" for e in self.configs}
-        if not is_cluster(self.r):
-            return self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms) or []
-        deadline = time.monotonic() + self.block_ms / 1000
-        while True:
-            pipe = self.r.pipeline(transaction=False)
-            for stream in streams:
-                pipe.xreadgroup(GROUP, self.name, {stream: ">"}, count=self.batch)
-            resp = [item for reply in pipe.execute() for item in reply or []]
-            if resp or time.monotonic() >= deadline:
-                return resp
-            time.sleep(POLL_S)
+        return read_events(self.r, self.name, list(self.configs), self.batch, self.block_ms)
+
+    def flush_rounds(self, exp: str) -> int:
+        """exploit.synch: decide the parked members whose round is complete (control.synch)."""
+        entries = due(self.r, exp)
+        if not entries:
+            return 0
+        self.outcomes = {}
+        try:
+            self.handle_many(exp, entries)
+        finally:
+            outcomes, self.outcomes = self.outcomes, None
+        for entry in entries:
+            if outcomes.get(entry[0]) == "error":
+                self.tries.failed(self.configs[exp], exp, entry, self.errors.last.pop(entry[0], "an error"))
+            else:
+                self.tries.decided(exp, entry[1][b"member"].decode())
+        return len(entries)
 
     def refresh(self) -> None:
         """Find running experiments (their configs read and rules built once); hand the ended ones to
@@ -171,6 +186,8 @@ class Arbiter:
 
     def _count(self, exp: str, outcome: str, entry_id: bytes) -> None:
         self.stats[outcome] += 1
+        if self.outcomes is not None:
+            self.outcomes[entry_id] = outcome
         if self.hooks:
             self.hooks.decided(exp, outcome, entry_id)
 
@@ -289,3 +306,20 @@ def _history(pipe: Any, k: Keys) -> Any:
             return []
         return [Lineage.from_entry(i, f) for i, f in reversed(pipe.xrevrange(k.lineage, "+", "-", count=n))]
     return read
+
+
+def read_events(r: Any, name: str, exps: list[str], batch: int, block_ms: int) -> list:
+    """New events from every running experiment's stream: one blocking XREADGROUP, or on a Redis
+    Cluster (streams in different slots) one non-blocking read per stream, per node."""
+    streams = {Keys(e).events: ">" for e in exps}
+    if not is_cluster(r):
+        return r.xreadgroup(GROUP, name, streams, count=batch, block=block_ms) or []
+    deadline = time.monotonic() + block_ms / 1000
+    while True:
+        pipe = r.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xreadgroup(GROUP, name, {stream: ">"}, count=batch)
+        resp = [item for reply in pipe.execute() for item in reply or []]
+        if resp or time.monotonic() >= deadline:
+            return resp
+        time.sleep(POLL_S)

@@ -25,6 +25,7 @@ from pbt_mq.rules.registry import exploit_rule, explore_rule
 
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
 DUPLICATE = "duplicate"  # an outcome, not a lineage action: the event was decided before
+WAITING = "waiting"  # an outcome, not a lineage action: parked until its synchronous round completes (control.synch)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Plan:
     facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
     board: str | None = None  # what the member was ranked against: "step", "time" or "latest"
     board_at: int | None = None  # the board's ready point (step or time)
+    objectives: list[float] | None = None  # several metrics: the member's value of each
 
 
 @dataclass
@@ -56,7 +58,8 @@ class Prepared:
     target: bool
     board: str = "latest"
     board_at: int | None = None
-    python: bool = False  # the exploit rule runs in Python on the board (a plug-in), not in decide.lua
+    python: bool = False  # the exploit rule runs in Python on the board (a plug-in, or several metrics)
+    vector: tuple[float, ...] | None = None  # several metrics: the member's, oriented (None: not finite)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ class Decider:
         reason, target = self.stop_reason(ev)
         rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
         ranked = not reason and not self.cfg.exploit.in_burn_in(ev.step)
-        mode = (self.exploit.lua or "none") if ranked else "none"
+        python = ranked and (self.exploit.lua is None or self.cfg.multi)  # several metrics: Pareto order, in Python
+        mode = (self.exploit.lua or "none") if ranked and not python else "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
         record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
                                   ev.train_s)
@@ -135,7 +139,9 @@ class Decider:
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
             "" if at is None else at, self.cfg.exploit.burn_in_steps, ev.step,
-        ], rng, score, reason, target, board, at, python=ranked and self.exploit.lua is None)
+            self.cfg.ready_point(ev.step, ev.train_s) if self.cfg.exploit.synch and not reason else "",
+        ], rng, score, reason, target, board, at, python=python,
+            vector=self.cfg.objectives(ev.metrics) if self.cfg.multi else None)
 
     def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any] | Reply, ready_ms: int,
                   history: Callable[[int], Sequence[Lineage]]) -> Plan:
@@ -150,7 +156,11 @@ class Decider:
             raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
         if reply.meta_state != ExperimentState.RUNNING:
             reason, target = f"experiment {reply.meta_state or 'gone'}", False
-        board = {"board": prep.board, "board_at": prep.board_at}
+        board: dict[str, Any] = {"board": prep.board, "board_at": prep.board_at}
+        if self.cfg.multi:
+            board["objectives"] = [ev.metrics.get(name, math.nan) for name in self.cfg.metrics]
+        if reply.status == "wait" and not reason:
+            return Plan(WAITING, None, score, **board)
         if reason:
             return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target, **board)
         facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}

@@ -31,6 +31,7 @@ class EventErrors:
     def __init__(self, r: Any, stats: Counter[str]) -> None:
         self.r = r
         self.stats = stats
+        self.last: dict[bytes, str] = {}  # entry id -> its last unexpected error (read by control.synch's Tries)
 
     def refuse(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> str:
         """A malformed or forged event: dead-lettered with the reason and acknowledged."""
@@ -45,6 +46,10 @@ class EventErrors:
         k = Keys(exp)
         info = self.r.xpending_range(k.events, GROUP, min=entry_id, max=entry_id, count=1)
         n = int(info[0]["times_delivered"]) if info else 1
+        if not info:  # not pending: a parked event (exploit.synch), whose tries are counted where it is parked
+            self.last[entry_id] = f"{type(exc).__name__}: {exc}"
+            if len(self.last) > 10_000:
+                self.last.clear()
         if n < MAX_DELIVERIES:
             log.exception("%s: event %s left pending after an unexpected error (delivery %d of %d)",
                           exp, entry_id, n, MAX_DELIVERIES)

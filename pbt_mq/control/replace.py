@@ -48,12 +48,12 @@ def prepare(decider: Decider, ev: FailedEvent) -> Prepared:
     cfg, k = decider.cfg, Keys(ev.experiment)
     rng = decision_rng(cfg.seed, ev.member, ev.seq)
     ranked = not cfg.exploit.in_burn_in(ev.step)
-    mode = (decider.exploit.lua or "none") if ranked else "none"
+    mode = (decider.exploit.lua or "none") if ranked and not cfg.multi else "none"
     u = rng.random() if mode != "none" else 0.0
     return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, decider.board_key(k, None), k.boards, k.reached], [
         ev.member, ev.seq, "nan", 0, "", mode, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, cfg.exploit.ties, "",
-        cfg.exploit.burn_in_steps, ev.step,
-    ], rng, math.nan, "", False, "latest", None, python=ranked and decider.exploit.lua is None)
+        cfg.exploit.burn_in_steps, ev.step, "",  # a failure never waits for a round: the member restarts now
+    ], rng, math.nan, "", False, "latest", None, python=ranked and (decider.exploit.lua is None or cfg.multi))
 
 
 class Replacer:
@@ -114,7 +114,7 @@ class Replacer:
         donor, source = None, None
         if pick and record and self._usable(cfg, ScoredCheckpoint.from_json(record)):
             donor, source = pick, ScoredCheckpoint.from_json(record)
-        elif prep.args[5] != "none" or prep.python:  # the rule ran and gave nothing usable: the best usable member
+        elif decider.exploit.lua != "none" and (prep.args[5] != "none" or prep.python):  # the rule gave nothing usable
             donor, source = self._best_usable(cfg, pipe, prep, reply)
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
         if donor and source:
@@ -167,7 +167,7 @@ class Replacer:
         pipe.multi()
         pipe.xadd(k.lineage, {"parent_step": "", "next_hparams": "", **rec.encode()})
         enqueue_segment(pipe, self.queues.get(cfg, ev.experiment), cfg, cmd, member=member)
-        if cfg.exploit.compare == "step":  # the boards from its restart point on stay until it passes them
+        if cfg.exploit.compare == "step" or cfg.exploit.synch:  # boards and rounds from its restart point on
             pipe.zadd(k.reached, {ev.member: cfg.ready_point(cmd.step, cmd.train_s)})
         pipe.xack(k.events, GROUP, entry_id)
         pipe.execute()

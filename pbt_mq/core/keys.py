@@ -24,6 +24,14 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        >= exploit.burn_in_steps: the board with compare = "latest" and a burn-in
     pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
     pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only)
+    pbt:{EXP}:scores:vectors    HASH   (several metrics) member -> its latest metric values (JSON list, in the
+                                       order of metric = [...]), finite only: the front pbt status shows.
+                                       Every board B of a multi-objective experiment has one too, B:vectors,
+                                       which the arbiter orders by non-dominated rank and crowding distance
+    pbt:{EXP}:waiting           ZSET   member -> the ready point it waits at (exploit.synch: its event is decided
+                                       once every live member reported that point)
+    pbt:{EXP}:parked            HASH   member -> its parked ready event while it waits (msgpack: the stream entry
+                                       id and the event), decided from here when its round completes
     pbt:{EXP}:refused           HASH   arbiter name -> why it cannot decide this experiment (a plug-in rule not on
                                        its allowlist, or failing to import): it leaves the events to others
     pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
@@ -37,7 +45,7 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
-                                       board_at, seed, n, worse, better, k, snapshot
+                                       board_at, seed, objectives, n, worse, better, k, snapshot
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
@@ -153,6 +161,21 @@ class Keys:
         """The latest scores of members past the burn-in (exploit.compare = "latest", burn_in_steps > 0)."""
         return f"{self.prefix}:eligible"
 
+    @staticmethod
+    def vectors(board: str) -> str:
+        """Several metrics: the objective vectors of the members on ``board`` (a key of this experiment)."""
+        return f"{board}:vectors"
+
+    @property
+    def waiting(self) -> str:
+        """exploit.synch: member -> the ready point it waits at (control.synch)."""
+        return f"{self.prefix}:waiting"
+
+    @property
+    def parked(self) -> str:
+        """exploit.synch: member -> its ready event, parked until its round completes (control.synch)."""
+        return f"{self.prefix}:parked"
+
     @property
     def refused(self) -> str:
         """Arbiters that cannot decide this experiment, and why (control.refusals)."""
@@ -182,6 +205,10 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
                                    "failed = 1: a failed segment whose member is to be replaced"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
+    ("pbt:{EXP}:scores:vectors, BOARD:vectors", "hash", "several metrics: member -> its metric values (JSON list), "
+                                                        "latest (the front) and per board"),
+    ("pbt:{EXP}:waiting, :parked", "zset, hash", "exploit.synch: member -> the ready point it waits at; member -> "
+                                                  "its ready event (msgpack), decided when every live member got there"),
     ("pbt:{EXP}:refused", "hash", "arbiter name -> why it cannot decide this experiment (a plug-in not on its "
                                   "allowlist): it leaves the events to others"),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),

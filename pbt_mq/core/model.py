@@ -41,6 +41,7 @@ class MemberState(_StrEnum):
     QUEUED = "queued"  # its segment job waits in a queue
     RUNNING = "running"  # a worker claimed the job and trains it
     READY = "ready"  # its ready event is published; the arbiters own it until they decide
+    WAITING = "waiting"  # exploit.synch: reported its ready point; decided once every live member did
     DONE = "done"  # reached the stop condition (or its experiment ended)
     FAILED = "failed"  # gave up: retries exhausted, or its event was dead-lettered
 
@@ -195,7 +196,7 @@ class Member(Record):
     """``pbt:{EXP}:member:{M}``: one member's state, its current segment and its scored checkpoint."""
 
     TITLE = "member"
-    state: MemberState | None = _f(MemberState, "queued | running | ready | done | failed")
+    state: MemberState | None = _f(MemberState, "queued | running | ready | waiting | done | failed")
     seq: int = _f(int, "the member's segment counter; its current segment's seq (the idempotency key)", 0)
     step: int = _f(int, "the step its current segment starts from (the final step once done)", 0)
     hparams: dict[str, Any] = _f("json", "hyperparameters of its current segment (JSON)", None)
@@ -274,6 +275,8 @@ class Lineage(Record):
                                 "ready point) or latest (their last scores)")
     board_at: int | None = _f(int, "the ready point of that board: the step, or the train time in ready periods")
     seed: int | None = _f(int, "a replacement that starts fresh: the seed its trainable is built with")
+    objectives: list[float] | None = _f("json", "several metrics: the segment's value of each, in the order of "
+                                                "metric = [...] (JSON)")
     n: int | None = _f(int, "members on the board the rule saw")
     worse: int | None = _f(int, "of them, ranked below the member")
     better: int | None = _f(int, "of them, ranked above the member")

@@ -8,6 +8,7 @@ from typing import Any
 
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Meta
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.state.lineage import records
 
@@ -36,6 +37,7 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
     span_s = 0.0
     if len(lineage) > 1:
         span_s = (entry_ms(lineage[-1].id) - entry_ms(lineage[0].id)) / 1000
+    idle = _idle_fraction(r, k, evs, busy)
     continuing = kinds["warm"] + kinds["cold"]
     return {
         "segments": len(evs),
@@ -52,7 +54,21 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
         "train_fraction_of_segment": phases["train"] / busy if busy else None,
         "starts": dict(kinds),
         "warm_fraction": kinds["warm"] / continuing if continuing else None,
+        "workers": len({e.worker for e in evs}),
+        "worker_idle_fraction": idle,
     }
+
+
+def _idle_fraction(r: Any, k: Keys, evs: list[ReadyEvent], busy_s: float) -> float | None:
+    """The share of the workers' time, from launch to the last event, not spent on this experiment's
+    segments (load + train + eval + save): what synchronous rounds cost, for one."""
+    created = Meta.read(r, k.meta, "created_ms").created_ms
+    last = r.xrevrange(k.events, "+", "-", count=1)
+    workers = len({e.worker for e in evs})
+    if not created or not last or not workers:
+        return None
+    span_s = (entry_ms(last[0][0]) - created) / 1000
+    return max(0.0, 1.0 - busy_s / (workers * span_s)) if span_s > 0 else None
 
 
 def format_stats(exp: str, st: dict[str, Any]) -> str:
@@ -66,4 +82,7 @@ def format_stats(exp: str, st: dict[str, Any]) -> str:
         "  segment time (s):                 " + "  ".join(f"{p} {v:.2f}" for p, v in ph.items()),
         f"  starts: {st['starts']}  warm fraction of continuing segments: {st['warm_fraction']}",
     ]
+    if st.get("worker_idle_fraction") is not None:
+        lines.append(f"  workers: {st['workers']}, idle {st['worker_idle_fraction']:.1%} of the time from launch to the "
+                     "last event (waiting for work, e.g. for a synchronous round)")
     return "\n".join(lines)

@@ -102,13 +102,15 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     chosen = rec.chosen_donor
     board = rec.leaderboard
+    if cfg.multi:  # the member's own place is its Pareto score on the board it saw (control.pyrule)
+        score = dict(board or []).get(rec.member, math.nan)
     if cfg.exploit.in_burn_in(rec.step):  # no rule ran, no draw was taken
         return f"log says donor {chosen} at step {rec.step}, in the burn-in" if chosen else None
     if board is not None:
         donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
         if donor != chosen:
             return f"log says donor {chosen}, replay picks {donor}"
-    elif rec.n is not None and exploit_rule(cfg.exploit).lua is not None:  # a plug-in needs its board
+    elif rec.n is not None and exploit_rule(cfg.exploit).lua is not None and not cfg.multi:  # else: needs its board
         would = _exploits_by_counts(cfg, rec, rng)
         if would != (chosen is not None):
             return f"log says donor {chosen}, the counts say {'a donor' if would else 'none'}"
@@ -133,7 +135,7 @@ def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineag
     donor, or declined for one below the stop), then the donor's values explored, or a fresh draw and seed."""
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     rule = exploit_rule(cfg.exploit)
-    if cfg.exploit.in_burn_in(rec.step) or rule.lua == "none":
+    if cfg.exploit.in_burn_in(rec.step) or (rule.lua == "none" and not cfg.multi):
         pick = None  # no rule ran, no draw was taken
     elif rec.leaderboard is not None:
         pick = rule.choose(rec.leaderboard, rec.member, math.nan, rng)

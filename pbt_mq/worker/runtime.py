@@ -134,8 +134,9 @@ class Runtime:
         step = self._advance(trainable, cmd, start.step)
         t2 = time.perf_counter()
         metrics = trainable.evaluate()
-        if cfg.metric not in metrics:
-            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
+        missing = [m for m in cfg.metrics or (cfg.metric,) if m not in metrics]
+        if missing:
+            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric {missing[0]!r} is not there")
         clean = {str(a): _to_float(b) for a, b in metrics.items()}
         t3 = time.perf_counter()
         key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4), "pt")

@@ -32,7 +32,7 @@ def lua_donor(r, board: dict[str, float], member: str, own: float, spec: Exploit
     finite = math.isfinite(own)
     reply = call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta, ranked_on, k.boards, k.reached], [
         member, 0, repr(own) if finite else "nan", int(finite), json.dumps({"key": member}),
-        spec.rule, spec.quantile, repr(u), 0, spec.ties, "" if compare == "latest" else 7, 0, 7,
+        spec.rule, spec.quantile, repr(u), 0, spec.ties, "" if compare == "latest" else 7, 0, 7, "",
     ])
     if compare == "step" and finite:
         assert r.zscore(k.board(7), member) == own and r.zscore(k.reached, member) == 7
@@ -153,5 +153,33 @@ def _record(r, k: Keys, member: str, score: float, step: int, spec: ExploitSpec,
     finite = math.isfinite(score)
     return call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta, k.eligible, k.boards, k.reached], [
         member, seq, repr(score) if finite else "nan", int(finite), json.dumps({"key": member, "step": step}),
-        mode, spec.quantile, repr(u), 0, spec.ties, "", spec.burn_in_steps, step,
+        mode, spec.quantile, repr(u), 0, spec.ties, "", spec.burn_in_steps, step, "",
     ])
+
+
+def test_a_synchronous_round_waits_for_every_live_member_then_ranks_as_the_pure_rule(r):
+    """ARGV[14] (exploit.synch): each report is recorded and answered 'wait' until every live member in
+    pbt:{EXP}:reached got to the round; the last one is ranked on the whole board, as the pure rule."""
+    k = Keys("synch")
+    rng = random.Random("synch")
+    for trial in range(60):
+        n = rng.randint(2, 8)
+        members = [f"m{i:02d}" for i in range(n)]
+        r.delete(k.scores, k.ckpts, k.meta, k.reached, k.board(8), k.boards, *(k.member(m) for m in members))
+        r.hset(k.meta, "state", "running")
+        r.zadd(k.reached, {m: 4 for m in members})
+        scores = {m: rng.choice([0.0, 1.0, 2.0, 0.5]) for m in members}
+        spec = ExploitSpec(rng.choice(["truncation", "tournament"]), 0.25, rng.choice(["strict", "rank", "random"]))
+        u = rng.random()
+        for i, m in enumerate(rng.sample(members, n)):
+            r.hset(k.member(m), mapping={"seq": 1, "state": "ready"})
+            reply = call(r, "decide", [k.member(m), k.scores, k.ckpts, k.meta, k.board(8), k.boards, k.reached], [
+                m, 1, repr(scores[m]), 1, json.dumps({"key": m}), spec.rule, spec.quantile, repr(u), 0, spec.ties,
+                8, 0, 8, 8,
+            ])
+            if i < n - 1:
+                assert reply == [b"wait", b"running"], (trial, i, reply)
+                assert r.zscore(k.board(8), m) == scores[m]  # recorded all the same
+            else:
+                pure = exploit(list(scores.items()), m, scores[m], spec, FixedU(u))
+                assert reply[0] == b"ok" and reply[2] == n and (reply[6].decode() or None) == pure, (trial, scores, m)

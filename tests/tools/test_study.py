@@ -117,12 +117,15 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = (out / "results.md").read_text()
     for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## Non-stationary, asynchronous",
-                    "## Targets"):
+                    "## Two objectives", "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 8 + 4 + 3 + 3 and all(r["state"] == "done" for r in runs)
+    assert len(runs) == 8 + 4 + 3 + 4 + 3 and all(r["state"] == "done" for r in runs)
+    assert {r["arm"] for r in runs if r["study"] == "pareto"} == {"MO-PBT", "PBT, weighted sum", "random search"}
+    assert all(len(r["final_points"]) == 4 for r in runs if r["study"] == "pareto")  # every member's last values
+    assert "pareto: MO-PBT's median hypervolume" in text
     assert {r["arm"] for r in runs if r["study"] == "rising"} == {
-        "PBT, compare = step", "PBT, compare = latest", "fixed population"}
+        "PBT, compare = step", "PBT, compare = latest", "PBT, synch", "fixed population"}
     assert {r["arm"] for r in runs if r["study"] == "digits"} == {"PBT", "random search", "PB2", "best RS config alone"}
     assert all(r["replay_mismatches"] == 0 for r in runs), "every decision, PB2's included, replays from the log"
     pb2_ops = [op for r in runs if r["arm"] == "PB2" for op in r["exploit_ops"]]
@@ -130,6 +133,6 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     steps = {r["arm"]: r["steps_trained"] for r in runs if r["study"] == "digits"}
     assert steps["random search"] == 4 * 100 and steps["best RS config alone"] == 100
     pytest.importorskip("matplotlib")
-    for name in ("toy.png", "digits.png", "drift.png", "rising.png"):
+    for name in ("toy.png", "digits.png", "drift.png", "rising.png", "pareto.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     assert not (out / "work" / "checkpoints").exists()

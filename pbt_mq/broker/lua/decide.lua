@@ -18,9 +18,12 @@
 -- ARGV[11] B, the board's ready point ('' unless KEYS[5] is a per-step board)
 -- ARGV[12] burn_in_steps: no score from a step below it goes on a board (0: none)
 -- ARGV[13] the member's step
+-- ARGV[14] exploit.synch: the round, the member's ready point ('' when asynchronous, or for a final decision):
+--          ZADD KEYS[7]; while a live member's last ready point in KEYS[7] is below it, reply 'wait'
 -- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
 --   status 'dup': the seq is already decided or the member ended (nothing written);
---   status 'ahead': the member is at an older seq than the event (nothing written).
+--   status 'ahead': the member is at an older seq than the event (nothing written);
+--   status 'wait': the score is recorded but the round is not complete ({'wait', meta_state}).
 --   A donor with no scored checkpoint (its latest score was not finite) comes back with an empty record.
 -- Mirrors rules.exploit exactly, on the board KEYS[5]: ties rank as in ZREVRANGE (member id descending);
 -- ties = random splits u as the pure rule does (u * (t + 1) = j + the rest), with no other draw.
@@ -54,6 +57,13 @@ if board ~= KEYS[2] then
   end
 end
 local meta_state = redis.call('HGET', KEYS[4], 'state') or ''
+if ARGV[14] ~= '' then
+  redis.call('ZADD', KEYS[7], ARGV[14], member)
+  local slowest = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+  if tonumber(slowest[2]) < tonumber(ARGV[14]) then
+    return {'wait', meta_state}
+  end
+end
 local others = redis.call('ZCARD', board) - (counted and 1 or 0)
 local n = others + 1
 local rule, u = ARGV[6], tonumber(ARGV[8])

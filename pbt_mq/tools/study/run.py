@@ -6,6 +6,9 @@
    alone, and PB2.
 3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
    PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
+4. Asynchrony (workers/rising.toml, study.rising): compare = step, latest, synch.
+5. Two objectives (workers/pareto.toml, study.pareto): multi-objective PBT vs PBT on a weighted sum and
+   random search, by hypervolume.
 
 Every run is a real experiment on a real fleet (``tools.fleet.fleet``: a private
 redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
@@ -27,11 +30,13 @@ from pathlib import Path
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.fleet import fleet
+from pbt_mq.tools.study.pareto import pareto_study
 from pbt_mq.tools.study.report import write_report
 from pbt_mq.tools.study.rising import rising_study
 from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
 
-STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study}
+STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study,
+           "pareto": pareto_study}
 
 
 def run(a: argparse.Namespace) -> int:
