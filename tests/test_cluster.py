@@ -179,3 +179,54 @@ def test_a_loop_api_experiment_on_a_cluster(cluster, rc, tmp_path: Path):
     assert "Traceback" not in fleet.all_logs()
     assert max(lineage_counts(rc, exp).values()) == 1 and max(event_counts(rc, exp).values()) == 1
     assert [rec for rec in records(rc, exp) if rec.action == "exploit"]
+
+
+def test_the_rules_of_issue_17_on_a_cluster(cluster, rc, tmp_path: Path):
+    """Burn-in, synchronous rounds, a failed member replaced, plug-in rules and several metrics: every key
+    they add lives in the experiment's slot, so they run on a cluster as on one node."""
+    from helpers import ROOT
+
+    from pbt_mq.core.ids import entry_ms
+    from pbt_mq.core.model import Action
+    from pbt_mq.rules.pareto import dominates
+    from pbt_mq.rules.plugins import allow_plugins
+    from pbt_mq.state.experiment import load_config
+    from pbt_mq.state.lineage import replay_decisions
+
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    store = f"file://{tmp_path / 'ckpt'}"
+    try:
+        rules = launch(cluster.url, store, "population.size=4", PAPER_INIT_4, "trainable=tests.trainables:Flaky",
+                       "worker.max_retries=1", "exploit.synch=true", "exploit.burn_in_steps=20",
+                       "explore.rule=tests.plugin_rules:HalveOrDouble", "stop.steps=60")
+        multi = launch(cluster.url, store, "population.size=4", "stop.steps=100",
+                       file=str(ROOT / "workers" / "pareto.toml"))
+        for name in ("w1", "w2"):
+            fleet.start("worker", name, "--heartbeat-s", "0.5")
+        for name in ("a1", "a2"):
+            fleet.start("arbiter", name, "--claim-idle-ms", "2000", "--plugins", "tests.plugin_rules")
+        for exp in (rules, multi):
+            res = pbt("wait", exp, "--timeout", "300", "--redis", cluster.url, timeout=320)
+            assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    allow_plugins(["tests.plugin_rules"])
+    try:
+        recs = records(rc, rules)
+        assert replay_decisions(load_config(rc, rules), recs) == []
+    finally:
+        allow_plugins(None)
+    assert [rec for rec in recs if rec.action is Action.REPLACED and rec.member == "m000" and rec.seq == 0]
+    exploits = [rec for rec in recs if rec.action is Action.EXPLOIT]
+    assert all(rec.step >= 20 and rec.parent_step >= 20 for rec in exploits)
+    reported: dict[int, int] = {}
+    for entry_id, f in rc.xrange(Keys(rules).events):
+        reported[int(f[b"step"])] = max(reported.get(int(f[b"step"]), 0), entry_ms(entry_id))
+    decided = [rec for rec in recs if rec.action in (Action.CONTINUE, Action.EXPLOIT)]
+    assert all(entry_ms(rec.id) >= reported[rec.step] for rec in decided)  # every round complete first
+    assert [m["state"] for m in status(cluster.url, rules)["members"]] == ["done"] * 4
+    st = status(cluster.url, multi)
+    front = {row["member"]: (row["values"]["accuracy"], -row["values"]["density"]) for row in st["front"]}
+    assert front and not any(dominates(front[a], front[b]) for a in front for b in front if a != b)
+    assert replay_decisions(load_config(rc, multi), records(rc, multi)) == []
+    assert max(lineage_counts(rc, rules).values()) == 1 and max(lineage_counts(rc, multi).values()) == 1

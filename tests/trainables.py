@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+
 from workers.toy import Toy
 
 
@@ -29,3 +33,35 @@ class TooManyMetrics(Toy):
 
     def evaluate(self) -> dict[str, float]:
         return {"q": super().evaluate()["q"], **{f"class_{i}": 0.5 for i in range(300)}}
+
+
+def _first_segment_of_the_paper_member(t: Toy) -> bool:
+    """The member that starts at h = [1, 0] (PAPER_INIT_4's m000), on its very first segment."""
+    return t.segments == 0 and t.hparams["h0"] == 1.0 and t.hparams["h1"] == 0.0
+
+
+class Flaky(Toy):
+    """Raises on m000's first segment, every time, and later on 1 segment in 10 at random."""
+
+    rng = random.Random(os.getpid())  # per worker process: a retry may succeed
+
+    def train(self, steps: int) -> None:
+        if _first_segment_of_the_paper_member(self):
+            raise RuntimeError("boom: the first segment of the member at h = [1, 0]")
+        if self.rng.random() < 0.1:
+            raise RuntimeError("flaky: a random failure")
+        super().train(steps)
+
+
+class AlwaysRaises(Toy):
+    def train(self, steps: int) -> None:
+        raise ValueError("this trainable is broken")
+
+
+class KillsItsWorker(Toy):
+    """m000's first segment kills the worker process running it (SIGKILL: no goodbye)."""
+
+    def train(self, steps: int) -> None:
+        if _first_segment_of_the_paper_member(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().train(steps)

@@ -18,6 +18,7 @@ validation-set noise), so differences between runs come from training alone.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ class Drift(Trainable):
         clip: float = 1.0,
         target_shift: float = 0.0,
         pre_gain: float = 1.0,
+        delay_s: float = 0.0,
     ) -> None:
         problem = torch.Generator().manual_seed(1234)  # the same problem for every member
         self.var = torch.logspace(0.0, -math.log10(cond), dim, dtype=torch.float64)
@@ -44,6 +46,7 @@ class Drift(Trainable):
         self.w_after = self.w_true + target_shift * torch.randn(dim, generator=problem, dtype=torch.float64)
         self.noise, self.batch, self.switch_step, self.gain, self.clip = noise, batch, switch_step, gain, clip
         self.pre_gain = pre_gain
+        self.delay_s = delay_s  # simulated compute per train() call (measurements of waiting, e.g. exploit.synch)
         self.model = nn.Linear(dim, 1, bias=False, dtype=torch.float64)
         nn.init.zeros_(self.model.weight)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
@@ -75,6 +78,8 @@ class Drift(Trainable):
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.opt.step()
             self.step += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -10,9 +10,11 @@ from typing import Any
 from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import EXIT_OK, Parser, UsageError, env_option, log_option, redis_option, run
 from pbt_mq.control.arbiter import Arbiter
+from pbt_mq.core import settings
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.integrations.trackers import BACKENDS  # factories only: no tracker library is imported here
 from pbt_mq.observe.metrics import PrometheusHook, TensorBoardHook
+from pbt_mq.rules.plugins import allow_plugins
 from pbt_mq.worker.serve import default_worker_id, serve
 from pbt_mq.worker.stopping import StopPolicy
 from pbt_mq.worker.tracking import TrackingHook
@@ -94,6 +96,9 @@ def build_arbiter_parser() -> argparse.ArgumentParser:
     env_option(p, "--events-retention-s", env="PBT_EVENTS_RETENTION_S", type=float,
                help="trim decided events older than this from each events stream; < 0 keeps all"
                     " (the lineage stream is never trimmed)")
+    env_option(p, "--plugins", env="PBT_PLUGINS", type=settings.modules, metavar="MOD1,MOD2",
+               help="modules this arbiter may import plug-in rules from (exploit.rule / explore.rule ="
+                    " 'module:callable'); an experiment naming another module is left to other arbiters")
     p.add_argument("--burst", action="store_true", help="exit when no events are waiting")
     _metrics_options(p)
     log_option(p)
@@ -101,6 +106,7 @@ def build_arbiter_parser() -> argparse.ArgumentParser:
 
 
 def run_arbiter(a: argparse.Namespace) -> int:
+    allow_plugins(a.plugins or ())  # this flag (or PBT_PLUGINS), and nothing else
     r = connect(a.redis)
     hooks = Hooks()
     if a.metrics_port:

@@ -15,7 +15,7 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import env_option, state_options
 from pbt_mq.core import settings
 from pbt_mq.observe import plot, top
-from pbt_mq.observe.export import checkpoint_file, export
+from pbt_mq.observe.export import checkpoint_file, export, export_front
 from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, record_json, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
 from pbt_mq.state.experiment import load_config
@@ -71,12 +71,21 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--best", action="store_true", help="the best member (the default)")
     who.add_argument("--member", default=None, help="this member's latest checkpoint instead")
+    who.add_argument("--front", action="store_true",
+                     help="several metrics: every member of the Pareto front, into DIR/MEMBER/, and DIR/front.json")
     p.add_argument("-o", "--out", required=True, help="directory to write into (created if needed)")
     state_options(p)
     p.set_defaults(fn=cmd_export)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    if a.front:
+        rows = export_front(connect(a.redis), a.experiment, a.out)
+        for row in rows:
+            vals = " ".join(f"{k}={v:.6g}" for k, v in row["values"].items())
+            print(f"{Path(a.out) / row['member']}/: {row['member']} at step {row['step']}, {vals}")
+        print(f"{Path(a.out) / 'front.json'}: the Pareto front, {len(rows)} members")
+        return 0
     sched = export(connect(a.redis), a.experiment, a.out, a.member)
     out, fin = Path(a.out), sched["final"]
     print(f"{out / checkpoint_file(fin['ckpt_key'])}: {fin['member']} at step {fin['step']}, {sched['metric']}={fin['score']:.6g},"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class WorkerSettings:
     segment_timeout_s: int = 3600
     max_retries: int = 2
     overlap_upload: bool = False  # publish once serialized and hashed; upload while the next segment trains
+    on_failure: str = "replace"  # a segment failing for good: "replace" the member (a donor's state, or fresh), or "fail" it
+    max_replacements: int = 3  # replacements in a row with no segment completed between; the next failure fails it
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,23 @@ class Experiment:
     queue: str = "pbt"
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gc: GCSettings = field(default_factory=GCSettings)
+    metrics: tuple[str, ...] = ()  # every objective (metric = its first); several: multi-objective (rules.pareto)
+    modes: tuple[str, ...] = ()  # "max" | "min" per objective
     tracking: Tracking = field(default_factory=Tracking)
     lineage: LineageSettings = field(default_factory=LineageSettings)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: members are ordered by non-dominated rank, then crowding distance."""
+        return len(self.metrics) > 1
+
+    def objectives(self, metrics: dict[str, float]) -> tuple[float, ...] | None:
+        """An event's objective vector, oriented (higher is better each); None if one is missing or not finite."""
+        values = [metrics.get(name, math.nan) for name in self.metrics]
+        if not all(math.isfinite(v) for v in values):
+            return None
+        return tuple(v if mode == "max" else -v for v, mode in zip(values, self.modes, strict=True))
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True)
@@ -88,6 +105,13 @@ class Experiment:
     def higher_is_better(self, metric_value: float) -> float:
         """The leaderboard score: the metric, negated when lower is better."""
         return metric_value if self.mode == "max" else -metric_value
+
+    def ready_point(self, step: int, train_s: float) -> int:
+        """The ready point a member at (``step``, ``train_s``) reported: its step, or with ``[ready] seconds``
+        its train time in ready periods (what boards and synchronous rounds are keyed by)."""
+        if self.ready.seconds is not None:
+            return round(train_s / self.ready.seconds)
+        return step
 
     def first_target(self, step: int) -> dict[str, Any]:
         """The target of a segment starting at ``step``: the next ready point, capped by the stop

@@ -94,11 +94,14 @@ def parse(raw: dict[str, Any]) -> Experiment:
     size = pop.int("size", low=1, high=MAX_POPULATION)
     initial = _initial(pop, spaces, size)
     pop.done()
+    metrics, modes = _objectives(r)
     exp = Experiment(
         name=name,
         trainable=trainable,
-        metric=r.str("metric"),
-        mode=r.choice("mode", ("max", "min"), default="max"),
+        metric=metrics[0],
+        mode=modes[0],
+        metrics=metrics,
+        modes=modes,
         seed=r.int("seed", default=0, low=0, high=2**63 - 1),
         population=size,
         initial=initial,
@@ -120,10 +123,35 @@ def parse(raw: dict[str, Any]) -> Experiment:
     if exp.explore.rule == "pb2" and exp.lineage.redis_window < PB2_HISTORY:
         raise ConfigError(f"lineage.redis_window: PB2 reads the newest {PB2_HISTORY} records from Redis;"
                           f" keep at least {PB2_HISTORY} there (got {exp.lineage.redis_window})")
+    if exp.multi and exp.stop.score is not None:
+        raise ConfigError("stop.score: a target score needs one metric; with several metrics (multi-objective) "
+                          "there is none yet: stop on steps or seconds")
+    if exp.multi and exp.explore.rule == "pb2":
+        raise ConfigError("explore.rule: pb2 models one metric; with several metrics (multi-objective) use perturb, "
+                          "resample or a plug-in")
     return exp
 
 
 # ---------------------------------------------------------------- sections
+
+
+def _objectives(r: Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``metric``: a name, or a list of 2-8 distinct names (multi-objective); ``mode``: "max"/"min" for all,
+    or one per metric."""
+    metric = r.get("metric")
+    if isinstance(metric, list):
+        if not 2 <= len(metric) <= 8 or not all(isinstance(m, str) and m for m in metric) or len(set(metric)) < len(metric):
+            raise ConfigError(f"metric: a list must hold 2 to 8 distinct metric names, got {metric!r}")
+        metrics = tuple(metric)
+    else:
+        metrics = (r.str("metric"),)
+    mode = r.get("mode", "max")
+    modes = tuple(mode) if isinstance(mode, list) else (mode,) * len(metrics)
+    if len(modes) != len(metrics):
+        raise ConfigError(f"mode: one per metric ({len(metrics)}), got {len(modes)}: {mode!r}")
+    if any(m not in ("max", "min") for m in modes):
+        raise ConfigError(f"mode: must be one of max, min{' (each)' if len(metrics) > 1 else ''}; got {mode!r}")
+    return metrics, modes
 
 
 def _ready(t: Reader) -> Ready:
@@ -154,6 +182,8 @@ def _exploit(t: Reader) -> ExploitSpec:
         quantile=t.float("quantile", default=0.2, low=1e-9, high=0.5),
         ties=t.choice("ties", ("strict", "rank", "random"), default="strict"),
         compare=t.choice("compare", ("step", "latest"), default="step"),
+        burn_in_steps=t.int("burn_in_steps", default=0, low=0),
+        synch=t.bool("synch", default=False),
     )
     t.done()
     return spec
@@ -182,8 +212,9 @@ def _explore(t: Reader) -> ExploreSpec:
 
 
 def _rule(t: Reader, registry: dict[str, Any], default: str) -> str:
-    """A registered rule's name, whose requirements (PB2: numpy) are installed here."""
-    name = t.choice("rule", tuple(registry), default=default)
+    """A registered rule's name, whose requirements (PB2: numpy) are installed here, or a plug-in's
+    "module:callable" (its form only: importing it is for arbiters that allow it, ``rules.plugins``)."""
+    name = t.str("rule", default=default)
     problem = missing_requirement(registry, name)
     if problem:
         raise ConfigError(f"{t.path}rule: {problem}")
@@ -226,6 +257,8 @@ def _worker(t: Reader) -> WorkerSettings:
         segment_timeout_s=t.int("segment_timeout_s", default=3600, low=1),
         max_retries=t.int("max_retries", default=2, low=0, high=100),
         overlap_upload=t.bool("overlap_upload", default=False),
+        on_failure=t.choice("on_failure", ("replace", "fail"), default="replace"),
+        max_replacements=t.int("max_replacements", default=3, low=0, high=1000),
     )
     t.done()
     return w

@@ -30,16 +30,24 @@ from pbt_mq.control.commit import Committer, Decided
 from pbt_mq.control.decide import Decider
 from pbt_mq.control.events import EventErrors, experiment_of
 from pbt_mq.control.maintenance import Maintenance
+from pbt_mq.control.pyrule import pick_in_python
+from pbt_mq.control.refusals import Refusals
+from pbt_mq.control.replace import Replacer
 from pbt_mq.control.routing import Queues
+from pbt_mq.control.synch import Tries, due
+from pbt_mq.core.failed import FailedEvent
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import GROUP, Keys
 from pbt_mq.core.model import Lineage
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
+from pbt_mq.rules.plugins import PluginError
+from pbt_mq.rules.registry import RuleError
 from pbt_mq.state.experiment import load_config, running_experiments
 
 log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
+ROUNDS_S = 1.0  # exploit.synch: how often every arbiter looks for complete rounds nobody decided
 
 
 class Arbiter:
@@ -57,8 +65,13 @@ class Arbiter:
         self.stats: Counter[str] = Counter()
         self.hooks = hooks or Hooks()
         self.committer = Committer(r, Queues(r))
+        self.replacer = Replacer(r, self.committer.queues)
         self.maintenance = Maintenance(r, self.stats, reap_interval_s, reap_grace_ms, events_retention_s)
         self.errors = EventErrors(r, self.stats)
+        self.refusals = Refusals(r, self.name, claim_idle_ms)
+        self.tries = Tries(r)
+        self.outcomes: dict[bytes, str] | None = None  # set while flush_rounds collects them
+        self._flushed = 0.0
         self._refreshed = 0.0
         self._claimed = 0.0
         self.stopping = False
@@ -95,39 +108,56 @@ class Arbiter:
             handled += self.reclaim()
             self._claimed = now
         self.maintenance.tick(self.configs, now)
+        touched = set()
         for stream, entries in self.read():
+            touched.add(experiment_of(stream))
             handled += self.handle_many(experiment_of(stream), entries)
+        timer = now - self._flushed >= ROUNDS_S
+        self._flushed = now if timer else self._flushed
+        for e in [e for e, cfg in self.configs.items() if cfg.exploit.synch and (timer or e in touched)]:
+            handled += self.flush_rounds(e)
         return handled
 
     def read(self) -> list:
-        """New events from every running experiment's stream: one blocking XREADGROUP, or on a
-        Redis Cluster (streams in different slots) one non-blocking read per stream, per node."""
-        streams = {Keys(e).events: ">" for e in self.configs}
-        if not is_cluster(self.r):
-            return self.r.xreadgroup(GROUP, self.name, streams, count=self.batch, block=self.block_ms) or []
-        deadline = time.monotonic() + self.block_ms / 1000
-        while True:
-            pipe = self.r.pipeline(transaction=False)
-            for stream in streams:
-                pipe.xreadgroup(GROUP, self.name, {stream: ">"}, count=self.batch)
-            resp = [item for reply in pipe.execute() for item in reply or []]
-            if resp or time.monotonic() >= deadline:
-                return resp
-            time.sleep(POLL_S)
+        return read_events(self.r, self.name, list(self.configs), self.batch, self.block_ms)
+
+    def flush_rounds(self, exp: str) -> int:
+        """exploit.synch: decide the parked members whose round is complete (control.synch)."""
+        entries = due(self.r, exp)
+        if not entries:
+            return 0
+        self.outcomes = {}
+        try:
+            self.handle_many(exp, entries)
+        finally:
+            outcomes, self.outcomes = self.outcomes, None
+        for entry in entries:
+            if outcomes.get(entry[0]) == "error":
+                self.tries.failed(self.configs[exp], exp, entry, self.errors.last.pop(entry[0], "an error"))
+            else:
+                self.tries.decided(exp, entry[1][b"member"].decode())
+        return len(entries)
 
     def refresh(self) -> None:
-        """Find running experiments (their configs read once); hand the ended ones to maintenance."""
+        """Find running experiments (their configs read and rules built once); hand the ended ones to
+        maintenance. One whose rules this arbiter cannot build is left to others (control.refusals)."""
         running = running_experiments(self.r)
-        configs = {}
+        configs, deciders = {}, {}
         for e in running:
             try:
                 configs[e] = self.configs.get(e) or load_config(self.r, e)
+                deciders[e] = self.deciders.get(e) or Decider(configs[e])
+            except (RuleError, PluginError) as exc:
+                configs.pop(e, None)
+                self.refusals.note(e, str(exc))
             except Exception as exc:  # a broken experiment must not stop the others
+                configs.pop(e, None)
                 log.error("experiment %s: cannot read its config: %s", e, exc)
         ended = {e: cfg for e, cfg in self.configs.items() if e not in configs}
-        self.configs = configs
-        self.deciders = {e: self.deciders.get(e) or Decider(cfg) for e, cfg in configs.items()}
-        self.maintenance.ended(ended, time.monotonic())
+        self.configs, self.deciders = configs, deciders
+        self.refusals.keep(set(running) - set(configs))
+        self.refusals.check()
+        self.maintenance.ended({e: cfg for e, cfg in ended.items() if e not in running}, time.monotonic())
 
     def reclaim(self) -> int:
         """Take over events another replica read but never acknowledged (it died)."""
@@ -158,6 +188,8 @@ class Arbiter:
 
     def _count(self, exp: str, outcome: str, entry_id: bytes) -> None:
         self.stats[outcome] += 1
+        if self.outcomes is not None:
+            self.outcomes[entry_id] = outcome
         if self.hooks:
             self.hooks.decided(exp, outcome, entry_id)
 
@@ -173,6 +205,9 @@ class Arbiter:
             return len(entries)
         pending: list[tuple[bytes, dict[bytes, bytes], ReadyEvent]] = []
         for entry_id, fields in entries:
+            if b"failed" in fields:  # a failed segment: one at a time (control.replace)
+                self.handle(exp, entry_id, fields)
+                continue
             try:
                 ev = ReadyEvent.decode(fields.get(b"msg"))
             except ProtocolError:
@@ -207,9 +242,10 @@ class Arbiter:
             with self.r.pipeline(transaction=True) as pipe:
                 pipe.watch(*[k.member(ev.member) for _, _, ev in batch])
                 preps = [decider.prepare(ev) for _, _, ev in batch]
-                replies = evalsha_many(pipe, "decide", [(p.keys, p.args) for p in preps])
-                if replies is None:
+                raw = evalsha_many(pipe, "decide", [(p.keys, p.args) for p in preps])
+                if raw is None:
                     return None
+                replies = [pick_in_python(pipe, decider, p, x) for p, x in zip(preps, raw, strict=True)]
                 decided: list[Decided] = [
                     (entry_id, ev, decider.interpret(ev, prep, reply, entry_ms(entry_id), _history(pipe, k)))
                     for (entry_id, _, ev), prep, reply in zip(batch, preps, replies, strict=True)]
@@ -227,10 +263,15 @@ class Arbiter:
 
     def handle(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
         try:
-            ev = ReadyEvent.decode(fields.get(b"msg"))
+            ev = (FailedEvent if b"failed" in fields else ReadyEvent).decode(fields.get(b"msg"))
             if ev.experiment != exp:
                 raise ProtocolError(f"experiment: event names {ev.experiment!r} but sits in {exp}'s stream")
-            outcome = self.decide(self.configs.get(exp) or load_config(self.r, exp), ev, entry_id)
+            cfg = self.configs.get(exp) or load_config(self.r, exp)
+            if isinstance(ev, FailedEvent):
+                decider = self.deciders.get(exp) or Decider(cfg)
+                outcome = self.replacer.decide(decider, ev, entry_id, lambda pipe: _history(pipe, Keys(exp)))
+            else:
+                outcome = self.decide(cfg, ev, entry_id)
         except ProtocolError as exc:
             outcome = self.errors.refuse(exp, entry_id, fields, str(exc))
         except redis.RedisError:
@@ -249,7 +290,7 @@ class Arbiter:
                 try:
                     pipe.watch(k.member(ev.member))
                     prep = decider.prepare(ev)
-                    reply = call_script(pipe, "decide", prep.keys, prep.args)
+                    reply = pick_in_python(pipe, decider, prep, call_script(pipe, "decide", prep.keys, prep.args))
                     plan = decider.interpret(ev, prep, reply, entry_ms(entry_id), _history(pipe, k))
                     decided: list[Decided] = [(entry_id, ev, plan)]
                     finished = self.committer.commit_all(pipe, cfg, ev.experiment, decided)
@@ -267,3 +308,20 @@ def _history(pipe: Any, k: Keys) -> Any:
             return []
         return [Lineage.from_entry(i, f) for i, f in reversed(pipe.xrevrange(k.lineage, "+", "-", count=n))]
     return read
+
+
+def read_events(r: Any, name: str, exps: list[str], batch: int, block_ms: int) -> list:
+    """New events from every running experiment's stream: one blocking XREADGROUP, or on a Redis
+    Cluster (streams in different slots) one non-blocking read per stream, per node."""
+    streams = {Keys(e).events: ">" for e in exps}
+    if not is_cluster(r):
+        return r.xreadgroup(GROUP, name, streams, count=batch, block=block_ms) or []
+    deadline = time.monotonic() + block_ms / 1000
+    while True:
+        pipe = r.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xreadgroup(GROUP, name, {stream: ">"}, count=batch)
+        resp = [item for reply in pipe.execute() for item in reply or []]
+        if resp or time.monotonic() >= deadline:
+            return resp
+        time.sleep(POLL_S)

@@ -15,8 +15,9 @@ import redis
 from pbt_mq.broker.pipes import Replies
 from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
-from pbt_mq.control.decide import DUPLICATE, Plan
+from pbt_mq.control.decide import DUPLICATE, WAITING, Plan
 from pbt_mq.control.routing import Queues, homes
+from pbt_mq.control.synch import park, unpark
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import GROUP, Keys
 from pbt_mq.core.model import Action, ExperimentState, Lineage, Member, MemberState
@@ -39,7 +40,7 @@ def lineage_record(ev: ReadyEvent, plan: Plan) -> Lineage:
         parent_step=cmd.parent_step if cmd else None, next_start_key=cmd.start.key if cmd and cmd.start else "",
         ops=plan.ops, reason=plan.reason, worker=ev.worker, declined_donor=plan.declined_donor,
         snapshot=[list(e) for e in plan.snapshot] if plan.snapshot is not None else None,
-        board=plan.board, board_at=plan.board_at,
+        board=plan.board, board_at=plan.board_at, objectives=plan.objectives,
         timings=dict(ev.timings_s) or None,  # the event leaves Redis within seconds; pbt stats reads these
         **(plan.facts or {}),
     )
@@ -69,14 +70,14 @@ class Committer:
         replies = Replies(pipe)
         for i, (entry_id, ev, plan) in enumerate(decided):
             if plan.action != DUPLICATE:
-                self._write(pipe, cfg, ev, plan, home.get(ev.member))
+                self._write(pipe, cfg, ev, plan, home.get(ev.member), entry_id)
                 if plan.action == Action.DONE:
                     replies.name(f"finished {i}")
             pipe.xack(k.events, GROUP, entry_id)
         got = replies.execute()
         return [got.get(f"finished {i}") for i in range(len(decided))]
 
-    def _write(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, home: str | None) -> None:
+    def _write(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, home: str | None, entry_id: bytes) -> None:
         """A decision's writes; when it is "done", the last command is the finished count's HINCRBY."""
         k = Keys(ev.experiment)
         cmd = plan.cmd
@@ -85,6 +86,11 @@ class Committer:
             ckpt_size=ev.checkpoint.size, ckpt_hparams=ev.hparams, train_s=ev.train_s, updated_ms=now_ms(),
             worker=ev.worker,
         )
+        if plan.action == WAITING:  # exploit.synch: no decision yet, no lineage record
+            park(pipe, cfg, entry_id, ev, member)
+            return
+        if cfg.exploit.synch:
+            unpark(pipe, ev.experiment, ev.member)
         if cmd:
             member.update(step=cmd.step, hparams=cmd.hparams, why=cmd.why, reaped=0)  # reaped: per segment
             if plan.action == Action.EXPLOIT:

@@ -25,6 +25,7 @@ from pbt_mq.rules.registry import exploit_rule, explore_rule
 
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
 DUPLICATE = "duplicate"  # an outcome, not a lineage action: the event was decided before
+WAITING = "waiting"  # an outcome, not a lineage action: parked until its synchronous round completes (control.synch)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Plan:
     facts: dict[str, int] | None = None  # n, worse, better, k: enough to check any decision
     board: str | None = None  # what the member was ranked against: "step", "time" or "latest"
     board_at: int | None = None  # the board's ready point (step or time)
+    objectives: list[float] | None = None  # several metrics: the member's value of each
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Prepared:
     target: bool
     board: str = "latest"
     board_at: int | None = None
+    python: bool = False  # the exploit rule runs in Python on the board (a plug-in, or several metrics)
+    vector: tuple[float, ...] | None = None  # several metrics: the member's, oriented (None: not finite)
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,14 @@ class Decider:
         periods) with exploit.compare = "step", or ("latest", None): every member's last score."""
         if self.cfg.exploit.compare != "step":
             return "latest", None
-        if self.cfg.ready.seconds is not None:
-            return "time", round(ev.train_s / self.cfg.ready.seconds)
-        return "step", ev.step
+        return ("time" if self.cfg.ready.seconds is not None else "step"), self.cfg.ready_point(ev.step, ev.train_s)
+
+    def board_key(self, k: Keys, at: int | None) -> str:
+        """The sorted set a member is ranked on: its ready point's board, else the latest scores (of the
+        members past the burn-in, when there is one)."""
+        if at is not None:
+            return k.board(at)
+        return k.eligible if self.cfg.exploit.burn_in_steps else k.scores
 
     def prepare(self, ev: ReadyEvent) -> Prepared:
         """decide.lua's keys and arguments for ``ev`` (see the script's header)."""
@@ -119,23 +128,27 @@ class Decider:
         score = self.cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
         reason, target = self.stop_reason(ev)
         rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
-        mode = "none" if reason else self.exploit.lua or "none"
+        ranked = not reason and not self.cfg.exploit.in_burn_in(ev.step)
+        python = ranked and (self.exploit.lua is None or self.cfg.multi)  # several metrics: Pareto order, in Python
+        mode = (self.exploit.lua or "none") if ranked and not python else "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
         record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
                                   ev.train_s)
         board, at = self.ready_point(ev)
-        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, k.scores if at is None else k.board(at),
-                         k.boards, k.reached], [
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, self.board_key(k, at), k.boards, k.reached], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
-            "" if at is None else at,
-        ], rng, score, reason, target, board, at)
+            "" if at is None else at, self.cfg.exploit.burn_in_steps, ev.step,
+            self.cfg.ready_point(ev.step, ev.train_s) if self.cfg.exploit.synch and not reason else "",
+        ], rng, score, reason, target, board, at, python=python,
+            vector=self.cfg.objectives(ev.metrics) if self.cfg.multi else None)
 
-    def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any], ready_ms: int,
+    def interpret(self, ev: ReadyEvent, prep: Prepared, raw: Sequence[Any] | Reply, ready_ms: int,
                   history: Callable[[int], Sequence[Lineage]]) -> Plan:
-        """decide.lua's reply as a plan: done, duplicate, or the next segment (explore runs here).
-        ``history(n)``: the newest n lineage records, for an explore rule that asks for them."""
-        reply = Reply.parse(raw)
+        """decide.lua's reply (or, with a rule in Python, ``control.pyrule``'s) as a plan: done, duplicate,
+        or the next segment (explore runs here). ``history(n)``: the newest n lineage records, for an
+        explore rule that asks for them."""
+        reply = raw if isinstance(raw, Reply) else Reply.parse(raw)
         score, reason, target = prep.score, prep.reason, prep.target
         if reply.status == "dup":
             return Plan(DUPLICATE, None, score)
@@ -143,7 +156,11 @@ class Decider:
             raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
         if reply.meta_state != ExperimentState.RUNNING:
             reason, target = f"experiment {reply.meta_state or 'gone'}", False
-        board = {"board": prep.board, "board_at": prep.board_at}
+        board: dict[str, Any] = {"board": prep.board, "board_at": prep.board_at}
+        if self.cfg.multi:
+            board["objectives"] = [ev.metrics.get(name, math.nan) for name in self.cfg.metrics]
+        if reply.status == "wait" and not reason:
+            return Plan(WAITING, None, score, **board)
         if reason:
             return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target, **board)
         facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}

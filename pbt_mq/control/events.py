@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.failed import FailedEvent
 from pbt_mq.core.keys import GROUP, Keys
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.state.finish import fail_member
@@ -30,6 +31,7 @@ class EventErrors:
     def __init__(self, r: Any, stats: Counter[str]) -> None:
         self.r = r
         self.stats = stats
+        self.last: dict[bytes, str] = {}  # entry id -> its last unexpected error (read by control.synch's Tries)
 
     def refuse(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> str:
         """A malformed or forged event: dead-lettered with the reason and acknowledged."""
@@ -44,6 +46,10 @@ class EventErrors:
         k = Keys(exp)
         info = self.r.xpending_range(k.events, GROUP, min=entry_id, max=entry_id, count=1)
         n = int(info[0]["times_delivered"]) if info else 1
+        if not info:  # not pending: a parked event (exploit.synch), whose tries are counted where it is parked
+            self.last[entry_id] = f"{type(exc).__name__}: {exc}"
+            if len(self.last) > 10_000:
+                self.last.clear()
         if n < MAX_DELIVERIES:
             log.exception("%s: event %s left pending after an unexpected error (delivery %d of %d)",
                           exp, entry_id, n, MAX_DELIVERIES)
@@ -52,7 +58,7 @@ class EventErrors:
         log.error("%s: event %s: %s; dead-lettered", exp, entry_id, reason)
         self.dead_letter(k, entry_id, fields, reason)
         try:
-            ev = ReadyEvent.decode(fields.get(b"msg"))
+            ev = (FailedEvent if b"failed" in fields else ReadyEvent).decode(fields.get(b"msg"))
             fail_member(self.r, config(), exp, ev.member, ev.seq, f"its ready event was dead-lettered: {reason}")
         except ProtocolError:
             pass

@@ -14,7 +14,7 @@ snapshot of the queue and the members, and queues the member's current command a
 RQ's own abandoned-job handling takes minutes and fails the job instead of retrying it;
 this takes one heartbeat TTL. The requeue is a WATCHed transaction on the member's hash,
 so two arbiters sweeping at once queue it once. A segment that kills its worker more than
-``worker.max_retries + 1`` times fails the member instead of looping forever.
+``worker.max_retries + 1`` times is given up (``state.failure``: the member is replaced, or failed).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pbt_mq.core.ids import member_ids, now_ms
 from pbt_mq.core.keys import Keys, worker_key
 from pbt_mq.core.model import Heartbeat, Member, MemberState
 from pbt_mq.core.protocol import ProtocolError, SegmentCommand
+from pbt_mq.state.failure import give_up
 from pbt_mq.state.finish import fail_member
 from pbt_mq.state.segments import enqueue_segment
 
@@ -149,8 +150,7 @@ def requeue(r: Any, exp: str, cfg: Experiment, orphan: Orphan, count: bool = Tru
             n = h.reaped + 1 if count else h.reaped
             if count and n > cfg.worker.max_retries + 1:
                 pipe.unwatch()
-                fail_member(r, cfg, exp, orphan.member, cmd.seq, f"{orphan.reason}; gave up after {n - 1} requeues")
-                return "failed"
+                return give_up(r, cfg, cmd, orphan.job, f"{orphan.reason}; gave up after {n - 1} requeues")
             pipe.multi()
             pipe.hset(mkey, mapping=Member.fields(reaped=n, error=f"requeued: {orphan.reason}"))
             pipe.lrem(intermediate_key(queue), 0, orphan.job)
@@ -177,6 +177,6 @@ def _requeue_number(job: str) -> int:
 def sweep(r: Any, exp: str, cfg: Experiment, grace_ms: int) -> int:
     done = 0
     for orphan in find_orphans(r, exp, cfg, grace_ms):
-        if requeue(r, exp, cfg, orphan) in ("requeued", "failed"):
+        if requeue(r, exp, cfg, orphan) in ("requeued", "failed", "published"):
             done += 1
     return done

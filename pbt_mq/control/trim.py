@@ -68,7 +68,9 @@ def trim_boards(r: Any, exp: str, everything: bool = False) -> int:
         return 0
     pipe = r.pipeline(transaction=False)
     for at in old:
-        pipe.delete(k.board(int(float(at))))
+        board = k.board(int(float(at)))
+        pipe.delete(board)
+        pipe.delete(Keys.vectors(board))  # several metrics: its objective vectors go with it
     pipe.zrem(k.boards, *old)
     if everything:
         pipe.delete(k.reached)

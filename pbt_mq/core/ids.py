@@ -31,6 +31,12 @@ def member_seed(seed: int, member: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{member}".encode()).digest()[:4], "big")
 
 
+def replacement_seed(seed: int, member: str, seq: int) -> int:
+    """The seed of a member restarted fresh after its segment ``seq`` failed: new (a fresh start with
+    the old seed could replay the same failure), and a pure function of the log, so replay finds it."""
+    return member_seed(seed, f"{member}/replaced/{seq}")
+
+
 def entry_ms(entry_id: bytes | str) -> int:
     """When a Redis stream entry was added: its id's milliseconds."""
     s = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -10,7 +10,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:member:{M}        HASH   core.model.Member: state, seq, step, hparams, why, job, cmd, queue,
                                        queued_ms, started_ms, updated_ms, limbo_ms, worker, score, scored_step,
                                        ckpt_key, ckpt_sha256, ckpt_size, ckpt_hparams, train_s, parent,
-                                       parent_step, last_exploit, reason, error, attempt, reaped
+                                       parent_step, last_exploit, reason, error, attempt, reaped, replaced,
+                                       replaced_seq
     pbt:{EXP}:scores            ZSET   member -> latest finite score of a member that has a checkpoint (the
                                        leaderboard; donors come from here). Stored so that higher is
                                        better: for mode = "min" the stored score is -metric.
@@ -19,19 +20,32 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:board:{B}         ZSET   member -> its score at ready point B (the step, or with [ready] seconds
                                        the train time in ready periods), higher is better: the board a
                                        member reporting B is ranked on (exploit.compare = "step")
+    pbt:{EXP}:eligible          ZSET   member -> latest finite score, for members whose latest score is at a step
+                                       >= exploit.burn_in_steps: the board with compare = "latest" and a burn-in
     pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
     pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only)
+    pbt:{EXP}:scores:vectors    HASH   (several metrics) member -> its latest metric values (JSON list, in the
+                                       order of metric = [...]), finite only: the front pbt status shows.
+                                       Every board B of a multi-objective experiment has one too, B:vectors,
+                                       which the arbiter orders by non-dominated rank and crowding distance
+    pbt:{EXP}:waiting           ZSET   member -> the ready point it waits at (exploit.synch: its event is decided
+                                       once every live member reported that point)
+    pbt:{EXP}:parked            HASH   member -> its parked ready event while it waits (msgpack: the stream entry
+                                       id and the event), decided from here when its round completes
+    pbt:{EXP}:refused           HASH   arbiter name -> why it cannot decide this experiment (a plug-in rule not on
+                                       its allowlist, or failing to import): it leaves the events to others
     pbt:{EXP}:parents           HASH   checkpoint key -> the checkpoint its segment started from
                                        (the lineage as a tree, for garbage collection)
     pbt:{EXP}:uploading         ZSET   checkpoint key -> upload start (ms), until its event is published
     pbt:{EXP}:stored            ZSET   published checkpoint key -> time (ms): what the garbage
                                        collector may delete once nothing needs it
     pbt:{EXP}:events            STREAM ready events: member, seq, step, score (plain fields) + msg
-                                       (the msgpack core.protocol.ReadyEvent)
+                                       (the msgpack core.protocol.ReadyEvent); with a plain field failed = 1,
+                                       a failed segment to replace (core.failed.FailedEvent)
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
-                                       board_at, n, worse, better, k, snapshot, timings
+                                       board_at, seed, objectives, n, worse, better, k, snapshot, timings
     pbt:{EXP}:archive           LIST   the lineage records moved to the store, one JSON entry per chunk, oldest
                                        first (state.archive.Chunk: key, sha256, size, count, first, last)
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
@@ -161,6 +175,31 @@ class Keys:
         return f"{self.prefix}:board:{at}"
 
     @property
+    def eligible(self) -> str:
+        """The latest scores of members past the burn-in (exploit.compare = "latest", burn_in_steps > 0)."""
+        return f"{self.prefix}:eligible"
+
+    @staticmethod
+    def vectors(board: str) -> str:
+        """Several metrics: the objective vectors of the members on ``board`` (a key of this experiment)."""
+        return f"{board}:vectors"
+
+    @property
+    def waiting(self) -> str:
+        """exploit.synch: member -> the ready point it waits at (control.synch)."""
+        return f"{self.prefix}:waiting"
+
+    @property
+    def parked(self) -> str:
+        """exploit.synch: member -> its ready event, parked until its round completes (control.synch)."""
+        return f"{self.prefix}:parked"
+
+    @property
+    def refused(self) -> str:
+        """Arbiters that cannot decide this experiment, and why (control.refusals)."""
+        return f"{self.prefix}:refused"
+
+    @property
     def boards(self) -> str:
         return f"{self.prefix}:boards"
 
@@ -178,11 +217,20 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
     ("pbt:{EXP}:board:{B}", "zset", "member -> its score at ready point B: what a member reporting B is ranked on"),
     ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported"),
-    ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack)"),
+    ("pbt:{EXP}:eligible", "zset", "member -> latest score at a step >= exploit.burn_in_steps: the board of "
+                                   "compare = latest with a burn-in"),
+    ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack); "
+                                   "failed = 1: a failed segment whose member is to be replaced"),
     ("pbt:{EXP}:lineage", "stream", Lineage),
     ("pbt:{EXP}:archive", "list", "lineage records moved to the store: one JSON entry per chunk (key, sha256, size,"
                                   " count, first, last), oldest first"),
     ("pbt:{EXP}:dead", "stream", DeadLetter),
+    ("pbt:{EXP}:scores:vectors, BOARD:vectors", "hash", "several metrics: member -> its metric values (JSON list), "
+                                                        "latest (the front) and per board"),
+    ("pbt:{EXP}:waiting, :parked", "zset, hash", "exploit.synch: member -> the ready point it waits at; member -> "
+                                                  "its ready event (msgpack), decided when every live member got there"),
+    ("pbt:{EXP}:refused", "hash", "arbiter name -> why it cannot decide this experiment (a plug-in not on its "
+                                  "allowlist): it leaves the events to others"),
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
     ("pbt:{EXP}:tracking", "hash", TrackingState),
     ("pbt:{EXP}:runs", "hash", "TRACKER/MEMBER -> the member's run id in MLflow or W&B (written once)"),

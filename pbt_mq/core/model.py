@@ -23,7 +23,9 @@ from enum import Enum
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
-SCHEMA = 3  # the record layout of this release (3: checkpoints in store.format); no "schema": release 1
+SCHEMA = 3  # the record layout of this release; a meta hash without "schema" was written by release 1
+# 2: exploit.compare defaults to "step"; 3: checkpoints in store.format and worker.on_failure defaults to
+# "replace" (state.experiment.load_config)
 
 
 class _StrEnum(str, Enum):
@@ -40,6 +42,7 @@ class MemberState(_StrEnum):
     QUEUED = "queued"  # its segment job waits in a queue
     RUNNING = "running"  # a worker claimed the job and trains it
     READY = "ready"  # its ready event is published; the arbiters own it until they decide
+    WAITING = "waiting"  # exploit.synch: reported its ready point; decided once every live member did
     DONE = "done"  # reached the stop condition (or its experiment ended)
     FAILED = "failed"  # gave up: retries exhausted, or its event was dead-lettered
 
@@ -66,6 +69,7 @@ class Action(_StrEnum):
     EXPLOIT = "exploit"
     DONE = "done"
     FAILED = "failed"
+    REPLACED = "replaced"  # its segment failed for good; it restarts from a donor, or fresh (worker.on_failure)
 
 
 class Why(_StrEnum):
@@ -193,7 +197,7 @@ class Member(Record):
     """``pbt:{EXP}:member:{M}``: one member's state, its current segment and its scored checkpoint."""
 
     TITLE = "member"
-    state: MemberState | None = _f(MemberState, "queued | running | ready | done | failed")
+    state: MemberState | None = _f(MemberState, "queued | running | ready | waiting | done | failed")
     seq: int = _f(int, "the member's segment counter; its current segment's seq (the idempotency key)", 0)
     step: int = _f(int, "the step its current segment starts from (the final step once done)", 0)
     hparams: dict[str, Any] = _f("json", "hyperparameters of its current segment (JSON)", None)
@@ -220,6 +224,9 @@ class Member(Record):
     error: str = _f(str, "the last failure (a traceback, or why the reaper requeued it)", "")
     attempt: int = _f(int, "retries of the current segment after the trainable raised", 0)
     reaped: int = _f(int, "requeues of the current segment after its worker died", 0)
+    replaced: int = _f(int, "times it was replaced in a row, with no segment completed since (worker.on_failure)", 0)
+    replaced_seq: int | None = _f(int, "the seq its last replacement queued (a failure of that seq is one more "
+                                       "in a row)")
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,7 @@ class Lineage(Record):
     start_step: int = _f(int, "the step the segment started from", 0)
     step: int = _f(int, "the step it reached", 0)
     score: float = _f(float, "its score, in the metric's own units", math.nan)
-    action: Action | None = _f(Action, "continue | exploit | done | failed")
+    action: Action | None = _f(Action, "continue | exploit | done | failed | replaced")
     start_key: str = _f(str, "the checkpoint it started from ('' for a fresh start)", "")
     ckpt_key: str = _f(str, "the checkpoint it wrote", "")
     hparams: dict[str, Any] | None = _f("json", "its hyperparameters (JSON)")
@@ -262,12 +269,15 @@ class Lineage(Record):
     parent_step: int | None = _f(int, "the donor checkpoint's step")
     next_start_key: str = _f(str, "the checkpoint the next segment starts from", "")
     ops: list[str] | None = _f("json", "the mutations, e.g. 'lr: 0.01 --(x0.8)--> 0.008' (JSON)")
-    reason: str = _f(str, "why a member is done or failed", "")
+    reason: str = _f(str, "why a member is done, failed or replaced (a failure's traceback, its end kept)", "")
     worker: str = _f(str, "the worker that trained the segment", "")
     declined_donor: str | None = _f(str, "a donor the rule chose but that had finished or has no checkpoint")
     board: str | None = _f(str, "what the member was ranked against: step | time (others' scores at the same "
                                 "ready point) or latest (their last scores)")
     board_at: int | None = _f(int, "the ready point of that board: the step, or the train time in ready periods")
+    seed: int | None = _f(int, "a replacement that starts fresh: the seed its trainable is built with")
+    objectives: list[float] | None = _f("json", "several metrics: the segment's value of each, in the order of "
+                                                "metric = [...] (JSON)")
     n: int | None = _f(int, "members on the board the rule saw")
     worse: int | None = _f(int, "of them, ranked below the member")
     better: int | None = _f(int, "of them, ranked above the member")

@@ -138,6 +138,7 @@ class SegmentCommand:
     train_s: float = 0.0
     attempt: int = 0
     ready_ms: int = 0  # when the event that caused this command was published
+    seed: int | None = None  # a fresh start's seed when it is not the member's own (a replacement)
 
     TYPE = "segment"
 
@@ -160,6 +161,7 @@ class SegmentCommand:
         secs = m.get("seconds")
         parent = m.get("parent")
         pstep = m.get("parent_step")
+        seed = m.get("seed")
         return cls(
             experiment=_name(m.get("experiment"), "experiment"),
             member=_name(m.get("member"), "member"),
@@ -177,6 +179,7 @@ class SegmentCommand:
             train_s=_float(m.get("train_s", 0.0), "train_s", finite=True, low=0.0),
             attempt=_int(m.get("attempt", 0), "attempt", low=0, high=1000),
             ready_ms=_int(m.get("ready_ms", 0), "ready_ms", low=0, high=1 << 62),
+            seed=None if seed is None else _int(seed, "seed", low=0, high=(1 << 63) - 1),
         )
 
 

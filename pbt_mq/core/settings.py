@@ -10,6 +10,7 @@ expects (exit 2), never a traceback from deep inside.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,17 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def modules(text: str) -> tuple[str, ...]:
+    """A comma-separated list of module names (``mod1,pkg.mod2``)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not names or not all(_MODULE.match(n) for n in names):
+        raise ValueError(text)
+    return names
+
+
 MIN_TOKEN_CHARS = 16  # a bearer token anyone on the network may try: long enough not to be guessed
 
 
@@ -115,6 +127,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("PBT_TENSORBOARD_DIR", _text, None, "a directory", "write per-member TensorBoard scalars under DIR/EXP/MEMBER"),
     Setting("PBT_METRICS_PORT", _number(int, 0, 65535), 0, "a port number (0: off)", "serve Prometheus /metrics"),
     Setting("PBT_METRICS_ADDR", _text, "0.0.0.0", "an address to bind", "the /metrics listen address"),
+    Setting("PBT_PLUGINS", modules, None, "comma-separated module names, e.g. myrules,lab.pbt_rules",
+            "the modules whose plug-in rules (`exploit.rule`/`explore.rule` = \"module:callable\") a `pbt-arbiter` may "
+            "import (and `replay_decisions` in any process)"),
     Setting("PBT_ARBITER_NAME", _text, None, "a consumer name", "the arbiter's consumer name (default host-pid)"),
     Setting("PBT_CLAIM_IDLE_MS", _number(int, 1), 30_000, "an integer >= 1 (ms)",
             "reclaim events another arbiter left unacknowledged this long"),

@@ -22,8 +22,9 @@ from pbt_mq.config.reader import ConfigError
 from pbt_mq.core.ids import member_seed
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Meta
-from pbt_mq.observe.lineage import explain, phases, target
+from pbt_mq.observe.lineage import NoCheckpoint, explain, phases, target
 from pbt_mq.state.experiment import load_config
+from pbt_mq.state.front import pareto_front
 from pbt_mq.state.lineage import records
 from pbt_mq.store.base import ChecksumError
 from pbt_mq.store.open import open_store
@@ -41,16 +42,18 @@ class ScheduleError(ConfigError):
 def build_schedule(cfg: Experiment, exp: str, tgt: dict[str, Any], segments: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything replay needs, and what the run recorded to compare against."""
     first = segments[0]["member"] if segments else tgt["member"]
+    seed = segments[0]["start"].get("seed") if segments else None  # a replacement's own, else the member's
     return {
         "format": FORMAT,
         "experiment": exp,
         "trainable": cfg.trainable,
         "trainable_args": dict(cfg.trainable_args),
-        "seed": member_seed(cfg.seed, first),
+        "seed": member_seed(cfg.seed, first) if seed is None else seed,
         "experiment_seed": cfg.seed,
         "first_member": first,
         "metric": cfg.metric,
         "mode": cfg.mode,
+        "metrics": list(cfg.metrics),  # several: the objectives (replay compares the first, `metric`)
         # A seconds-ready run trained one step per train() call (worker.runtime's _advance).
         "train_calls": "step" if cfg.ready.seconds is not None else "segment",
         "final": tgt,
@@ -69,6 +72,9 @@ def checkpoint_file(ckpt_key: str) -> str:
 def export(r: Any, exp: str, out_dir: str | Path, member: str | None = None) -> dict[str, Any]:
     """Write checkpoint.EXT, schedule.json and experiment.toml for ``member`` (default: the best)."""
     cfg = load_config(r, exp)
+    if member is None and cfg.multi:
+        raise NoCheckpoint(f"{exp} has several metrics ({', '.join(cfg.metrics)}): a Pareto front, not one best; "
+                           "export the front with --front, or one member with --member M")
     tgt = target(r, exp, member)
     segments = explain(records(r, exp), tgt["ckpt_key"])
     sched = build_schedule(cfg, exp, tgt, segments)
@@ -80,6 +86,21 @@ def export(r: Any, exp: str, out_dir: str | Path, member: str | None = None) -> 
     header = f"# experiment {exp}, exported with its best checkpoint by `pbt export`\n"
     _write_text(out / "experiment.toml", header + to_toml(cfg.raw))
     return sched
+
+
+def export_front(r: Any, exp: str, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Several metrics: every member of the Pareto front exported as ``export`` does, into DIR/MEMBER/, and
+    DIR/front.json (the metrics, their modes and each front member's values and step)."""
+    cfg = load_config(r, exp)
+    rows = pareto_front(r, cfg, exp)
+    if not rows:
+        raise NoCheckpoint(f"{exp}: no member has finite values of every metric yet, so there is no front")
+    out = Path(out_dir)
+    for row in rows:
+        export(r, exp, out / row["member"], row["member"])
+    _write_text(out / "front.json", json.dumps({"experiment": exp, "metrics": list(cfg.metrics),
+                                                "modes": list(cfg.modes), "front": rows}, indent=2) + "\n")
+    return rows
 
 
 def copy_verified(store_url: str, tgt: dict[str, Any], dest: Path) -> None:

@@ -31,11 +31,15 @@ def by_seq(recs: list[Lineage]) -> dict[Key, Lineage]:
 
 def origin(rec: Lineage, seqs: dict[Key, Lineage], ckpts: dict[str, Lineage]) -> dict[str, Any]:
     """How the state a segment started from came about, read from the decision that queued it."""
-    if not rec.start_key:
-        return {"kind": "init", "member": rec.member, "step": 0, "ckpt_key": "", "ops": []}
     decision = seqs.get((rec.member, rec.seq - 1))
+    replaced = decision is not None and decision.action is Action.REPLACED
+    if not rec.start_key:
+        out = {"kind": "init", "member": rec.member, "step": 0, "ckpt_key": "", "ops": []}
+        if replaced:  # a fresh restart after a failure: its own seed, new values
+            out.update(seed=decision.seed, ops=list(decision.ops or []), failed=_failure(decision))
+        return out
     source = ckpts.get(rec.start_key)
-    exploited = decision is not None and decision.action is Action.EXPLOIT
+    exploited = decision is not None and decision.action in (Action.EXPLOIT, Action.REPLACED)
     # A worker that found the queued start checkpoint corrupt or gone started from another one.
     recovered = decision is not None and decision.next_start_key not in ("", rec.start_key)
     out: dict[str, Any] = {
@@ -49,7 +53,15 @@ def origin(rec: Lineage, seqs: dict[Key, Lineage], ckpts: dict[str, Lineage]) ->
     if exploited and not recovered:
         out["ops"] = list(decision.ops or [])
         out["replaced"] = {"step": decision.step, "score": decision.score}
+        if replaced:
+            out["kind"], out["failed"] = "replaced", _failure(decision)
     return out
+
+
+def _failure(decision: Lineage) -> str:
+    """The exception a replaced member's segment ended with (the last line of its traceback)."""
+    lines = [line.strip() for line in (decision.reason or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "its segment failed"
 
 
 def segment(rec: Lineage, seqs: dict[Key, Lineage], ckpts: dict[str, Lineage]) -> dict[str, Any]:
@@ -101,7 +113,7 @@ def histories(recs: list[Lineage]) -> dict[str, list[dict[str, Any]]]:
     seqs, ckpts = by_seq(recs), by_checkpoint(recs)
     out: dict[str, list[dict[str, Any]]] = {}
     for rec in sorted(recs, key=lambda x: (x.member, x.seq)):
-        if rec.action is Action.FAILED and not rec.ckpt_key:
+        if rec.action in (Action.FAILED, Action.REPLACED) and not rec.ckpt_key:
             continue  # a failure record is not a segment
         out.setdefault(rec.member, []).append(segment(rec, seqs, ckpts))
     return out
@@ -119,6 +131,11 @@ def format_lineage(segments: list[dict[str, Any]], metric: str) -> str:
                 f" checkpoint at step {st['step']} ({metric}={_fmt(st.get('score'))}), mutates: "
                 + ("; ".join(st["ops"]) or "nothing")
             )
+        elif st["kind"] == "replaced" or st.get("failed"):
+            took = f"{st['member']}'s checkpoint at step {st['step']}" if st["kind"] == "replaced" else \
+                f"a fresh start (seed {st.get('seed')})"
+            lines.append(f"    -> {s['member']}'s segment failed ({st['failed']}): replaced by {took}, "
+                         + ("; ".join(st["ops"]) or "nothing"))
         hp = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(s["hparams"].items()))
         tail = {"init": "  (fresh start)", "recovered": f"  (recovered from {st['member']}'s checkpoint)"}.get(st["kind"], "")
         lines.append(f"  steps {s['from_step']:>6}-{s['to_step']:<6} {s['member']:<6} {metric}={s['score']:<10.6g} {hp}{tail}")

@@ -190,7 +190,7 @@ class RedisCollector:
                 members.add_metric([e, state], n)
             top = self.r.zrevrange(Keys(e).scores, 0, 0, withscores=True)
             if top:
-                best.add_metric([e], top[0][1] if meta.mode == "max" else -top[0][1])
+                best.add_metric([e], top[0][1] if meta.mode.split(",")[0] == "max" else -top[0][1])
         return [pending, undelivered, members, best, self._workers(Gauge)]
 
     def _stream_backlog(self, stream: str) -> tuple[int, int]:

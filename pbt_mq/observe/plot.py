@@ -27,6 +27,7 @@ from typing import Any
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.observe.lineage import explain, exploits, histories, target
 from pbt_mq.state.experiment import load_config
+from pbt_mq.state.front import latest_values, pareto_front
 from pbt_mq.state.lineage import ancestry, records
 
 BEST = "black"
@@ -46,6 +47,8 @@ class Report:
     best: dict[str, Any] | None
     chain: list[dict[str, Any]]
     surviving: set[str]  # checkpoint keys that are ancestors of some member's final state
+    values: dict[str, list[float]] | None = None  # several metrics: every member's latest values
+    front: list[str] | None = None  # several metrics: the non-dominated members
 
 
 def collect(r: Any, exp: str) -> Report:
@@ -60,7 +63,11 @@ def collect(r: Any, exp: str) -> Report:
     surviving: set[str] = set()
     for segs in hist.values():
         surviving.update(rec.ckpt_key for rec in ancestry(recs, segs[-1]["ckpt_key"]))
-    return Report(exp, cfg, hist, exploits(recs), best, chain, surviving)
+    rep = Report(exp, cfg, hist, exploits(recs), best, chain, surviving)
+    if cfg.multi:
+        rep.values = latest_values(r, exp)
+        rep.front = [row["member"] for row in pareto_front(r, cfg, exp)]
+    return rep
 
 
 def figure(rep: Report) -> Any:
@@ -70,7 +77,7 @@ def figure(rep: Report) -> Any:
     names = sorted(rep.cfg.spaces)
     hp_rows = math.ceil(len(names) / 2)
     lanes = max(len(rep.hist), 1)
-    heights = [4.6] + [2.9] * hp_rows + [max(2.6, 0.32 * lanes + 1.2)]
+    heights = [4.6] + [2.9] * hp_rows + [max(2.6, 0.32 * lanes + 1.2)] + ([4.6] if rep.cfg.multi else [])
     fig = Figure(figsize=(15, sum(heights) + 1.1), dpi=100, layout="constrained")
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
     colors = member_colors(sorted(rep.hist))
@@ -90,7 +97,9 @@ def figure(rep: Report) -> Any:
     for i, name in enumerate(names):
         span = grid[1 + i // 2, :] if len(names) % 2 and i == len(names) - 1 else grid[1 + i // 2, i % 2]
         hparam_panel(fig.add_subplot(span), rep, name, colors)
-    lineage_panel(fig.add_subplot(grid[-1, :]), rep, colors)
+    lineage_panel(fig.add_subplot(grid[len(heights) - (2 if rep.cfg.multi else 1), :]), rep, colors)
+    if rep.cfg.multi:
+        front_panel(fig.add_subplot(grid[-1, :]), rep, colors)
     fig.suptitle(title(rep), fontsize=13, x=0.01, ha="left")
     return fig
 
@@ -113,6 +122,8 @@ def title(rep: Report) -> str:
     if not rep.best:
         return f"{head} ({rules}); no member has a score yet"
     b = rep.best
+    if cfg.multi:
+        return f"{head} ({rules})\nPareto front ({', '.join(cfg.metrics)}): {', '.join(rep.front or [])}"
     return f"{head} ({rules})\nbest: {b['member']}, {cfg.metric} = {b['score']:.6g} at step {b['step']}"
 
 
@@ -175,6 +186,26 @@ def score_panel(ax: Any, rep: Report, colors: dict[str, Any], legend: bool = Tru
         _legend(ax, set(rep.hist))
 
 
+def front_panel(ax: Any, rep: Report, colors: dict[str, Any]) -> None:
+    """Several metrics: every member's latest values on the first two, the Pareto front joined up."""
+    ax.set_label("front")
+    cfg, values, on_front = rep.cfg, rep.values or {}, set(rep.front or [])
+    for m, v in sorted(values.items()):
+        ax.scatter(v[0], v[1], s=70 if m in on_front else 30, color=colors.get(m, "grey"),
+                   edgecolors=BEST if m in on_front else "none", linewidths=1.2, zorder=3)
+        ax.annotate(f" {m}", (v[0], v[1]), fontsize=7)
+    pts = sorted((values[m][0], values[m][1]) for m in on_front)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=BEST, lw=1, ls="--", zorder=2, label="Pareto front")
+        ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel(f"{cfg.metrics[0]} ({cfg.modes[0]})")
+    ax.set_ylabel(f"{cfg.metrics[1]} ({cfg.modes[1]})")
+    ax.set_title(f"Pareto front: every member's latest values ({len(on_front)} of {len(values)} non-dominated, "
+                 "black edge)" + (f"; first two of {len(cfg.metrics)} metrics" if len(cfg.metrics) > 2 else ""),
+                 loc="left", fontsize=10)
+    ax.grid(alpha=0.3)
+
+
 def hparam_panel(ax: Any, rep: Report, name: str, colors: dict[str, Any]) -> None:
     ax.set_label(f"hparam:{name}")
     space = rep.cfg.spaces[name]
@@ -230,7 +261,7 @@ def best_path(ax: Any, rep: Report, lane: dict[str, int]) -> None:
         return
     xs, ys, notes = [], [], 0
     for s in rep.chain:
-        if s["start"]["kind"] == "exploit" and xs:
+        if s["start"]["kind"] in ("exploit", "replaced") and xs:
             xs.append(s["from_step"])
             ys.append(lane[s["member"]])
             if notes < MAX_NOTES and s["start"]["ops"]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import Lineage
+from pbt_mq.core.model import Lineage, Meta
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.state.lineage import records
 
@@ -48,6 +48,7 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
     span_s = 0.0
     if len(lineage) > 1:
         span_s = (entry_ms(lineage[-1].id) - entry_ms(lineage[0].id)) / 1000
+    idle = _idle_fraction(r, exp, lineage, busy)
     continuing = kinds["warm"] + kinds["cold"]
     return {
         "segments": len(evs),
@@ -64,7 +65,21 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
         "train_fraction_of_segment": phases["train"] / busy if busy else None,
         "starts": dict(kinds),
         "warm_fraction": kinds["warm"] / continuing if continuing else None,
+        "workers": len({rec.worker for rec in lineage if rec.worker}),
+        "worker_idle_fraction": idle,
     }
+
+
+def _idle_fraction(r: Any, exp: str, lineage: list[Lineage], busy_s: float) -> float | None:
+    """The share of the workers' time, from launch to the last decision, not spent on this experiment's
+    segments (load + train + eval + save): what synchronous rounds cost, for one. Read from the
+    lineage (archived or not), since events leave Redis within seconds."""
+    created = Meta.read(r, Keys(exp).meta, "created_ms").created_ms
+    workers = len({rec.worker for rec in lineage if rec.worker})
+    if not created or not lineage or not workers:
+        return None
+    span_s = (entry_ms(lineage[-1].id) - created) / 1000
+    return max(0.0, 1.0 - busy_s / (workers * span_s)) if span_s > 0 else None
 
 
 def format_stats(exp: str, st: dict[str, Any]) -> str:
@@ -78,4 +93,7 @@ def format_stats(exp: str, st: dict[str, Any]) -> str:
         "  segment time (s):                 " + "  ".join(f"{p} {v:.2f}" for p, v in ph.items()),
         f"  starts: {st['starts']}  warm fraction of continuing segments: {st['warm_fraction']}",
     ]
+    if st.get("worker_idle_fraction") is not None:
+        lines.append(f"  workers: {st['workers']}, idle {st['worker_idle_fraction']:.1%} of the time from launch to the "
+                     "last event (waiting for work, e.g. for a synchronous round)")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import Member, Meta
+from pbt_mq.state.front import format_front
 
 _META = ("state", "reason", "metric", "mode")
 
@@ -25,9 +26,11 @@ def experiment_rows(r: Any) -> list[dict[str, Any]]:
         if meta.state is None and not meta.metric:
             continue  # launched this instant: its meta is not written yet
         member = top[0][0].decode() if top else None
-        score = (top[0][1] if meta.mode != "min" else -top[0][1]) if top else None
+        first_mode = meta.mode.split(",")[0]  # several metrics: "max,min"; the leaderboard holds the first one
+        score = (top[0][1] if first_mode != "min" else -top[0][1]) if top else None
         rows.append({"id": e, "state": str(meta.state) if meta.state else "?", "reason": meta.reason,
-                     "metric": meta.metric, "member": member, "score": score, "step": None})
+                     "metric": meta.metric.split(",")[0], "member": member, "score": score, "step": None,
+                     "multi": "," in meta.metric})
     pipe = r.pipeline(transaction=False)
     scored = [row for row in rows if row["member"]]
     for row in scored:
@@ -44,6 +47,14 @@ def format_status(st: dict[str, Any]) -> str:
     best = st.get("best")
     if best:
         lines.append(f"best: {best['member']} {st['metric']}={best['score']:.6g} at step {best['step']}")
+    if st.get("front") is not None:
+        lines += format_front(st["front"], st["population"])
+    rnd = st.get("round")
+    if rnd:
+        lines.append(f"synchronous round at ready point {rnd['at']}: waiting {' '.join(rnd['waiting'])}; "
+                     f"still to report: {' '.join(rnd['behind']) or '-'}")
+    for arbiter, why in sorted((st.get("refused") or {}).items()):
+        lines.append(f"arbiter {arbiter} cannot decide it: {why}")
     lines.append(f"{'member':<8} {'state':<8} {'step':>7} {st['metric']:>12}  {'worker':<24} hparams")
     for m in st["members"]:
         score = "-" if m["score"] is None else f"{m['score']:.6g}"

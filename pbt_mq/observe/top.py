@@ -55,7 +55,7 @@ class Follower:
             self.last_id = rec.id
             action = str(rec.action) if rec.action else "?"
             self.actions[action] = self.actions.get(action, 0) + 1
-            if rec.action is Action.FAILED and not rec.ckpt_key:
+            if rec.action in (Action.FAILED, Action.REPLACED) and not rec.ckpt_key:
                 continue  # a failure record carries no score
             self.scores.setdefault(rec.member, deque(maxlen=self.trend_len)).append(rec.score)
             if rec.action is Action.EXPLOIT:

@@ -44,6 +44,12 @@ class ExploitSpec:
     quantile: float = 0.2
     ties: str = "strict"  # "strict": equal scores never exploit; "rank": as in ZREVRANGE; "random": a fair draw
     compare: str = "step"  # "step": rank against the others' scores at the same ready point; "latest": their last
+    burn_in_steps: int = 0  # below this step a member is neither exploited nor a donor (nor on any board)
+    synch: bool = False  # decide a ready point only once every live member reported it (control.synch)
+
+    def in_burn_in(self, step: int) -> bool:
+        """Is a member at ``step`` still burning in: not exploited, and no donor?"""
+        return step < self.burn_in_steps
 
 
 @dataclass(frozen=True)

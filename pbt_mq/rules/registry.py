@@ -11,6 +11,7 @@ from typing import Any
 from pbt_mq.rules.base import ExploitRule, ExploitSpec, ExploreContext, ExploreRule, ExploreSpec
 from pbt_mq.rules.exploit import NoExploit, Tournament, Truncation
 from pbt_mq.rules.explore import NoExplore, Perturb, Resample
+from pbt_mq.rules.plugins import allowed, form_problem, is_plugin, load_exploit, load_explore
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,14 @@ class RuleError(ValueError):
 
 
 def missing_requirement(registry: dict[str, Any], name: str) -> str | None:
-    """Why rule ``name`` cannot run here, or None if it can (checked without importing it)."""
+    """Why rule ``name`` cannot run here, or None if it can (checked without importing it; a plug-in's
+    form only: the allowlist and the import are the arbiter's to check)."""
+    if is_plugin(name):
+        return form_problem(name)
     entry = registry.get(name)
     if entry is None:
         kind = "exploit" if registry is EXPLOIT_RULES else "explore"
-        return f"unknown {kind} rule {name!r}; one of {', '.join(registry)}"
+        return f"unknown {kind} rule {name!r}; one of {', '.join(registry)}, or a plug-in 'module:callable'"
     if isinstance(entry, Entry) and entry.requires and importlib.util.find_spec(entry.requires) is None:
         return f"{name!r} needs {entry.requires}: {entry.hint}"
     return None
@@ -62,22 +66,22 @@ def _load(registry: dict[str, Any], name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-_built: dict[tuple[str, Any], Any] = {}
+_built: dict[tuple[str, Any, Any], Any] = {}
 
 
 def exploit_rule(spec: ExploitSpec) -> ExploitRule:
     """The exploit rule an experiment names, built once per spec."""
-    key = ("exploit", spec)
+    key = ("exploit", spec, allowed() if is_plugin(spec.rule) else None)  # a plug-in: for this allowlist
     if key not in _built:
-        _built[key] = _load(EXPLOIT_RULES, spec.rule)(spec)
+        _built[key] = load_exploit(spec) if is_plugin(spec.rule) else _load(EXPLOIT_RULES, spec.rule)(spec)
     return _built[key]
 
 
 def explore_rule(spec: ExploreSpec) -> ExploreRule:
     """The explore rule an experiment names, built once per spec."""
-    key = ("explore", spec)
+    key = ("explore", spec, allowed() if is_plugin(spec.rule) else None)
     if key not in _built:
-        _built[key] = _load(EXPLORE_RULES, spec.rule)(spec)
+        _built[key] = load_explore(spec) if is_plugin(spec.rule) else _load(EXPLORE_RULES, spec.rule)(spec)
     return _built[key]
 
 

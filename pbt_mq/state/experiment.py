@@ -19,6 +19,8 @@ from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
 from pbt_mq.core.model import SCHEMA, ExperimentState, Member, Meta, Why
 from pbt_mq.core.protocol import SegmentCommand
 from pbt_mq.core.space import sample_all
+from pbt_mq.state.front import pareto_front
+from pbt_mq.state.rounds import round_of
 from pbt_mq.state.segments import enqueue_segment
 
 
@@ -41,7 +43,8 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
     pipe.multi()  # explicit: RQ's enqueue_job expects a pipeline already in MULTI
     pipe.hset(k.meta, mapping=Meta.fields(
         state=ExperimentState.RUNNING, name=cfg.name, created_ms=now_ms(), population=cfg.population, seed=cfg.seed,
-        queue=cfg.queue, store=store_url, metric=cfg.metric, mode=cfg.mode, finished=0, config=cfg.to_json(),
+        queue=cfg.queue, store=store_url, metric=",".join(cfg.metrics), mode=",".join(cfg.modes), finished=0,
+        config=cfg.to_json(),
         schema=SCHEMA,
     ))
     pipe.xgroup_create(k.events, GROUP, id="0", mkstream=True)
@@ -52,8 +55,8 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
         cmd = SegmentCommand(experiment=exp, member=m, seq=0, step=0, hparams=hp, why=Why.START.value,
                              **cfg.first_target(0))
         pipe.hset(k.member(m), mapping=Member.fields(step=0, hparams=hp, updated_ms=now_ms()))
-        if cfg.exploit.compare == "step":
-            pipe.zadd(k.reached, {m: 0})  # no board is trimmed before every member reported once
+        if cfg.exploit.compare == "step" or cfg.exploit.synch:
+            pipe.zadd(k.reached, {m: 0})  # no board is trimmed (no round complete) before every member reported
         enqueue_segment(pipe, queue, cfg, cmd)
     pipe.execute()
     return exp
@@ -61,12 +64,18 @@ def launch(r: Any, cfg: Experiment, store_url: str, exp_id: str | None = None) -
 
 @lru_cache(maxsize=256)
 def _parse_cached(text: str, schema: int) -> Experiment:
+    """An experiment goes on as it was launched: a default that changed since keeps its old value."""
     raw = json.loads(text)
-    if schema < 2 and isinstance(raw, dict) and isinstance(raw.get("exploit", {}), dict):
-        # launched by release 1, which ranked every member's latest score: it goes on as launched
-        raw.setdefault("exploit", {}).setdefault("compare", "latest")
-        text = json.dumps(raw)
-    return load_json(text)
+    for since, section, key, old in (UPGRADED_DEFAULTS if isinstance(raw, dict) else ()):
+        if schema < since and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).setdefault(key, old)
+    return load_json(json.dumps(raw))
+
+
+UPGRADED_DEFAULTS = (  # (schema that changed it, section, key, the default before)
+    (2, "exploit", "compare", "latest"),  # release 1 ranked every member's latest score
+    (3, "worker", "on_failure", "fail"),  # release 2 failed a member whose segment kept failing
+)
 
 
 def load_config(r: Any, exp: str) -> Experiment:
@@ -125,14 +134,21 @@ def status(r: Any, exp: str) -> dict[str, Any]:
             "parent": rec.parent or None,
             "error": rec.error or None,
         })
-    top = r.zrevrange(k.scores, 0, 0, withscores=True)
+    top = [] if cfg.multi else r.zrevrange(k.scores, 0, 0, withscores=True)  # several metrics: a front, no best
     best = None
     if top:
         member = top[0][0].decode()
         best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
+    refused = {m.decode(): why.decode() for m, why in r.hgetall(k.refused).items()}
+    synch = round_of(r, exp) if cfg.exploit.synch else None
     return {
         "experiment": exp,
         "state": str(meta.state) if meta.state else None,
+        "refused": refused,  # arbiter -> why it cannot decide this experiment (control.refusals)
+        "round": synch,  # exploit.synch: the round in progress, {at, waiting, behind}, or None
+        "metrics": list(cfg.metrics),
+        "modes": list(cfg.modes),
+        "front": pareto_front(r, cfg, exp) if cfg.multi else None,  # several metrics: the non-dominated members
         "reason": meta.reason or None,
         "metric": cfg.metric,
         "mode": cfg.mode,

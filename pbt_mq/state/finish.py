@@ -31,8 +31,12 @@ def fail_member(r: Any, cfg: Experiment, exp: str, member: str, seq: int, reason
                 pipe.zrem(k.scores, member)
                 for at in boards:  # exploit.compare = "step": a failed member is no donor on any board
                     pipe.zrem(k.board(at), member)
+                    pipe.hdel(Keys.vectors(k.board(at)), member)  # several metrics: nor on its Pareto board
+                pipe.zrem(k.eligible, member)
+                for board in (k.scores, k.eligible):
+                    pipe.hdel(Keys.vectors(board), member)
                 pipe.zrem(k.reached, member)  # it will report no ready point again
-                pipe.xadd(k.lineage, Lineage.fields(member=member, seq=seq, action=Action.FAILED, reason=reason[-500:],
+                pipe.xadd(k.lineage, Lineage.fields(member=member, seq=seq, action=Action.FAILED, reason=reason[-4000:],
                                                     ops=[]))
                 pipe.hincrby(k.meta, "finished", 1)
                 finished = pipe.execute()[-1]
@@ -49,12 +53,21 @@ def complete_if_all_finished(r: Any, cfg: Experiment, exp: str, finished: int) -
         return
     k = Keys(exp)
     pipe = r.pipeline(transaction=False)
-    for m in member_ids(cfg.population):
-        pipe.hmget(k.member(m), "state")
-    states = [Member.pick(("state",), row).state for row in pipe.execute()]
+    ids = member_ids(cfg.population)
+    for m in ids:
+        pipe.hmget(k.member(m), "state", "error")
+    members = [Member.pick(("state", "error"), row) for row in pipe.execute()]
+    states = [h.state for h in members]
     n_failed = states.count(MemberState.FAILED)
     if n_failed == len(states):
-        set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.FAILED, "every member failed", now_ms())
+        set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.FAILED,
+                     f"every member failed; {ids[0]}: {last_line(members[0].error)}"[:1000], now_ms())
     else:
         reason = f"all members finished ({n_failed} failed)" if n_failed else "all members finished"
         set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.DONE, reason, now_ms())
+
+
+def last_line(error: str) -> str:
+    """A failure's gist: the last non-empty line of its traceback (the exception), or the whole reason."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"

@@ -14,7 +14,9 @@ import math
 from typing import Any
 
 from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.ids import replacement_seed
 from pbt_mq.core.model import Action, Lineage
+from pbt_mq.core.space import sample_all
 from pbt_mq.rules.base import ExploreContext, decision_rng
 from pbt_mq.rules.registry import exploit_rule, explore_rule
 from pbt_mq.state import archive
@@ -87,8 +89,12 @@ def replay_decisions(cfg: Experiment, recs: list[Lineage]) -> list[str]:
     for rec in recs:
         if rec.action in (Action.CONTINUE, Action.EXPLOIT):
             problem = _replay_one(cfg, rec, by_ckpt, recs)
-            if problem:
-                bad.append(f"{rec.member} seq {rec.seq}: {problem}")
+        elif rec.action is Action.REPLACED:
+            problem = _replay_replacement(cfg, rec, by_ckpt, recs)
+        else:
+            continue
+        if problem:
+            bad.append(f"{rec.member} seq {rec.seq}: {problem}")
     return bad
 
 
@@ -97,11 +103,15 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     chosen = rec.chosen_donor
     board = rec.leaderboard
+    if cfg.multi:  # the member's own place is its Pareto score on the board it saw (control.pyrule)
+        score = dict(board or []).get(rec.member, math.nan)
+    if cfg.exploit.in_burn_in(rec.step):  # no rule ran, no draw was taken
+        return f"log says donor {chosen} at step {rec.step}, in the burn-in" if chosen else None
     if board is not None:
         donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
         if donor != chosen:
             return f"log says donor {chosen}, replay picks {donor}"
-    elif rec.n is not None:
+    elif rec.n is not None and exploit_rule(cfg.exploit).lua is not None and not cfg.multi:  # else: needs its board
         would = _exploits_by_counts(cfg, rec, rng)
         if would != (chosen is not None):
             return f"log says donor {chosen}, the counts say {'a donor' if would else 'none'}"
@@ -116,6 +126,36 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     ctx = ExploreContext(cfg.spaces, cfg.population, rec.member, rec.parent_step or 0, cfg.higher_is_better,
                          rule.replay_history(recs, rec.ops or []))
     hp = rule.explore(source.hparams or {}, ctx, rng)[0]
+    if hp != rec.next_hparams:
+        return f"log says {rec.next_hparams}, replay gives {hp}"
+    return None
+
+
+def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs: list[Lineage]) -> str | None:
+    """A failed segment's replacement (control.replace): the rule's pick on the board with a NaN score (the
+    donor, or declined for one below the stop), then the donor's values explored, or a fresh draw and seed."""
+    rng = decision_rng(cfg.seed, rec.member, rec.seq)
+    rule = exploit_rule(cfg.exploit)
+    if cfg.exploit.in_burn_in(rec.step) or (rule.lua == "none" and not cfg.multi):
+        pick = None  # no rule ran, no draw was taken
+    elif rec.leaderboard is not None:
+        pick = rule.choose(rec.leaderboard, rec.member, math.nan, rng)
+    else:
+        return None  # a board over 64 members: the log keeps too little to re-derive it
+    if pick not in (rec.parent or None, rec.declined_donor) and not (pick is None and rec.declined_donor is None):
+        return f"log says donor {rec.parent or None} (declined {rec.declined_donor}), replay picks {pick}"
+    if rec.parent:
+        source = by_ckpt.get(rec.next_start_key)
+        if source is None:
+            return f"donor checkpoint {rec.next_start_key} has no lineage record"
+        ex = explore_rule(cfg.explore)
+        ctx = ExploreContext(cfg.spaces, cfg.population, rec.member, rec.parent_step or 0, cfg.higher_is_better,
+                             ex.replay_history(recs, rec.ops or []))
+        hp = ex.explore(source.hparams or {}, ctx, rng)[0]
+    else:
+        hp = sample_all(cfg.spaces, rng)
+        if rec.seed != replacement_seed(cfg.seed, rec.member, rec.seq):
+            return f"log says seed {rec.seed}, replay gives {replacement_seed(cfg.seed, rec.member, rec.seq)}"
     if hp != rec.next_hparams:
         return f"log says {rec.next_hparams}, replay gives {hp}"
     return None

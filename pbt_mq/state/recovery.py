@@ -36,6 +36,7 @@ def quarantine(r: Any, exp: str, key: str, reason: str) -> None:
                 pipe.multi()
                 if raw is not None and ScoredCheckpoint.from_json(raw).key == key:
                     pipe.zrem(k.scores, owner)
+                    pipe.zrem(k.eligible, owner)
                     pipe.hdel(k.ckpts, owner)
                 pipe.zrem(k.uploading, key)  # no download waits for it any longer
                 dead_letter(pipe, k.dead, reason=f"bad checkpoint: {reason}", source="store", entry=key)

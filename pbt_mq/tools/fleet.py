@@ -49,12 +49,14 @@ def terminate(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def daemons(url: str, wd: Path, workers: int) -> Iterator[list[subprocess.Popen]]:
-    """One arbiter and ``workers`` workers on ``url``, logging to ``wd/logs``; stopped on exit."""
+def daemons(url: str, wd: Path, workers: int, keep_events: bool = False) -> Iterator[list[subprocess.Popen]]:
+    """One arbiter and ``workers`` workers on ``url``, logging to ``wd/logs``; stopped on exit. With
+    ``keep_events`` the arbiter never trims the events streams (a study reads them back)."""
     (wd / "logs").mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(spawn("arbiter", ["--redis", url, "--name", ARBITER, "--claim-idle-ms", "5000"],
+        keep = ["--events-retention-s", "-1"] if keep_events else []
+        procs.append(spawn("arbiter", ["--redis", url, "--name", ARBITER, "--claim-idle-ms", "5000", *keep],
                            wd / "logs" / "arbiter.log"))
         threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription
         for i in range(workers):
@@ -66,9 +68,9 @@ def daemons(url: str, wd: Path, workers: int) -> Iterator[list[subprocess.Popen]
 
 
 @contextlib.contextmanager
-def fleet(wd: Path, workers: int) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+def fleet(wd: Path, workers: int, keep_events: bool = False) -> Iterator[tuple[str, list[subprocess.Popen]]]:
     """A private redis-server that keeps nothing on disk, one arbiter and ``workers`` workers; all
     stopped on exit (also on Ctrl-C). Yields (redis URL, processes). Any number of experiments may
     be launched on it, one after the other, on the same warm workers (``pbt study`` does)."""
-    with private_redis(wd) as url, daemons(url, wd, workers) as procs:
+    with private_redis(wd) as url, daemons(url, wd, workers, keep_events) as procs:
         yield url, procs

@@ -91,7 +91,7 @@ def run_local(
             st = finals[e]
             print(summary(r, e, st, time.monotonic() - t0))
             print(format_stats(e, experiment_stats(r, e)))
-            if st["state"] == ExperimentState.DONE and st.get("best"):
+            if st["state"] == ExperimentState.DONE and (st.get("best") or st.get("front")):
                 print("\n".join(outputs(r, e, wd, _local_flag(wd))))
         return 0 if all(finals[e]["state"] == ExperimentState.DONE for e in exps) else 1
 
@@ -147,7 +147,8 @@ def watch(r: Any, exp: str, procs: list, t0: float, timeout_s: float | None, liv
                 view.update(format_status(st))
             elif live and elapsed - last_print >= 5:
                 best = st["best"]
-                b = f"best {best['member']} {st['metric']}={best['score']:.4g}" if best else "no score yet"
+                b = f"best {best['member']} {st['metric']}={best['score']:.4g}" if best else \
+                    f"front of {len(st['front'])}" if st.get("front") else "no score yet"
                 steps = sum(m["step"] for m in st["members"])
                 who = f"{exp}  " if label else ""
                 print(f"  t={elapsed:5.0f}s  {who}{b}  finished {st['finished']}/{st['population']}  total steps {steps}",

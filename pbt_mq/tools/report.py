@@ -10,13 +10,17 @@ from typing import Any
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Member
 from pbt_mq.observe import plot
-from pbt_mq.observe.export import export
+from pbt_mq.observe.export import export, export_front
+from pbt_mq.state.experiment import load_config
+from pbt_mq.state.front import format_front
 from pbt_mq.state.lineage import ancestry, format_schedule, records, schedule
 from pbt_mq.tools.workdir import shown
 
 
 def summary(r: Any, exp: str, st: dict, wall_s: float) -> str:
     lines = [f"\n{exp}: {st['state']} ({st.get('reason') or ''}) in {wall_s:.1f} s"]
+    if st.get("front") is not None:  # several metrics: the front, not one best
+        return "\n".join(lines + format_front(st["front"], st["population"]))
     best = st.get("best")
     if not best:
         return "\n".join(lines + ["no member produced a finite score"])
@@ -44,6 +48,14 @@ def outputs(r: Any, exp: str, wd: Path, local_flag: str) -> list[str]:
             lines.append(f"report: {shown(out / 'report.png')}")
         except Exception as exc:  # the run's result stands; the picture is a bonus
             lines.append(f"report: not drawn: {type(exc).__name__}: {exc}")
+    if load_config(r, exp).multi:  # several metrics: the whole front
+        try:
+            rows = export_front(r, exp, out / "front")
+            lines.append(f"Pareto front: {shown(out / 'front')}/ ({len(rows)} members, each as pbt export writes it;"
+                         " front.json)")
+        except Exception as exc:
+            lines.append(f"front: not exported: {type(exc).__name__}: {exc}")
+        return lines + [f"  pbt export {exp}{local_flag} --front -o front"]
     try:
         sched = export(r, exp, out / "best")
         fin = sched["final"]

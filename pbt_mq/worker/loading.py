@@ -109,7 +109,7 @@ class Loader:
         cls = import_trainable(cfg.trainable, self.trainables)
         if is_function(cls):  # the loop API: a call of the function, seeded as it starts
             return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metric, cfg.trainable_args, cmd)
-        seed = member_seed(cfg.seed, cmd.member)
+        seed = member_seed(cfg.seed, cmd.member) if cmd.seed is None else cmd.seed  # a replacement's own seed
         try:
             import torch  # workers have torch; a trainable without it still constructs
 

@@ -101,7 +101,7 @@ class FunctionTrainable:
     def segment(self, cmd: SegmentCommand, start: int) -> int:
         """Run one segment from ``start`` in the function; the step it reported."""
         a = Assignment(
-            experiment=self.experiment, member=cmd.member, seed=member_seed(self.exp_seed, cmd.member),
+            experiment=self.experiment, member=cmd.member, seed=member_seed(self.exp_seed, cmd.member) if cmd.seed is None else cmd.seed,
             hparams=dict(self.hparams), step=start, state=self._pending, device=self.device, metric=self.metric,
             steps=None if cmd.until_step is None else cmd.until_step - cmd.step, seconds=cmd.seconds,
         )

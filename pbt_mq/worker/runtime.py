@@ -34,7 +34,7 @@ from pbt_mq.core.keys import Keys, worker_key
 from pbt_mq.core.model import Member, Meta
 from pbt_mq.core.protocol import CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
 from pbt_mq.state.experiment import load_config
-from pbt_mq.state.finish import fail_member
+from pbt_mq.state.failure import give_up
 from pbt_mq.state.segments import enqueue_segment
 from pbt_mq.store import checkpoint
 from pbt_mq.store.base import Store
@@ -159,8 +159,9 @@ class Runtime:
             train, after = min(trainable.train_s, train), trainable.after_s
             load += max(0.0, t2 - t1 - train - after)
         metrics = trainable.evaluate()
-        if cfg.metric not in metrics:
-            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric is {cfg.metric!r}")
+        missing = [m for m in cfg.metrics or (cfg.metric,) if m not in metrics]
+        if missing:
+            raise KeyError(f"evaluate() returned {sorted(metrics)}, but the experiment's metric {missing[0]!r} is not there")
         clean = {str(a): _to_float(b) for a, b in metrics.items()}
         t3 = time.perf_counter()
         key = checkpoint_key(cmd.experiment, cmd.member, cmd.seq, step, secrets.token_hex(4),
@@ -253,7 +254,7 @@ class Runtime:
                     return  # a requeued copy owns the member now
                 if cmd.attempt >= cfg.worker.max_retries:
                     pipe.unwatch()
-                    fail_member(self.r, cfg, cmd.experiment, cmd.member, cmd.seq, tb)
+                    give_up(self.r, cfg, cmd, job_id, tb, self.worker_id)  # failed, or replaced (on_failure)
                     return
                 retry = dataclasses.replace(cmd, attempt=cmd.attempt + 1)
                 pipe.multi()

@@ -190,7 +190,9 @@ class Sender:
             if sent + lost and time.monotonic() >= until:
                 break
             try:
-                if which == "events":
+                if which == "events" and b"failed" in fields:
+                    pass  # a failed segment (worker.on_failure = replace): no metrics to send
+                elif which == "events":
                     ev = ReadyEvent.decode(fields[b"msg"])
                     for t in self.trackers:
                         t.log(self._run(t, ev.member), ev.step, ev.metrics, ev.hparams, entry_ms(entry_id))

@@ -32,7 +32,7 @@ def lua_donor(r, board: dict[str, float], member: str, own: float, spec: Exploit
     finite = math.isfinite(own)
     reply = call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta, ranked_on, k.boards, k.reached], [
         member, 0, repr(own) if finite else "nan", int(finite), json.dumps({"key": member}),
-        spec.rule, spec.quantile, repr(u), 0, spec.ties, "" if compare == "latest" else 7,
+        spec.rule, spec.quantile, repr(u), 0, spec.ties, "" if compare == "latest" else 7, 0, 7, "",
     ])
     if compare == "step" and finite:
         assert r.zscore(k.board(7), member) == own and r.zscore(k.reached, member) == 7
@@ -105,3 +105,81 @@ def test_random_ties_in_the_script_follow_the_draw(r):
         got = {lua_donor(r, board, member, 0.5, spec, u) for u in (i / 40 + 0.001 for i in range(40))}
         assert {None, "m004"} < got <= {None, *board} - {member}  # never itself
         assert len(got) >= 3  # copies the best, a tied member, or nobody, depending on u
+
+
+def test_burn_in_keeps_members_below_it_off_the_board_and_never_donors(r):
+    """compare = latest with exploit.burn_in_steps = N: decide.lua ranks on pbt:{EXP}:eligible, the latest
+    scores of members whose latest score is at a step >= N, kept by decide.lua itself as members report
+    (a member dropping below N, e.g. restarted fresh, leaves it); the pure rule on the board filtered the
+    same way picks the same donor, and no donor is ever a member still burning in."""
+    k = Keys("burn")
+    rng = random.Random("burn-in")
+    n_burn, exploits = 20, 0
+    for trial in range(150):
+        r.delete(k.scores, k.ckpts, k.eligible, k.meta, *(k.member(f"m{i:02d}") for i in range(10)))
+        r.hset(k.meta, "state", "running")
+        n = rng.randint(2, 10)
+        board = {f"m{i:02d}": rng.choice([0.0, 1.0, 2.0, 0.5, math.nan, -1.0]) for i in range(n)}
+        steps = {m: rng.choice([0, 10, 19, 20, 25, 40]) for m in board}
+        member = rng.choice(list(board))
+        spec = ExploitSpec(rng.choice(["truncation", "tournament"]), rng.choice([0.25, 0.5]),
+                           rng.choice(["strict", "rank", "random"]), "latest", n_burn)
+        order = [m for m in board if m != member] + [member]  # the others report first
+        for m in order:
+            if m != member and rng.random() < 0.3:  # an earlier report at another step, overwritten now
+                _record(r, k, m, rng.choice([5.0, -5.0]), 40 if steps[m] < n_burn else 0, spec, "none", 0.0)
+        u = rng.random()
+        for m in order:
+            mode = spec.rule if m == member else "none"
+            reply = _record(r, k, m, board[m], steps[m], spec, mode, u)
+        eligible = {m for m in board if steps[m] >= n_burn and math.isfinite(board[m])}
+        assert {x.decode() for x in r.zrange(k.eligible, 0, -1)} == eligible, trial
+        assert r.zcard(k.scores) == sum(math.isfinite(s) for s in board.values())  # the leaderboard keeps everyone
+        if steps[member] < n_burn:
+            continue  # Decider.prepare passes rule none there (test_burn_in.py): nothing to compare
+        filtered = [(m, s) for m, s in board.items() if m in eligible or m == member]
+        pure = exploit(filtered, member, board[member], spec, FixedU(u))
+        donor = reply[6].decode() or None
+        assert donor == pure, (trial, board, steps, member, spec, u)
+        assert donor is None or steps[donor] >= n_burn
+        exploits += donor is not None
+    assert exploits > 15
+
+
+def _record(r, k: Keys, member: str, score: float, step: int, spec: ExploitSpec, mode: str, u: float):
+    """One decide.lua call for ``member`` at ``step`` (its seq advanced so that any number of calls are new)."""
+    seq = int(r.hget(k.member(member), "seq") or 0) + 1
+    r.hset(k.member(member), mapping={"seq": seq, "state": "ready"})
+    finite = math.isfinite(score)
+    return call(r, "decide", [k.member(member), k.scores, k.ckpts, k.meta, k.eligible, k.boards, k.reached], [
+        member, seq, repr(score) if finite else "nan", int(finite), json.dumps({"key": member, "step": step}),
+        mode, spec.quantile, repr(u), 0, spec.ties, "", spec.burn_in_steps, step, "",
+    ])
+
+
+def test_a_synchronous_round_waits_for_every_live_member_then_ranks_as_the_pure_rule(r):
+    """ARGV[14] (exploit.synch): each report is recorded and answered 'wait' until every live member in
+    pbt:{EXP}:reached got to the round; the last one is ranked on the whole board, as the pure rule."""
+    k = Keys("synch")
+    rng = random.Random("synch")
+    for trial in range(60):
+        n = rng.randint(2, 8)
+        members = [f"m{i:02d}" for i in range(n)]
+        r.delete(k.scores, k.ckpts, k.meta, k.reached, k.board(8), k.boards, *(k.member(m) for m in members))
+        r.hset(k.meta, "state", "running")
+        r.zadd(k.reached, {m: 4 for m in members})
+        scores = {m: rng.choice([0.0, 1.0, 2.0, 0.5]) for m in members}
+        spec = ExploitSpec(rng.choice(["truncation", "tournament"]), 0.25, rng.choice(["strict", "rank", "random"]))
+        u = rng.random()
+        for i, m in enumerate(rng.sample(members, n)):
+            r.hset(k.member(m), mapping={"seq": 1, "state": "ready"})
+            reply = call(r, "decide", [k.member(m), k.scores, k.ckpts, k.meta, k.board(8), k.boards, k.reached], [
+                m, 1, repr(scores[m]), 1, json.dumps({"key": m}), spec.rule, spec.quantile, repr(u), 0, spec.ties,
+                8, 0, 8, 8,
+            ])
+            if i < n - 1:
+                assert reply == [b"wait", b"running"], (trial, i, reply)
+                assert r.zscore(k.board(8), m) == scores[m]  # recorded all the same
+            else:
+                pure = exploit(list(scores.items()), m, scores[m], spec, FixedU(u))
+                assert reply[0] == b"ok" and reply[2] == n and (reply[6].decode() or None) == pure, (trial, scores, m)

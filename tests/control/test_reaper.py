@@ -111,7 +111,7 @@ def test_a_segment_waiting_on_a_busy_worker_moves_to_the_shared_queue(r, tmp_pat
 
 
 def test_a_segment_that_keeps_killing_workers_fails_the_member(r, tmp_path):
-    cfg = load_file(TOY, ["population.size=2", "worker.max_retries=1"])
+    cfg = load_file(TOY, ["population.size=2", "worker.max_retries=1", "worker.on_failure=fail"])
     exp = launch_in_process(r, cfg, f"file://{tmp_path}")
     k = Keys(exp)
     for _ in range(3):

@@ -99,8 +99,8 @@ def test_lua_scripts_write_only_known_fields_and_states():
     """Every quoted word in a script is a Redis command, a record field, a state, or a decide.lua mode."""
     fields = set().union(*(r.spec() for r in RECORDS))
     states = {s.value for s in MemberState} | {s.value for s in ExperimentState}
-    other = {"HGET", "HSET", "HMGET", "HDEL", "ZADD", "ZREM", "ZCARD", "ZCOUNT", "ZRANK", "ZREVRANK", "ZREVRANGE",
-             "WITHSCORES", "EXISTS", "LREM", "RPUSH", "ok", "dup", "ahead", "gone", "truncation", "tournament",
+    other = {"HGET", "HSET", "HMGET", "HDEL", "ZADD", "ZREM", "ZCARD", "ZCOUNT", "ZRANK", "ZREVRANK", "ZREVRANGE", "ZRANGE",
+             "WITHSCORES", "EXISTS", "LREM", "RPUSH", "ok", "dup", "ahead", "wait", "gone", "truncation", "tournament",
              "none", "rank", "random", "strict", "stale job (member is ", "experiment is ", " with job ", ")",
              "-inf", "+inf", "(", "1", "", "XRANGE", "XTRIM", "MINID", "COUNT", "-", "+", "XADD", "*", "msg", "published", "superseded", "ended",
              "HGETALL", "LPOP"}

@@ -421,8 +421,12 @@ def test_sparkline():
 def test_arbiter_and_cli_never_import_torch_matplotlib_the_web_server_or_an_integration(redis_url):
     code = (
         "import sys, redis\n"
+        "from pbt_mq.config.parse import load_file\n"
         "import pbt_mq.control.arbiter, pbt_mq.cli, pbt_mq.state.experiment, pbt_mq.control.gc\n"
         "import pbt_mq.control.reaper, pbt_mq.broker.cluster\n"
+        "import pbt_mq.control.replace, pbt_mq.control.synch, pbt_mq.control.pyrule, pbt_mq.control.refusals\n"
+        "import pbt_mq.rules.pareto, pbt_mq.rules.plugins, pbt_mq.state.failure, pbt_mq.state.front\n"
+        "from pbt_mq.rules.registry import exploit_rule; exploit_rule(load_file('workers/pareto.toml', []).exploit)\n"
         "from pbt_mq.observe.metrics import PrometheusHook\n"
         f"PrometheusHook(redis.Redis.from_url({redis_url!r}), 'arbiter', {free_port()}, '127.0.0.1')\n"
         "from pbt_mq.cli import daemons, pbt\n"

@@ -95,7 +95,7 @@ def test_a_failing_member_is_retried_then_marked_failed_and_the_rest_go_on(fleet
     fleet.start("arbiter", "a1")
     exp = launch(
         redis_url, f"file://{tmp_path}/ckpt", "trainable=tests.trainables:FailsWhenH0High",
-        "worker.max_retries=1", "exploit.rule=none", "stop.steps=20",
+        "worker.max_retries=1", "exploit.rule=none", "stop.steps=20", "worker.on_failure=fail",
     )
     st = wait_done(redis_url, exp, fleet)
     m0, m1 = st["members"]
@@ -111,10 +111,10 @@ def test_every_member_failing_fails_the_experiment(fleet, redis_url, tmp_path):
     fleet.start("arbiter", "a1")
     exp = launch(
         redis_url, f"file://{tmp_path}/ckpt", "trainable=tests.trainables:FailsWhenH0High",
-        "worker.max_retries=0", "population.initial=[{h0=1.0,h1=0.0},{h0=0.95,h1=1.0}]",
+        "worker.max_retries=0", "population.initial=[{h0=1.0,h1=0.0},{h0=0.95,h1=1.0}]", "worker.on_failure=fail",
     )
     st = wait_done(redis_url, exp, fleet, expect=1)
-    assert st["state"] == "failed" and st["reason"] == "every member failed"
+    assert st["state"] == "failed" and st["reason"].startswith("every member failed; m000: RuntimeError: boom: h0=1.0")
 
 
 def test_heartbeat_key_expires_with_the_worker(fleet, redis_url, r):

@@ -3,8 +3,10 @@
 -- KEYS[2]  pbt:{EXP}:scores      (ZSET; every member's latest score: writes the member's, ZREM when unusable)
 -- KEYS[3]  pbt:{EXP}:ckpts       (HASH; writes member -> its scored checkpoint (JSON); reads the donor's)
 -- KEYS[4]  pbt:{EXP}:meta        (HASH; reads state)
--- KEYS[5]  the board the member is ranked on: KEYS[2] itself (compare = latest), or pbt:{EXP}:board:{B},
---          the others' scores at the member's ready point B (compare = step: ZADD / ZREM the member)
+-- KEYS[5]  the board the member is ranked on: KEYS[2] itself (compare = latest), pbt:{EXP}:eligible (compare =
+--          latest with a burn-in: the latest scores at steps >= ARGV[12]), or pbt:{EXP}:board:{B}, the others'
+--          scores at the member's ready point B (compare = step); a board other than KEYS[2] holds a member only
+--          while its score is finite and its step >= ARGV[12] (ZADD / ZREM the member)
 -- KEYS[6]  pbt:{EXP}:boards      (ZSET; B -> B, written when ranking on a board)
 -- KEYS[7]  pbt:{EXP}:reached     (ZSET; member -> B, written when ranking on a board)
 -- ARGV[1] member id           ARGV[2] the event's seq      ARGV[3] leaderboard score (higher is better)
@@ -13,10 +15,15 @@
 -- ARGV[8] u, the decision's uniform draw in [0, 1)         ARGV[9] return the board when n <= this
 -- ARGV[10] ties: strict (equal scores never exploit) | rank (ties ranked as in ZREVRANGE)
 --           | random (the member's place among its ties, or a tournament's coin, from u)
--- ARGV[11] B, the board's ready point ('' when KEYS[5] is KEYS[2])
+-- ARGV[11] B, the board's ready point ('' unless KEYS[5] is a per-step board)
+-- ARGV[12] burn_in_steps: no score from a step below it goes on a board (0: none)
+-- ARGV[13] the member's step
+-- ARGV[14] exploit.synch: the round, the member's ready point ('' when asynchronous, or for a final decision):
+--          ZADD KEYS[7]; while a live member's last ready point in KEYS[7] is below it, reply 'wait'
 -- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
 --   status 'dup': the seq is already decided or the member ended (nothing written);
---   status 'ahead': the member is at an older seq than the event (nothing written).
+--   status 'ahead': the member is at an older seq than the event (nothing written);
+--   status 'wait': the score is recorded but the round is not complete ({'wait', meta_state}).
 --   A donor with no scored checkpoint (its latest score was not finite) comes back with an empty record.
 -- Mirrors rules.exploit exactly, on the board KEYS[5]: ties rank as in ZREVRANGE (member id descending);
 -- ties = random splits u as the pure rule does (u * (t + 1) = j + the rest), with no other draw.
@@ -36,22 +43,33 @@ else
   redis.call('ZREM', KEYS[2], member)
   redis.call('HDEL', KEYS[3], member)
 end
+local counted = finite  -- whether the member is on its own board
 if board ~= KEYS[2] then
-  if finite then
+  counted = finite and tonumber(ARGV[13]) >= tonumber(ARGV[12])
+  if counted then
     redis.call('ZADD', board, score, member)
   else
     redis.call('ZREM', board, member)
   end
-  redis.call('ZADD', KEYS[6], ARGV[11], ARGV[11])
-  redis.call('ZADD', KEYS[7], ARGV[11], member)
+  if ARGV[11] ~= '' then
+    redis.call('ZADD', KEYS[6], ARGV[11], ARGV[11])
+    redis.call('ZADD', KEYS[7], ARGV[11], member)
+  end
 end
 local meta_state = redis.call('HGET', KEYS[4], 'state') or ''
-local others = redis.call('ZCARD', board) - (finite and 1 or 0)
+if ARGV[14] ~= '' then
+  redis.call('ZADD', KEYS[7], ARGV[14], member)
+  local slowest = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+  if tonumber(slowest[2]) < tonumber(ARGV[14]) then
+    return {'wait', meta_state}
+  end
+end
+local others = redis.call('ZCARD', board) - (counted and 1 or 0)
 local n = others + 1
 local rule, u = ARGV[6], tonumber(ARGV[8])
 local k = math.min(math.ceil(n * tonumber(ARGV[7])), math.floor(n / 2))
-local by_rank = finite and ARGV[10] == 'rank'
-local by_draw = finite and ARGV[10] == 'random'
+local by_rank = counted and ARGV[10] == 'rank'  -- (a member not on its board is never ranked: rule none)
+local by_draw = counted and ARGV[10] == 'random'
 local worse = finite and redis.call('ZCOUNT', board, '-inf', '(' .. score) or 0
 local better = finite and redis.call('ZCOUNT', board, '(' .. score, '+inf') or others
 if by_rank then

@@ -31,6 +31,7 @@ from pbt_mq.tools.study.analysis import (
     spread,
     tied_decisions,
 )
+from pbt_mq.tools.study.pareto import pareto_figure, pareto_section
 from pbt_mq.tools.study.rising import rising_figure, rising_section
 from pbt_mq.tools.study.tables import fmt_spread, table, verdict
 
@@ -235,7 +236,8 @@ def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float,
     for title, section in (("The paper's toy (Q against step)", toy_section),
                            ("Digits: PBT vs random search at equal compute", digits_section),
                            ("Non-stationary: the best lr falls 10x halfway", drift_section),
-                           ("Non-stationary, asynchronous: the loss jumps and the best lr rises 10x", rising_section)):
+                           ("Non-stationary, asynchronous: the loss jumps and the best lr rises 10x", rising_section),
+                           ("Two objectives: accuracy against model size (hypervolume)", pareto_section)):
         study = section.__name__.split("_")[0]
         if not any(r.study == study for r in runs):
             continue
@@ -261,7 +263,8 @@ def run_json(run: Run) -> dict[str, Any]:
             "wall_s": run.wall_s, "final_best": final_best(run), "steps_trained": compute_steps(run),
             "actions": dict(actions(run)), "replay_mismatches": run.replay_mismatches,
             "starts": run.stats.get("starts", {}), "best_metrics": run.stats.get("best_metrics", {}), "phases_s": run.stats.get("phases_s", {}), "curve": {str(k): v for k, v in curve(run).items()},
-            "best_schedule": best_schedule(run),
+            "best_schedule": best_schedule(run), "final_points": run.stats.get("final_points"),
+            "worker_idle_fraction": run.stats.get("worker_idle_fraction"),
             "exploit_ops": [op for rec in run.recs if rec.action is Action.EXPLOIT for op in rec.ops or []]}
 
 
@@ -276,7 +279,7 @@ def draw(out: Path, runs: Sequence[Run]) -> list[str]:
         return []
     names = []
     for study, fn in (("toy", _toy_figure), ("digits", _digits_figure), ("drift", _drift_figure),
-                      ("rising", rising_figure)):
+                      ("rising", rising_figure), ("pareto", pareto_figure)):
         if any(r.study == study for r in runs):
             fig = Figure(figsize=(13, 4.2), dpi=100, layout="constrained")
             fn(fig, by_arm(runs, study))

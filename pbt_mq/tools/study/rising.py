@@ -4,8 +4,9 @@ the shift first scores far worse than the others' scores from before it. Ranked 
 latest scores (exploit.compare = "latest") it copies a pre-shift checkpoint with a small learning
 rate; ranked on the scores at its own step (compare = "step", the default) it cannot.
 
-Arms: PBT with compare = "step", with "latest", and the same population with its initial values kept
-(exploit and explore off), many seeds each: a tuner users trust has no catastrophic tail, so the
+Arms: PBT with compare = "step", with "latest", with synchronous rounds (``exploit.synch``: the full
+information, at the cost of idle workers: the "worker idle" column), and the same population with its
+initial values kept (exploit and explore off), many seeds each: a tuner users trust has no catastrophic tail, so the
 report gives the worst seed beside the median.
 """
 
@@ -31,12 +32,14 @@ from pbt_mq.tools.study.tables import fmt_spread, table, verdict
 from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, run_experiment, warm_up
 
 STEP, LATEST, FIXED = "PBT, compare = step", "PBT, compare = latest", "fixed population"
+SYNCH = "PBT, synch"  # exploit.synch: every ready point decided once all members reported it (issue 17)
 ARMS = (
     Arm(STEP, ("exploit.compare=step",)),
     Arm(LATEST, ("exploit.compare=latest",)),
+    Arm(SYNCH, ("exploit.compare=step", "exploit.synch=true")),
     Arm(FIXED, ("exploit.rule=none", "explore.rule=none")),
 )
-COLORS = {STEP: "tab:blue", LATEST: "tab:red", FIXED: "tab:gray"}
+COLORS = {STEP: "tab:blue", LATEST: "tab:red", SYNCH: "tab:green", FIXED: "tab:gray"}
 
 
 def rising_study(fleet: Fleet, scale: Scale) -> list[Run]:
@@ -70,6 +73,12 @@ def rewinds_past_the_shift(run: Run) -> int:
     return sum(1 for r in run.recs if r.action is Action.EXPLOIT and r.step >= s > (r.parent_step or 0))
 
 
+def idle(run: Run) -> float:
+    """The workers' idle share from launch to the last event (``pbt stats``'s worker_idle_fraction)."""
+    value = run.stats.get("worker_idle_fraction")
+    return math.nan if value is None else value
+
+
 def rising_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
     arms = by_arm(runs, "rising")
     rows = []
@@ -79,11 +88,12 @@ def rising_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
         rows.append([arm, fmt_spread(losses), f"{max(losses):.4g}", " ".join(f"{x:.3g}" for x in losses),
                      fmt_spread(before, 3), fmt_spread(after, 3), f"{sum(rewinds_past_the_shift(r) for r in rs) / len(rs):.1f}",
                      f"{sum(sum(1 for x in r.recs if x.action is Action.EXPLOIT) for r in rs) / len(rs):.1f}",
-                     fmt_spread([r.wall_s for r in rs], 3), fmt_spread([compute_steps(r) for r in rs], 5),
+                     fmt_spread([r.wall_s for r in rs], 3), fmt_spread([idle(r) for r in rs], 2),
+                     fmt_spread([compute_steps(r) for r in rs], 5),
                      "all" if not sum(r.replay_mismatches for r in rs) else "mismatches"])
     text = table(["arm", "final loss: median [IQR]", "worst seed", "per seed", "lr before the shift", "lr after",
-                  "exploits rewinding past the shift, per run", "exploits per run", "wall s", "steps trained",
-                  "decisions replayed"], rows)
+                  "exploits rewinding past the shift, per run", "exploits per run", "wall s", "worker idle",
+                  "steps trained", "decisions replayed"], rows)
     text += ("\n\n(lr columns: the step-weighted geometric mean lr of the final best model's schedule; the best "
              "lr rises 10x at the shift. A rewind past the shift: an exploit made at or after it that handed over "
              "a checkpoint from before it.)")
@@ -103,6 +113,12 @@ def rising_targets(arms: dict[str, list[Run]]) -> list[str]:
     if LATEST in arms:
         out.append(f"- (info) rising: medians {med[STEP]:.4g} (step), {med[LATEST]:.4g} (latest), "
                    f"{med[FIXED]:.4g} (fixed); worst seeds {worst[STEP]:.4g}, {worst[LATEST]:.4g}, {worst[FIXED]:.4g}")
+    if SYNCH in arms:
+        idles = {a: spread([idle(r) for r in rs])[0] for a, rs in arms.items()}
+        out.append(f"- (info) rising, synch vs asynchronous: median final loss {med[SYNCH]:.4g} vs {med[STEP]:.4g}, "
+                   f"worst seed {worst[SYNCH]:.4g} vs {worst[STEP]:.4g}; workers idle {idles[SYNCH]:.1%} vs "
+                   f"{idles[STEP]:.1%}; wall {spread([r.wall_s for r in arms[SYNCH]])[0]:.1f} s vs "
+                   f"{spread([r.wall_s for r in arms[STEP]])[0]:.1f} s")
     return out
 
 

@@ -1,4 +1,4 @@
-"""``pbt study``: does PBT work here? Five comparisons on the real system, one command.
+"""``pbt study``: does PBT work here? Six comparisons on the real system, one command.
 
 1. The paper's toy (workers/toy.toml): PBT vs exploit-only vs explore-only vs neither.
 2. Digits (workers/digits.toml): PBT vs random search at equal compute (the same initial
@@ -6,7 +6,10 @@
    alone, and PB2.
 3. A non-stationary task (workers/nonstationary.toml, the best lr falls 10x halfway):
    PBT vs the best of a grid of fixed learning rates at equal compute, and PB2.
-4. Real training (``study.paired``): PPO (workers/cartpole.toml, run on Acrobot-v1: see
+4. Asynchrony (workers/rising.toml, study.rising): compare = step, latest, synch.
+5. Two objectives (workers/pareto.toml, study.pareto): multi-objective PBT vs PBT on a weighted sum and
+   random search, by hypervolume.
+6. Real training (``study.paired``): PPO (workers/cartpole.toml, run on Acrobot-v1: see
    ``study.rl``) and a character transformer language model (workers/charlm.toml), PBT vs
    random search at equal compute.
 
@@ -31,12 +34,14 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.fleet import fleet
 from pbt_mq.tools.study.lm import CHARLM
+from pbt_mq.tools.study.pareto import pareto_study
 from pbt_mq.tools.study.report import write_report
 from pbt_mq.tools.study.rising import rising_study
 from pbt_mq.tools.study.rl import CARTPOLE
 from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
 
-STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study}
+STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study,
+           "pareto": pareto_study}
 
 PAIRED = (CARTPOLE, CHARLM)  # PBT vs random search on real training (study.paired); they report themselves
 ALL = {**STUDIES, **{task.name: task.run for task in PAIRED}}
@@ -55,7 +60,7 @@ def run(a: argparse.Namespace) -> int:
     wd = out / "work"
     (wd / "logs").mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with fleet(wd, a.workers) as (url, procs):
+    with fleet(wd, a.workers, keep_events=True) as (url, procs):  # best_metrics, final_points read events
         f = Fleet(connect(url), procs, wd, a.timeout)
         for name in chosen:
             print(f"pbt study: {name}", flush=True)

@@ -49,6 +49,7 @@ class Scale:
     drift: tuple[str, ...]
     rising_seeds: int = 12
     rising: tuple[str, ...] = ()
+    pareto: tuple[str, ...] = ()
     quick: bool = False  # study.paired's tasks read their --quick settings from it
 
 
@@ -60,6 +61,7 @@ QUICK = Scale(
     drift=("population.size=4", "stop.steps=200", "trainable_args.switch_step=100"),
     rising_seeds=1,
     rising=("population.size=4", "stop.steps=200", "trainable_args.switch_step=100"),
+    pareto=("population.size=4", "stop.steps=100"),
     quick=True,
 )
 
