@@ -688,8 +688,8 @@ def test_sbatch_worker_one_gpu_each_and_a_grace_under_the_warning():
     lead_s = int(d["--signal"].split("@")[1])
     grace_s = float(re.search(r"^GRACE_S=\$\{GRACE_S:-([\d.]+)\}", text, re.M).group(1))
     assert grace_s + 30 <= lead_s, "the warning must leave the worker its grace and time to upload and exit"
-    if "--grace-s" in daemons.build_worker_parser()._option_string_actions:  # issue 18's flag: forward GRACE_S
-        assert "--grace-s" in cmd and cmd[cmd.index("--grace-s") + 1] == "$GRACE_S", cmd
+    assert "--grace-s" in daemons.build_worker_parser()._option_string_actions
+    assert re.search(r'^export PBT_GRACE_S="\$GRACE_S"$', text, re.M), "the worker must get GRACE_S as PBT_GRACE_S"
 
 
 def test_sbatch_arbiter_needs_no_gpu():
