@@ -30,7 +30,7 @@ class WorkerSettings:
     max_retries: int = 2
     overlap_upload: bool = False  # publish once serialized and hashed; upload while the next segment trains
     on_failure: str = "replace"  # a segment failing for good: "replace" the member (a donor's state, or fresh), or "fail" it
-    max_replacements: int = 3  # replacements in a row with no segment completed between; the next failure fails it
+    max_replacements: int = 3  # replacements in a row without getting past the failed step; the next failure fails it
 
 
 @dataclass(frozen=True)

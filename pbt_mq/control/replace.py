@@ -9,9 +9,12 @@ checkpoint yet, the member is still in its burn-in, or ``exploit.rule = "none"``
 failed trial by a new one) it restarts fresh, its values resampled from the prior and its trainable built
 with a new seed (``core.ids.replacement_seed``), which the command carries and the lineage records.
 
-Bounded: a member replaced ``worker.max_replacements`` times in a row with no segment completed since is
-failed by its next failure, so a trainable that always raises fails every member, and the experiment
-ends failed with the error (``state.finish``). One MULTI per decision, exactly once per (member, seq):
+Bounded: a member replaced ``worker.max_replacements`` times in a row without getting past the step it
+failed at (a failure at or below the step of the last failed segment counts one more) is failed by its
+next failure, so a trainable that always raises, or that fails every time it gets to some step, fails
+every member, and the experiment ends failed with the error (``state.finish``). A member that got past
+it (from a donor's later checkpoint, or by training on) starts a new count: rare failures at random
+never exhaust it. One MULTI per decision, exactly once per (member, seq):
 the event's seq is the idempotency key, as for ready events.
 """
 
@@ -78,8 +81,8 @@ class Replacer:
                         return "duplicate"
                     if reply.status == "ahead":
                         raise ProtocolError(f"seq: failed event for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
-                    h = Member.read(pipe, k.member(ev.member), "replaced", "replaced_seq")
-                    in_a_row = h.replaced + 1 if h.replaced_seq == ev.seq else 1
+                    h = Member.read(pipe, k.member(ev.member), "replaced", "replaced_step")
+                    in_a_row = h.replaced + 1 if h.replaced_step is not None and ev.step <= h.replaced_step else 1
                     why = self._refusal(cfg, reply, in_a_row)
                     if why:
                         pipe.unwatch()
@@ -101,8 +104,8 @@ class Replacer:
         if reply.meta_state != ExperimentState.RUNNING:
             return f"its segment failed after the experiment ended ({reply.meta_state or 'gone'})"
         if in_a_row > cfg.worker.max_replacements:
-            return (f"failed again after {in_a_row - 1} replacements in a row with no segment completed"
-                    f" (worker.max_replacements = {cfg.worker.max_replacements})")
+            return (f"failed again after {in_a_row - 1} replacements in a row without getting past the step it"
+                    f" failed at (worker.max_replacements = {cfg.worker.max_replacements})")
         return ""
 
     def plan(self, decider: Decider, ev: FailedEvent, prep: Prepared, reply: Reply, pipe: Any, ready_ms: int,
@@ -162,7 +165,7 @@ class Replacer:
             **(plan.facts or {}),
         )
         member = dict(step=cmd.step, hparams=cmd.hparams, why=cmd.why, reaped=0, attempt=0, replaced=in_a_row,
-                      replaced_seq=cmd.seq, score=math.nan, updated_ms=now_ms(), parent=cmd.parent or "",
+                      replaced_step=ev.step, score=math.nan, updated_ms=now_ms(), parent=cmd.parent or "",
                       parent_step=cmd.parent_step)
         pipe.multi()
         pipe.xadd(k.lineage, {"parent_step": "", "next_hparams": "", **rec.encode()})

@@ -11,7 +11,7 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        queued_ms, started_ms, updated_ms, limbo_ms, worker, score, scored_step,
                                        ckpt_key, ckpt_sha256, ckpt_size, ckpt_hparams, train_s, parent,
                                        parent_step, last_exploit, reason, error, attempt, reaped, replaced,
-                                       replaced_seq
+                                       replaced_step
     pbt:{EXP}:scores            ZSET   member -> latest finite score of a member that has a checkpoint (the
                                        leaderboard; donors come from here). Stored so that higher is
                                        better: for mode = "min" the stored score is -metric.

@@ -224,9 +224,10 @@ class Member(Record):
     error: str = _f(str, "the last failure (a traceback, or why the reaper requeued it)", "")
     attempt: int = _f(int, "retries of the current segment after the trainable raised", 0)
     reaped: int = _f(int, "requeues of the current segment after its worker died", 0)
-    replaced: int = _f(int, "times it was replaced in a row, with no segment completed since (worker.on_failure)", 0)
-    replaced_seq: int | None = _f(int, "the seq its last replacement queued (a failure of that seq is one more "
-                                       "in a row)")
+    replaced: int = _f(int, "times it was replaced in a row, without getting past the step it failed at "
+                            "(worker.on_failure)", 0)
+    replaced_step: int | None = _f(int, "the step of the segment that failed last (a failure at or below it "
+                                        "is one more in a row)")
 
 
 @dataclass(frozen=True)

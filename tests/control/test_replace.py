@@ -116,14 +116,33 @@ def test_replacements_in_a_row_are_bounded_and_a_trainable_that_always_raises_fa
     assert [rec.action for rec in records(r, exp) if rec.member == "m000"] == [Action.REPLACED, Action.FAILED]
 
 
-def test_a_completed_segment_resets_the_count(r):
+def test_failing_again_at_the_same_step_after_training_back_to_it_counts_in_a_row(r):
+    """A trainable that always fails once it gets to some step: each fresh restart completes segments up to
+    that step and fails there again. Those completed segments do not reset the count: the run still ends."""
+    cfg, exp, arb, cmds = setup(r, "worker.max_replacements=1", "population.size=2")
+    cmd = cmds["m000"]
+    for _ in range(2):
+        publish(r, fake_event(cmd, 0.3))  # 0 -> 4 trains
+        arb.run(burst=True)
+        cmd = {c.member: c for c in take_commands(r)}["m000"]
+        assert cmd.step == 4
+        fail(r, cfg, cmd)  # and the segment from 4 fails
+        arb.run(burst=True)
+        cmd = {c.member: c for c in take_commands(r)}.get("m000", cmd)
+    m0 = Member.read(r, Keys(exp).member("m000"))
+    assert m0.state is MemberState.FAILED and "1 replacements in a row without getting past" in m0.error
+    assert [rec.action for rec in records(r, exp) if rec.member == "m000"] == \
+        [Action.CONTINUE, Action.REPLACED, Action.CONTINUE, Action.FAILED]
+
+
+def test_getting_past_the_failed_step_resets_the_count(r):
     cfg, exp, arb, cmds = setup(r, "worker.max_replacements=1", "population.size=2")
     fail(r, cfg, cmds["m000"])
     arb.run(burst=True)
     again = take_commands(r)[0]
-    publish(r, fake_event(again, 0.3))  # the replacement completes a segment
+    publish(r, fake_event(again, 0.3))  # the replacement completes a segment, past step 0 where it failed
     arb.run(burst=True)
-    fail(r, cfg, take_commands(r)[0])  # a later failure is the first in a row again
+    fail(r, cfg, take_commands(r)[0])  # a later failure (from step 4) is the first in a row again
     arb.run(burst=True)
     assert Member.read(r, Keys(exp).member("m000"), "state", "replaced").replaced == 1
     assert [rec.action for rec in records(r, exp) if rec.member == "m000"] == \

@@ -175,7 +175,7 @@ def test_misuse_fails_like_a_raising_train(fleet, redis_url, r, tmp_path):
     table = "{" + ",".join(f"{m}={w!r}" for m, (w, _) in ways.items()) + "}"
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", LOOP, f"trainable_args.misuse={table}",
                  "population.size=3", "population.initial=[]", "exploit.rule=none", "worker.max_retries=1",
-                 "stop.steps=8")
+                 "worker.on_failure=fail", "stop.steps=8")
     st = wait_done(redis_url, exp, fleet, expect=1)
     assert st["state"] == "failed"
     for m, (_, message) in ways.items():
@@ -191,7 +191,7 @@ def test_a_report_after_done_fails_the_next_segment_of_the_experiment(fleet, red
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", LOOP, "trainable_args.misuse='report-after-done'",
                  "population.size=2", "population.initial=[]", "exploit.rule=none", "worker.max_retries=1",
-                 "stop.steps=8")
+                 "worker.on_failure=fail", "stop.steps=8")
     st = wait_done(redis_url, exp, fleet)
     h = r.hgetall(Keys(exp).member("m001"))
     assert h[b"state"] == b"failed" and h[b"attempt"] == b"1"
