@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,8 +156,14 @@ def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: li
             assert rows[exp]["best"] == {"member": st["best"]["member"], "score": st["best"]["score"]}
             doc = get(f"/api/experiments/{exp}")
             assert [m["id"] for m in doc["members"]] == ["m000", "m001", "m002", "m003"]
+            want = len(records(rc, exp))  # archived records and those still in Redis
+            deadline = time.monotonic() + 30
             lin = get(f"/api/experiments/{exp}/lineage")
-            assert lin["total"] == len(lin["nodes"]) == rc.xlen(Keys(exp).lineage) == doc["decisions"]
+            while lin["total"] < want and time.monotonic() < deadline:  # it reads the log in bounded steps
+                time.sleep(0.3)
+                lin = get(f"/api/experiments/{exp}/lineage")
+            assert lin["total"] == len(lin["nodes"]) == want, (lin["total"], len(lin["nodes"]), want)
+            assert get(f"/api/experiments/{exp}")["decisions"] == want
             assert get(f"/api/experiments/{exp}/members/{st['best']['member']}/lineage")["segments"]
         assert isinstance(get("/api/workers")["workers"], list)  # a global key: read on a cluster too (fleet stopped)
     finally:

@@ -116,7 +116,7 @@ def test_a_run_leaves_its_state_report_and_best_model_and_every_reader_works_wit
     assert not (wd / PORT_FILE).exists()
     assert f"report: .pbt-local/{exp}/report.png" in out and (wd / exp / "report.png").stat().st_size > 10_000
     assert f"best model: .pbt-local/{exp}/best/" in out
-    assert {p.name for p in (wd / exp / "best").iterdir()} >= {"checkpoint.pt", "schedule.json", "experiment.toml"}
+    assert {p.name for p in (wd / exp / "best").iterdir()} >= {"checkpoint.safetensors", "schedule.json", "experiment.toml"}
     assert f"  pbt plot {exp} -o report.png" in out and f"  pbt lineage {exp}\n" in out
 
     # from the directory it ran in: no --redis, no PBT_REDIS_URL, no server running
@@ -131,7 +131,7 @@ def test_a_run_leaves_its_state_report_and_best_model_and_every_reader_works_wit
     assert plot.returncode == 0 and (tmp_path / "again.png").stat().st_size > 10_000, plot.stderr
     ex = pbt(tmp_path, "export", exp, "--best", "-o", "best")
     assert ex.returncode == 0 and "verified" in ex.stdout, ex.stderr
-    assert (tmp_path / "best" / "checkpoint.pt").read_bytes() == (wd / exp / "best" / "checkpoint.pt").read_bytes()
+    assert (tmp_path / "best" / "checkpoint.safetensors").read_bytes() == (wd / exp / "best" / "checkpoint.safetensors").read_bytes()
     ls = pbt(tmp_path, "list")
     assert ls.returncode == 0 and ls.stdout.startswith(f"{exp}  done  best q={best['score']:.6g} ({best['member']},")
 
