@@ -219,7 +219,8 @@ def test_a_fleet_on_slurm_survives_a_requeue_and_a_scancel(slurm, redis_url, r, 
     run.mkdir()
     store = f"file://{tmp_path / 'ckpt'}"
     (run / "pbt.env").write_text(f"PBT_REDIS_URL={redis_url}\nPBT_STORE_URL={store}\nPBT_DEVICE=cpu\n"
-                                 f"PBT_HEARTBEAT_S=0.5\nPBT_LOG_LEVEL=INFO\nPYTHONPATH={ROOT}\n")
+                                 f"PBT_HEARTBEAT_S=0.5\nPBT_LOG_LEVEL=INFO\nPYTHONPATH={ROOT}\n"
+                                 "PBT_EVENTS_RETENTION_S=-1\n")  # the events are counted at the end
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # pbt-worker beside this python
     # the scripts as shipped ask for a GPU, which this node has not: SLURM refuses them
     as_shipped = [o for o in CPU_ONLY["worker.sbatch"] if not o.startswith("--gres")]
@@ -244,13 +245,17 @@ def test_a_fleet_on_slurm_survives_a_requeue_and_a_scancel(slurm, redis_url, r, 
     res = slurm.run("scancel", "--batch", "--signal=USR1", f"{workers}_1")
     assert res.returncode == 0, res.stderr
 
+    pending_since: list[float] = []
+
     def back() -> bool:
         job = slurm.job(f"{workers}_1")
-        if job.get("JobState") == "PENDING":  # SLURM holds a requeued job ~2 min (BeginTime): not needed here
-            slurm.run("scontrol", "update", f"JobId={workers}_1", "StartTime=now")
+        if job.get("JobState") == "PENDING":  # SLURM holds a requeued job ~2 min (BeginTime): not needed here,
+            pending_since.append(time.monotonic())  # but slurmd needs a few seconds to let go of the old one
+            if time.monotonic() - pending_since[0] >= 5:  # (sooner: "Job credential revoked", the job fails)
+                slurm.run("scontrol", "update", f"JobId={workers}_1", "StartTime=now")
         return job.get("Restarts") == "1" and heartbeat_pid(r, ids[1]) not in (None, old_pid)
 
-    wait_for("worker 1 to requeue and rejoin", back, 120, report)
+    wait_for("worker 1 to requeue and rejoin", back, 180, report)
     assert exits(logs[1]) == ["0"], report()  # its first life stopped cleanly, once
     assert slurm.job(f"{workers}_0").get("Restarts") == "0" and exits(logs[0]) == [], \
         f"only task 1 was requeued\n{report()}"
