@@ -43,3 +43,10 @@ def nobody(snapshot: list[tuple[str, float]], member: str, score: float, rng: ra
 
 def outside(hparams: dict[str, Any], ctx: ExploreContext, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
     return {name: 1e9 for name in ctx.spaces}, []
+
+
+class WantsHistory(HalveOrDouble):
+    """Reads more lineage records than an experiment may keep in Redis."""
+
+    def history_size(self, population: int) -> int:
+        return 10_000

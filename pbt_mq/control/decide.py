@@ -21,7 +21,7 @@ from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, ExperimentState, Lineage, ScoredCheckpoint, Why
 from pbt_mq.core.protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
 from pbt_mq.rules.base import ExploreContext, decision_rng
-from pbt_mq.rules.registry import exploit_rule, explore_rule
+from pbt_mq.rules.registry import RuleError, exploit_rule, explore_rule
 
 SNAPSHOT_MAX = 64  # lineage records carry the leaderboard they saw, up to this size
 DUPLICATE = "duplicate"  # an outcome, not a lineage action: the event was decided before
@@ -95,6 +95,11 @@ class Decider:
         self.cfg = cfg
         self.exploit = exploit_rule(cfg.exploit)
         self.explore = explore_rule(cfg.explore)
+        need = self.explore.history_size(cfg.population)
+        if need > cfg.lineage.redis_window:  # a plug-in's wish, known once imported (pb2's is checked at launch)
+            raise RuleError(f"explore.rule {cfg.explore.rule!r} reads the newest {need} lineage records, but "
+                            f"lineage.redis_window keeps {cfg.lineage.redis_window} in Redis: launch it with "
+                            f"lineage.redis_window >= {need}")
 
     def stop_reason(self, ev: ReadyEvent) -> tuple[str, bool]:
         """Why the member is done after this event ('' if it is not), and whether it hit the target score."""

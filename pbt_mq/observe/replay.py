@@ -122,14 +122,24 @@ class Scripted:
         self.i = 0
         self._run: Run | None = None
         self.error: SessionError | None = None
+        self.seed: int | None = None
+        self.member = ""
 
     def assignment(self, i: int, state: Any) -> Assignment:
+        """Segment ``i`` as a worker assigns it; ``run.seed`` as the worker's call has it: a replacement's
+        own seed from its restart on (kept for the call), else the member's."""
         s = self.segs[i]
         member = str(s["member"])
-        seed = member_seed(self.exp_seed, member) if "experiment_seed" in self.sched else int(self.sched["seed"])
-        return Assignment(experiment=str(self.sched.get("experiment", "replay")), member=member, seed=seed,
+        given = s["start"].get("seed")
+        if given is not None:
+            self.seed = int(given)
+        elif self.seed is None or member != self.member:
+            self.seed = member_seed(self.exp_seed, member) if "experiment_seed" in self.sched else int(self.sched["seed"])
+        self.member = member
+        return Assignment(experiment=str(self.sched.get("experiment", "replay")), member=member, seed=self.seed,
                           hparams=dict(s["hparams"]), step=int(s["from_step"]), state=state, device=self.device,
-                          metric=self.sched["metric"], steps=int(s["to_step"]) - int(s["from_step"]))
+                          metric=self.sched["metric"], steps=int(s["to_step"]) - int(s["from_step"]),
+                          objectives=tuple(self.sched.get("metrics") or ())[1:])
 
     def run(self, fn: Callable[..., Any]) -> ReplayResult:
         seed_torch(int(self.sched["seed"]))  # as a worker does before a call starts
@@ -160,7 +170,7 @@ class Scripted:
         if self.i == len(self.segs):
             self._run = Run(self, run._a, done=True)
         else:  # an inheritance hands over the saved state, as a cold start would; otherwise keep what you hold
-            copied = self.segs[self.i]["start"].get("kind") == "exploit"
+            copied = self.segs[self.i]["start"].get("kind") in ("exploit", "replaced")  # from a donor's checkpoint
             self._run = Run(self, self.assignment(self.i, _round_trip(state) if copied else None))
         return self._run
 

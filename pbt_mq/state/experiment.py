@@ -140,7 +140,7 @@ def status(r: Any, exp: str) -> dict[str, Any]:
         member = top[0][0].decode()
         best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
     refused = {m.decode(): why.decode() for m, why in r.hgetall(k.refused).items()}
-    synch = round_of(r, exp) if cfg.exploit.synch else None
+    synch = round_of(r, exp) if cfg.exploit.synch and meta.state is ExperimentState.RUNNING else None  # none after
     return {
         "experiment": exp,
         "state": str(meta.state) if meta.state else None,

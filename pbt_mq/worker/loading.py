@@ -108,7 +108,7 @@ class Loader:
         """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
         cls = import_trainable(cfg.trainable, self.trainables)
         if is_function(cls):  # the loop API: a call of the function, seeded as it starts
-            return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metric, cfg.trainable_args, cmd)
+            return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metrics or cfg.metric, cfg.trainable_args, cmd)
         seed = member_seed(cfg.seed, cmd.member) if cmd.seed is None else cmd.seed  # a replacement's own seed
         try:
             import torch  # workers have torch; a trainable without it still constructs

@@ -57,12 +57,14 @@ def seed_torch(seed: int) -> None:
 class FunctionTrainable:
     """One call of the user's function, fed segment by segment from the worker's main thread."""
 
-    def __init__(self, fn: Callable[..., Any], experiment: str, exp_seed: int, metric: str, device: str,
+    def __init__(self, fn: Callable[..., Any], experiment: str, exp_seed: int, metric: str | tuple[str, ...], device: str,
                  args: dict[str, Any]) -> None:
-        self.fn, self.experiment, self.exp_seed, self.metric = fn, experiment, exp_seed, metric
+        names = (metric,) if isinstance(metric, str) else tuple(metric)  # several: multi-objective, the first leads
+        self.fn, self.experiment, self.exp_seed, self.metric, self.objectives = fn, experiment, exp_seed, names[0], names
         self.device, self.args = device, dict(args)
         self.name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', '?')}"
         self.member = ""  # the member of the latest segment
+        self.seed: int | None = None  # run.seed: a replacement's own (kept for the call), else the member's
         self.train_s = self.after_s = 0.0  # the latest segment's training seconds, and after it (evaluation)
         self.hparams: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
@@ -100,9 +102,12 @@ class FunctionTrainable:
 
     def segment(self, cmd: SegmentCommand, start: int) -> int:
         """Run one segment from ``start`` in the function; the step it reported."""
+        if cmd.seed is not None or self.seed is None or cmd.member != self.member:
+            self.seed = member_seed(self.exp_seed, cmd.member) if cmd.seed is None else cmd.seed
         a = Assignment(
-            experiment=self.experiment, member=cmd.member, seed=member_seed(self.exp_seed, cmd.member) if cmd.seed is None else cmd.seed,
+            experiment=self.experiment, member=cmd.member, seed=self.seed,
             hparams=dict(self.hparams), step=start, state=self._pending, device=self.device, metric=self.metric,
+            objectives=self.objectives[1:],
             steps=None if cmd.until_step is None else cmd.until_step - cmd.step, seconds=cmd.seconds,
         )
         self._pending, self.metrics, self.state = None, {}, None
@@ -235,7 +240,7 @@ class Calls:
         self.join_s = join_s
         self.active: FunctionTrainable | None = None
 
-    def start(self, fn: Callable[..., Any], experiment: str, exp_seed: int, metric: str, args: dict[str, Any],
+    def start(self, fn: Callable[..., Any], experiment: str, exp_seed: int, metric: str | tuple[str, ...], args: dict[str, Any],
               cmd: SegmentCommand) -> FunctionTrainable:
         """A new call for ``cmd`` (a fresh start, or no live call to continue): the previous one is over."""
         self._finish(cmd)

@@ -38,6 +38,7 @@ class Assignment:
     metric: str  # the experiment's metric: report() must include it
     steps: int | None = None  # [ready] steps: the segment's length
     seconds: float | None = None  # [ready] seconds: its training time
+    objectives: tuple[str, ...] = ()  # several metrics (multi-objective PBT): report() must include each
 
 
 class Channel(Protocol):
@@ -173,9 +174,10 @@ class Run:
             raise SessionError("report(state=None): pass the state to checkpoint (model, optimizer, RNG...)")
         if not isinstance(metrics, Mapping):
             raise SessionError(f"report(metrics): expected a dict of metric name -> number, got {type(metrics).__name__}")
-        if a.metric not in metrics:
+        missing = [m for m in (a.metric, *a.objectives) if m not in metrics]
+        if missing:
             raise SessionError(f"report(metrics): got {sorted(map(str, metrics))}, but the experiment's metric is"
-                               f" {a.metric!r}")
+                               f" {missing[0]!r}")
         clean = {}
         for k, v in metrics.items():
             try:

@@ -16,11 +16,12 @@ from helpers import TOY
 
 from pbt_mq.config.parse import load_file
 from pbt_mq.control.arbiter import Arbiter
+from pbt_mq.control.decide import Decider
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, DeadLetter, ExperimentState, MemberState, Meta
 from pbt_mq.rules.base import ExploitSpec, ExploreContext, ExploreSpec
 from pbt_mq.rules.plugins import PluginError, allow_plugins
-from pbt_mq.rules.registry import exploit_rule, explore_rule
+from pbt_mq.rules.registry import RuleError, exploit_rule, explore_rule
 from pbt_mq.state.experiment import launch, load_config, status
 from pbt_mq.state.lineage import records, replay_decisions
 from pbt_mq.tools.bench.control import fake_event, publish, take_commands
@@ -142,3 +143,12 @@ def test_an_arbiter_without_the_plug_in_leaves_the_experiment_and_fails_it_if_no
                                       "'tests.plugin_rules:copy_the_best': module 'tests.plugin_rules' is not on"), meta
     finally:
         allow_plugins(None)
+
+
+def test_a_plugin_reading_more_history_than_redis_keeps_is_refused_with_the_fix(allowed):
+    """Live decisions read the history from Redis only; replay reads the archive too. A plug-in that
+    wants more than ``lineage.redis_window`` would decide on less than its replay: refused, with the fix."""
+    cfg = load_file(TOY, [f"explore.rule={MOD}:WantsHistory", "lineage.redis_window=1000"])
+    with pytest.raises(RuleError, match=r"lineage.redis_window >= 10000"):
+        Decider(cfg)
+    Decider(load_file(TOY, [f"explore.rule={MOD}:WantsHistory", "lineage.redis_window=10000"]))

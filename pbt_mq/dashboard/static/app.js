@@ -7,6 +7,8 @@
     "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd"];
   const EXTINCT = "#c8ccd4";
   const LIST_EVERY_MS = 2000;
+  // a failed segment, or one whose member was replaced: no score, no checkpoint; charts skip it
+  const noScore = (n) => (n.x === "failed" || n.x === "replaced") && n.y === null;
 
   const D = window.pbtDashboard = {
     exp: null, snapshot: null, nodes: [], selected: null, source: null, frames: 0, error: null,
@@ -201,7 +203,7 @@
         <span class="kv">progress ${bar(s.progress)}</span></div>
       <div class="line"><span class="kv">best: ${best}</span>
         <span class="kv">members ${s.population}: ${Object.entries(counts).sort().map(([k, v]) => `${esc(k)} ${v}`).join(", ")}</span>
-        <span class="kv">decisions <b>${s.decisions}</b> (exploit ${a.exploit || 0}, continue ${a.continue || 0}, done ${a.done || 0}${a.failed ? `, failed ${a.failed}` : ""})</span>
+        <span class="kv">decisions <b>${s.decisions}</b> (exploit ${a.exploit || 0}, continue ${a.continue || 0}, done ${a.done || 0}${a.failed ? `, failed ${a.failed}` : ""}${a.replaced ? `, replaced ${a.replaced}` : ""})</span>
         <span class="kv">events/s <b>${rate(s.events_per_s)}</b></span>
         <span class="kv">decisions/s <b>${rate(s.decisions_per_s)}</b></span>
         ${s.catching_up ? '<span class="kv muted">reading the lineage…</span>' : ""}</div>`;
@@ -252,7 +254,7 @@
     }
     const chainOf = (member) => {
       const own = byMember.get(member) || [];
-      let cur = [...own].reverse().find((n) => n.x !== "failed" || n.y !== null);
+      let cur = [...own].reverse().find((n) => !noScore(n));
       const chain = [];
       const seen = new Set();
       while (cur && !seen.has(cur.i)) { seen.add(cur.i); chain.push(cur); cur = cur.p >= 0 ? nodes[cur.p] : null; }
@@ -270,7 +272,7 @@
     const out = [];
     let prev = null;
     for (const n of model.byMember.get(member) || []) {
-      if (n.x === "failed" && n.y === null) continue;
+      if (noScore(n)) continue;
       if (n.p >= 0 && (!prev || n.p !== prev.i)) {
         if (prev) out.push({ x: prev.b, y: null });
         const src = model.nodes[n.p];
@@ -287,7 +289,7 @@
     const out = [];
     let prev = null;
     for (const n of model.byMember.get(member) || []) {
-      if (n.x === "failed" && n.y === null) continue;
+      if (noScore(n)) continue;
       const v = numeric(name, (n.h || {})[name] ?? null);
       if (prev && n.p !== prev.i) out.push({ x: prev.b, y: null });
       out.push({ x: n.a, y: v }, { x: n.b, y: v });
@@ -414,7 +416,7 @@
     const last = new Map();
     const runs = [];
     for (const n of model.nodes) {
-      if (n.x === "failed" && n.y === null) continue;
+      if (noScore(n)) continue;
       const alive = model.surviving.has(n.i);
       const prev = last.get(n.m);
       const run = prev && prev.end === n.p && prev.alive === alive ? prev : null;
