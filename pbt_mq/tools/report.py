@@ -10,7 +10,7 @@ from typing import Any
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Member
 from pbt_mq.observe import plot
-from pbt_mq.observe.export import export, export_front
+from pbt_mq.observe.export import checkpoint_file, export, export_front
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.front import format_front
 from pbt_mq.state.lineage import ancestry, format_schedule, records, schedule
@@ -59,7 +59,8 @@ def outputs(r: Any, exp: str, wd: Path, local_flag: str) -> list[str]:
     try:
         sched = export(r, exp, out / "best")
         fin = sched["final"]
-        lines.append(f"best model: {shown(out / 'best')}/ ({fin['member']} at step {fin['step']}: checkpoint.pt,"
+        lines.append(f"best model: {shown(out / 'best')}/ ({fin['member']} at step {fin['step']}:"
+                     f" {checkpoint_file(fin['ckpt_key'])},"
                      f" schedule.json, experiment.toml; replay it: pbt replay {shown(out / 'best')})")
     except Exception as exc:  # as above: say why, lose nothing else
         lines.append(f"best model: not exported: {type(exc).__name__}: {exc}")

@@ -115,7 +115,7 @@ def test_a_run_leaves_its_state_report_and_best_model_and_every_reader_works_wit
     assert (wd / "appendonly.aof").is_file() or (wd / "appendonlydir").is_dir()
     assert not (wd / PORT_FILE).exists()
     assert f"report: .pbt-local/{exp}/report.png" in out and (wd / exp / "report.png").stat().st_size > 10_000
-    assert f"best model: .pbt-local/{exp}/best/" in out
+    assert f"best model: .pbt-local/{exp}/best/" in out and ": checkpoint.safetensors, schedule.json" in out
     assert {p.name for p in (wd / exp / "best").iterdir()} >= {"checkpoint.safetensors", "schedule.json", "experiment.toml"}
     assert f"  pbt plot {exp} -o report.png" in out and f"  pbt lineage {exp}\n" in out
 
