@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbt_mq.core.protocol import _float, _hparams, _int, _name, _opt_key, _pack, _shallow, _str, _unpack
+from pbt_mq.core.protocol import _float, _opt_key, _pack, _segment_fields, _shallow, _str, _unpack
 
 MAX_ERROR = 4000  # characters of traceback kept (its end: where it raised)
 
@@ -40,11 +40,7 @@ class FailedEvent:
     def decode(cls, data: bytes) -> FailedEvent:
         m = _unpack(data, cls.TYPE)
         return cls(
-            experiment=_name(m.get("experiment"), "experiment"),
-            member=_name(m.get("member"), "member"),
-            seq=_int(m.get("seq"), "seq", low=0, high=1 << 31),
-            step=_int(m.get("step"), "step", low=0, high=1 << 62),
-            hparams=_hparams(m.get("hparams"), "hparams"),
+            **_segment_fields(m),
             error=_str(m.get("error", ""), "error", max_len=MAX_ERROR),
             start_key=_opt_key(m.get("start_key"), "start_key"),
             train_s=_float(m.get("train_s", 0.0), "train_s", finite=True, low=0.0),

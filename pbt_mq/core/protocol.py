@@ -100,13 +100,9 @@ class ReadyEvent:
     def decode(cls, data: bytes) -> ReadyEvent:
         m = _unpack(data, cls.TYPE)
         return cls(
-            experiment=_name(m.get("experiment"), "experiment"),
-            member=_name(m.get("member"), "member"),
-            seq=_int(m.get("seq"), "seq", low=0, high=1 << 31),
-            step=_int(m.get("step"), "step", low=0, high=1 << 62),
+            **_segment_fields(m),
             score=_float(m.get("score"), "score", finite=False),
             checkpoint=CheckpointRef.from_wire(m.get("checkpoint"), "checkpoint"),
-            hparams=_hparams(m.get("hparams"), "hparams"),
             metrics=_floats(m.get("metrics", {}), "metrics", finite=False),
             worker=_str(m.get("worker", ""), "worker"),
             timings_s=_floats(m.get("timings_s", {}), "timings_s", finite=True),
@@ -294,6 +290,17 @@ def _str(raw: Any, where: str, max_len: int = MAX_STR) -> str:
     if len(raw) > max_len:
         raise ProtocolError(f"{where}: {len(raw)} characters exceeds the limit of {max_len}")
     return raw
+
+
+def _segment_fields(m: dict[str, Any]) -> dict[str, Any]:
+    """The fields every segment message starts with (ready and failed events), validated."""
+    return {
+        "experiment": _name(m.get("experiment"), "experiment"),
+        "member": _name(m.get("member"), "member"),
+        "seq": _int(m.get("seq"), "seq", low=0, high=1 << 31),
+        "step": _int(m.get("step"), "step", low=0, high=1 << 62),
+        "hparams": _hparams(m.get("hparams"), "hparams"),
+    }
 
 
 def _name(raw: Any, where: str) -> str:

@@ -119,16 +119,25 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
         return None
     if rec.action is not Action.EXPLOIT:
         return None
+    hp = _explored(cfg, rec, by_ckpt, recs, rng)
+    if isinstance(hp, str):
+        return hp
+    if hp != rec.next_hparams:
+        return f"log says {rec.next_hparams}, replay gives {hp}"
+    return None
+
+
+def _explored(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs: list[Lineage],
+              rng: Any) -> dict[str, Any] | str:
+    """The donor's values explored as the arbiter did (an exploit, or a replacement from a donor); a
+    string says why it cannot be re-derived."""
     source = by_ckpt.get(rec.next_start_key)
     if source is None:
         return f"donor checkpoint {rec.next_start_key} has no lineage record"
     rule = explore_rule(cfg.explore)
     ctx = ExploreContext(cfg.spaces, cfg.population, rec.member, rec.parent_step or 0, cfg.higher_is_better,
                          rule.replay_history(recs, rec.ops or []))
-    hp = rule.explore(source.hparams or {}, ctx, rng)[0]
-    if hp != rec.next_hparams:
-        return f"log says {rec.next_hparams}, replay gives {hp}"
-    return None
+    return rule.explore(source.hparams or {}, ctx, rng)[0]
 
 
 def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs: list[Lineage]) -> str | None:
@@ -145,13 +154,9 @@ def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineag
     if pick not in (rec.parent or None, rec.declined_donor) and not (pick is None and rec.declined_donor is None):
         return f"log says donor {rec.parent or None} (declined {rec.declined_donor}), replay picks {pick}"
     if rec.parent:
-        source = by_ckpt.get(rec.next_start_key)
-        if source is None:
-            return f"donor checkpoint {rec.next_start_key} has no lineage record"
-        ex = explore_rule(cfg.explore)
-        ctx = ExploreContext(cfg.spaces, cfg.population, rec.member, rec.parent_step or 0, cfg.higher_is_better,
-                             ex.replay_history(recs, rec.ops or []))
-        hp = ex.explore(source.hparams or {}, ctx, rng)[0]
+        hp = _explored(cfg, rec, by_ckpt, recs, rng)
+        if isinstance(hp, str):
+            return hp
     else:
         hp = sample_all(cfg.spaces, rng)
         if rec.seed != replacement_seed(cfg.seed, rec.member, rec.seq):
