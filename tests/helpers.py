@@ -11,7 +11,9 @@ from pathlib import Path
 
 import redis
 
+from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Action, Lineage
 from pbt_mq.state.lineage import records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,30 @@ def lineage_counts(r: redis.Redis, exp: str) -> Counter:
 def event_counts(r: redis.Redis, exp: str) -> Counter:
     entries = r.xrange(Keys(exp).events, "-", "+")
     return Counter((f[b"member"].decode(), int(f[b"seq"])) for _, f in entries)
+
+
+def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple[str, int, int]]:
+    """Synchronous rounds by steps: the decisions (member, seq, step) taken before every other member
+    stood at their step or past it. A member stands where its last ready event put it, or where its last
+    replacement restarted it (a donor's step, or 0); a failed segment's event, which carries the step the
+    segment *started* from, moves it nowhere. Times are stream ids' milliseconds (one node: one clock)."""
+    moves: list[tuple[int, str, int]] = []  # (ms, member, where it stands from then on)
+    for entry_id, f in r.xrange(Keys(exp).events):
+        if not f.get(b"failed"):
+            moves.append((entry_ms(entry_id), f[b"member"].decode(), int(f[b"step"])))
+    for rec in recs:
+        if rec.action is Action.REPLACED:
+            moves.append((entry_ms(rec.id), rec.member, (rec.parent_step or 0) if rec.parent else 0))
+    moves.sort()
+    early = []
+    for rec in recs:
+        if rec.action not in (Action.CONTINUE, Action.EXPLOIT):
+            continue
+        at = {m: 0 for _, m, _ in moves}
+        for ms, m, step in moves:
+            if ms > entry_ms(rec.id):
+                break
+            at[m] = step
+        if any(step < rec.step for m, step in at.items() if m != rec.member):
+            early.append((rec.member, int(rec.seq), rec.step))
+    return early
