@@ -53,6 +53,16 @@ class Flaky(Toy):
         super().train(steps)
 
 
+class FailsFirst(Toy):
+    """Raises on m000's first segment, every time, and nowhere else: with ``worker.max_retries=0`` the
+    member is replaced exactly once."""
+
+    def train(self, steps: int) -> None:
+        if _first_segment_of_the_paper_member(self):
+            raise RuntimeError("boom: the first segment of the member at h = [1, 0]")
+        super().train(steps)
+
+
 class AlwaysRaises(Toy):
     def train(self, steps: int) -> None:
         raise ValueError("this trainable is broken")

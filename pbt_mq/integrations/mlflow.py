@@ -5,7 +5,8 @@ The MLflow experiment is the pbt experiment's name; each member has one run, nam
 params, then at every segment's step its metrics and ``hparams/NAME`` (hyperparameters change
 over a PBT run; params cannot), and for every exploit ``exploit/donor`` (the donor's number) and
 ``exploit/donor_step`` at the step it happened, with a tag ``pbt.exploit.SEQ`` that says it in
-words. A ``file:`` URI is a file store (MLflow 3 keeps it in maintenance mode and wants
+words; a replacement (its segment failed for good) likewise as ``replaced/...`` and
+``pbt.replaced.SEQ`` (no donor: it restarted fresh). ``pbt.metric``/``pbt.mode`` list every objective. A ``file:`` URI is a file store (MLflow 3 keeps it in maintenance mode and wants
 ``MLFLOW_ALLOW_FILE_STORE=true``, which naming one in ``[tracking]`` sets). HTTP calls time out after 10 s and retry twice (``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` override): a server that is down delays only the sending.
 mlflow-skinny is enough.
@@ -27,7 +28,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from pbt_mq.config.experiment import Experiment  # noqa: E402
 from pbt_mq.core.model import Lineage  # noqa: E402
-from pbt_mq.worker.tracking import TrackerDown  # noqa: E402
+from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives  # noqa: E402
 
 
 def _calling(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -71,8 +72,9 @@ class MlflowTracker:
     def open(self, member: str, run_id: str | None) -> str:
         if run_id is not None:
             return run_id
+        metric, mode = objectives(self.cfg)
         tags = {"pbt.experiment": self.exp, "pbt.member": member, "pbt.trainable": self.cfg.trainable,
-                "pbt.metric": self.cfg.metric, "pbt.mode": self.cfg.mode}
+                "pbt.metric": metric, "pbt.mode": mode}
         run = _calling(self.client.create_run, self._experiment_id(), run_name=f"{self.exp}/{member}", tags=tags)
         return run.info.run_id
 
@@ -91,14 +93,20 @@ class MlflowTracker:
         return run_id not in self.params_done and not _calling(self.client.get_run, run_id).data.params
 
     def exploit(self, run_id: str, rec: Lineage) -> None:
+        self._lineage(run_id, rec, "exploit")
+
+    def replaced(self, run_id: str, rec: Lineage) -> None:
+        self._lineage(run_id, rec, "replaced")
+
+    def _lineage(self, run_id: str, rec: Lineage, what: str) -> None:
+        """``WHAT/donor_step`` (0: a fresh restart) and ``WHAT/donor`` at its step; tags in words."""
         ms = int(time.time() * 1000)
-        donor = "".join(c for c in rec.parent if c.isdigit())
-        metrics = [Metric("exploit/donor_step", float(rec.parent_step or 0), ms, rec.step)]
-        if donor:
-            metrics.append(Metric("exploit/donor", float(int(donor)), ms, rec.step))
-        words = f"at step {rec.step} copied {rec.parent} at step {rec.parent_step}; " + "; ".join(rec.ops or [])
-        tags = [RunTag(f"pbt.exploit.{rec.seq:06d}", words[:4900]), RunTag("pbt.last_exploit",
-                                                                          f"{rec.parent}@{rec.parent_step}")]
+        donor = donor_number(rec)
+        metrics = [Metric(f"{what}/donor_step", float(rec.parent_step or 0), ms, rec.step)]
+        if donor is not None:
+            metrics.append(Metric(f"{what}/donor", float(donor), ms, rec.step))
+        last = f"{rec.parent}@{rec.parent_step}" if rec.parent else "fresh"
+        tags = [RunTag(f"pbt.{what}.{rec.seq:06d}", in_words(rec)[:4900]), RunTag(f"pbt.last_{what}", last)]
         _calling(self.client.log_batch, run_id, metrics=metrics, tags=tags)
 
     def delete(self, run_id: str) -> None:

@@ -4,7 +4,9 @@ One run per member, id claimed in ``pbt:{EXP}:runs`` before it is created, named
 and grouped by ``EXP``; its config holds ``pbt/run``, the experiment, the member and its first
 hyperparameters. Each segment logs its metrics and ``hparams/NAME`` against ``pbt/step`` (a
 member's step goes back when it copies a donor that is behind it, and W&B's own step may not),
-each exploit ``exploit/donor`` and ``exploit/donor_step``. ``WANDB_MODE=offline`` writes the runs
+each exploit ``exploit/donor`` and ``exploit/donor_step``, each replacement (a segment that failed
+for good) ``replaced/donor`` and ``replaced/donor_step`` (0, no donor: restarted fresh); the summary
+counts ``pbt/exploits`` and ``pbt/replacements`` and says the last of each. ``WANDB_MODE=offline`` writes the runs
 under ``WANDB_DIR`` (sync them later with ``wandb sync``); ``WANDB_ENTITY`` and the API key come
 from the environment, as for any W&B run. Runs stay open on the sending worker until the
 experiment ends; a worker that takes over later resumes them by id (online; offline it writes a
@@ -21,7 +23,7 @@ import wandb
 
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.core.model import Lineage
-from pbt_mq.worker.tracking import TrackerDown
+from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives
 
 
 class WandbTracker:
@@ -45,7 +47,8 @@ class WandbTracker:
             run = wandb.init(project=self.project, id=run_id, name=name, group=self.exp, reinit="create_new",
                              resume=None if offline else "allow", dir=os.environ.get("WANDB_DIR") or None,
                              config={"pbt/run": name, "pbt/experiment": self.exp, "pbt/member": member,
-                                     "pbt/trainable": self.cfg.trainable, "pbt/metric": self.cfg.metric},
+                                     "pbt/trainable": self.cfg.trainable, "pbt/metric": objectives(self.cfg)[0],
+                                     "pbt/mode": objectives(self.cfg)[1]},
                              settings=wandb.Settings(init_timeout=60, silent=True, console="off",
                                                      x_disable_stats=True, x_disable_machine_info=True))
         except (wandb.errors.CommError, wandb.errors.UsageError, TimeoutError) as exc:
@@ -65,14 +68,22 @@ class WandbTracker:
                                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}})
 
     def exploit(self, run_id: str, rec: Lineage) -> None:
-        donor = "".join(c for c in rec.parent if c.isdigit())
-        row: dict[str, Any] = {"pbt/step": rec.step, "exploit/donor_step": rec.parent_step}
-        if donor:
-            row["exploit/donor"] = int(donor)
+        self._lineage(run_id, rec, "exploit", "exploits")
+
+    def replaced(self, run_id: str, rec: Lineage) -> None:
+        self._lineage(run_id, rec, "replaced", "replacements")
+
+    def _lineage(self, run_id: str, rec: Lineage, what: str, count: str) -> None:
+        """``WHAT/donor_step`` (0: a fresh restart) and ``WHAT/donor`` against ``pbt/step``; the summary
+        counts them and says the last one in words."""
+        row: dict[str, Any] = {"pbt/step": rec.step, f"{what}/donor_step": rec.parent_step or 0}
+        if (donor := donor_number(rec)) is not None:
+            row[f"{what}/donor"] = donor
         run = self.runs[run_id]
         run.log(row)
-        run.summary["pbt/last_exploit"] = f"{rec.parent}@{rec.parent_step}"
-        run.summary["pbt/exploits"] = int(run.summary.get("pbt/exploits", 0) or 0) + 1
+        run.summary[f"pbt/last_{what}"] = f"{rec.parent}@{rec.parent_step}" if rec.parent else "fresh"
+        run.summary[f"pbt/{count}"] = int(run.summary.get(f"pbt/{count}", 0) or 0) + 1
+        run.summary[f"pbt/last_{what}_words"] = in_words(rec)[:4000]
 
     def delete(self, run_id: str) -> None:
         """Never called: W&B ids are claimed before the run exists."""

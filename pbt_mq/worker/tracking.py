@@ -4,7 +4,7 @@ Every worker that publishes a segment of such an experiment offers to send it; o
 its lease (``pbt:{EXP}:tracking``: holder and lease_ms, renewed at every pass, taken over by
 another worker when it lapses) and sends what the experiment's streams hold, from where the
 previous sender stopped: every ready event's metrics and hyperparameters at its step, every
-exploit of the lineage (donor and step). So each member has exactly one run per tracker, named
+exploit and every replacement of the lineage (donor and step; a replacement may start fresh). So each member has exactly one run per tracker, named
 ``EXP/MEMBER``, whichever workers trained it; its id is written once (HSETNX) in
 ``pbt:{EXP}:runs``, so a new sender logs into the same run. No extra process is needed.
 
@@ -36,9 +36,10 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.core.hooks import Hook
 from pbt_mq.core.ids import entry_ms, now_ms
 from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import ExperimentState, Lineage, Meta, TrackingState
+from pbt_mq.core.model import Action, ExperimentState, Lineage, Meta, TrackingState
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.state.experiment import load_config
+from pbt_mq.state.finish import last_line
 
 log = logging.getLogger(__name__)
 LEASE_MS = 15_000
@@ -65,11 +66,39 @@ class Tracker(Protocol):
         """A segment's metrics and hyperparameters at its step; ``when_ms``: when it was published."""
         ...
 
-    def exploit(self, run_id: str, rec: Lineage) -> None: ...
+    def exploit(self, run_id: str, rec: Lineage) -> None:
+        """The member copied ``rec.parent`` at ``rec.parent_step`` (its step: ``rec.step``)."""
+        ...
+
+    def replaced(self, run_id: str, rec: Lineage) -> None:
+        """The member's segment from ``rec.step`` failed for good (``rec.reason``: the error) and it
+        restarted from ``rec.parent`` at ``rec.parent_step``, or fresh from the prior (no parent)."""
+        ...
 
     def delete(self, run_id: str) -> None: ...
 
     def close(self, run_id: str, finished: bool) -> None: ...
+
+
+def donor_number(rec: Lineage) -> int | None:
+    """The donor's number (m003 -> 3), a metric trackers can plot; None: no donor (a fresh restart)."""
+    digits = "".join(c for c in rec.parent if c.isdigit())
+    return int(digits) if digits else None
+
+
+def in_words(rec: Lineage) -> str:
+    """An exploit or a replacement, said in one line (a tracker's tag or note)."""
+    if rec.action is Action.REPLACED:
+        start = f"restarted from {rec.parent} at step {rec.parent_step}" if rec.parent else "restarted fresh"
+        said = [f"at step {rec.step} its segment failed ({last_line(rec.reason)})", start]
+    else:
+        said = [f"at step {rec.step} copied {rec.parent} at step {rec.parent_step}"]
+    return "; ".join(said + list(rec.ops or []))
+
+
+def objectives(cfg: Experiment) -> tuple[str, str]:
+    """The experiment's metrics and their modes, comma-separated (several: multi-objective)."""
+    return ",".join(cfg.metrics) or cfg.metric, ",".join(cfg.modes) or cfg.mode
 
 
 # ``[tracking] NAME = TARGET`` -> factory(TARGET, cfg, experiment); ImportError: its library is missing.
@@ -198,9 +227,12 @@ class Sender:
                         t.log(self._run(t, ev.member), ev.step, ev.metrics, ev.hparams, entry_ms(entry_id))
                 else:
                     rec = Lineage.from_entry(entry_id, fields)
-                    if rec.action == "exploit":
+                    if rec.action is Action.EXPLOIT:
                         for t in self.trackers:
                             t.exploit(self._run(t, rec.member), rec)
+                    elif rec.action is Action.REPLACED:
+                        for t in self.trackers:
+                            t.replaced(self._run(t, rec.member), rec)
                 sent += 1
             except TrackerDown:
                 if sent or lost:

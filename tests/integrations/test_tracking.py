@@ -1,7 +1,7 @@
 """[tracking]: MLflow (a local file store, read back with MlflowClient) and W&B (offline) from real
 pbt-worker processes. Two workers share a population of four, so members move between workers:
-each member must still have exactly one run, named EXP/MEMBER, with its metrics at their steps
-and every exploit."""
+each member must still have exactly one run, named EXP/MEMBER, with its metrics at their steps,
+every exploit and every replacement (m000's first segment fails for good)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from helpers import PAPER_INIT_4, launch, pbt
 
 from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import TrackingState
+from pbt_mq.core.model import Action, TrackingState
 from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.state.lineage import records
+from pbt_mq.worker.tracking import in_words
 
 pytestmark = pytest.mark.integration
 NEEDS = [("mlflow", "mlflow"), ("wandb", "wandb")]
@@ -34,8 +35,8 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
     for name in ("w1", "w2"):
         fleet.start("worker", name)
     fleet.start("arbiter", "a1")
-    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:toy", "population.size=4",
-                 PAPER_INIT_4, f"tracking.mlflow={json.dumps(uri)}", "tracking.wandb='pbt-test'", "stop.steps=60")
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.trainables:FailsFirst",
+                 "worker.max_retries=0", "population.size=4", PAPER_INIT_4, f"tracking.mlflow={json.dumps(uri)}", "tracking.wandb='pbt-test'", "stop.steps=60")
     res = pbt("wait", exp, "--timeout", "180", "--redis", redis_url, timeout=200)
     assert res.returncode == 0, res.stderr + fleet.all_logs()
     deadline = time.monotonic() + 120
@@ -43,9 +44,12 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
         assert time.monotonic() < deadline, fleet.all_logs()
         time.sleep(0.2)
     state = TrackingState.read(r, Keys(exp).tracking)
-    evs = [ReadyEvent.decode(f[b"msg"]) for _, f in r.xrange(Keys(exp).events)]
-    exploits = [rec for rec in records(r, exp) if rec.action == "exploit"]
-    assert exploits and state.lost == 0 and state.sent == len(evs) + len(records(r, exp))
+    entries = r.xrange(Keys(exp).events)
+    evs = [ReadyEvent.decode(f[b"msg"]) for _, f in entries if b"failed" not in f]
+    exploits = [rec for rec in records(r, exp) if rec.action is Action.EXPLOIT]
+    replaced = [rec for rec in records(r, exp) if rec.action is Action.REPLACED]
+    assert exploits and state.lost == 0 and state.sent == len(entries) + len(records(r, exp))
+    assert [(rec.member, rec.seq) for rec in replaced] == [("m000", 0)]
     assert len({e.worker for e in evs}) == 2  # members really moved between workers
     members = [f"m{i:03d}" for i in range(4)]
 
@@ -62,6 +66,12 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
         want = sorted((rec.step, float(rec.parent_step)) for rec in exploits if rec.member == m)
         assert got == want
         assert sum(k.startswith("pbt.exploit.") for k in run.data.tags) == len(want)
+        got = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "replaced/donor_step"))
+        assert got == sorted((rec.step, float(rec.parent_step or 0)) for rec in replaced if rec.member == m)
+        said = [v for k, v in run.data.tags.items() if k.startswith("pbt.replaced.")]
+        assert said == [in_words(rec) for rec in replaced if rec.member == m]
+        assert all("(RuntimeError: boom: the first segment" in s for s in said)
+        assert run.data.tags["pbt.metric"] == "q" and run.data.tags["pbt.mode"] == "max"
         assert run.info.status == "FINISHED" and set(run.data.params) == {"h0", "h1"}
 
     names = Counter()
@@ -69,6 +79,7 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
         run, config, summary = wandb_run(f)
         assert run == config["pbt/run"] == summary["pbt/run"]
         assert summary.get("pbt/exploits", 0) == sum(1 for rec in exploits if f"{exp}/{rec.member}" == run)
+        assert summary.get("pbt/replacements", 0) == sum(1 for rec in replaced if f"{exp}/{rec.member}" == run)
         names[run] += 1
     assert names == Counter({f"{exp}/{m}": 1 for m in members})
 

@@ -12,7 +12,7 @@ from typing import Any
 from pbt_mq.config.parse import load_file
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import ExperimentState, Lineage, Meta, TrackingState
+from pbt_mq.core.model import Action, ExperimentState, Lineage, Meta, TrackingState
 from pbt_mq.core.protocol import CheckpointRef, ReadyEvent
 from pbt_mq.worker import tracking
 from pbt_mq.worker.tracking import BATCH, CHUNK, Sender, load_trackers
@@ -29,6 +29,7 @@ class Recorder:
         self.made = 0
         self.logged: list[tuple[str, int]] = []
         self.closed: list[tuple[str, bool]] = []
+        self.lineage: list[tuple[str, str, int, str]] = []  # (what, member, step, in words)
 
     def new_id(self) -> str | None:
         return None
@@ -45,7 +46,10 @@ class Recorder:
             self.on_log(len(self.logged))
 
     def exploit(self, run_id: str, rec: Lineage) -> None:
-        pass
+        self.lineage.append(("exploit", rec.member, rec.step, tracking.in_words(rec)))
+
+    def replaced(self, run_id: str, rec: Lineage) -> None:
+        self.lineage.append(("replaced", rec.member, rec.step, tracking.in_words(rec)))
 
     def delete(self, run_id: str) -> None:
         pass
@@ -115,6 +119,27 @@ def test_a_slow_tracker_makes_short_chunks(r, monkeypatch):
     assert [s for _, s in rec.logged] == list(range(CHUNK))  # all sent, in order, once
     assert len(renewals) >= 4 and renewals == sorted(renewals)  # 1 s of sending: renewed every 0.1 s or so
     assert TrackingState.read(r, K.tracking, "events").events == r.xrange(K.events)[-1][0].decode()
+
+
+def test_exploits_and_replacements_are_sent_and_said_in_words_other_decisions_are_not(r):
+    running(r)
+    common = dict(score=0.5, hparams={"lr": 0.1}, next_hparams={"lr": 0.2})
+    for rec in (Lineage(member="m000", seq=1, step=4, action=Action.CONTINUE, **common),
+                Lineage(member="m001", seq=2, step=8, action=Action.EXPLOIT, parent="m003", parent_step=8,
+                        ops=["lr: 0.1 -> 0.2 (x2.0)"], **common),
+                Lineage(member="m002", seq=0, step=0, action=Action.REPLACED, reason="Traceback ...\nOSError: disk",
+                        **common),
+                Lineage(member="m002", seq=3, step=12, action=Action.REPLACED, parent="m001", parent_step=12,
+                        reason="RuntimeError: boom", **common)):
+        r.xadd(K.lineage, rec.encode())
+    rec = Recorder()
+    assert Sender(r, "w-me", EXP, [rec]).pump() is False
+    assert rec.lineage == [
+        ("exploit", "m001", 8, "at step 8 copied m003 at step 8; lr: 0.1 -> 0.2 (x2.0)"),
+        ("replaced", "m002", 0, "at step 0 its segment failed (OSError: disk); restarted fresh"),
+        ("replaced", "m002", 12, "at step 12 its segment failed (RuntimeError: boom); restarted from m001 at step 12"),
+    ]
+    assert TrackingState.read(r, K.tracking).sent == 4
 
 
 def test_finish_closes_every_run_of_the_experiment_also_those_a_dead_sender_opened(r):
