@@ -56,10 +56,12 @@ def event_counts(r: redis.Redis, exp: str) -> Counter:
 
 
 def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple[str, int, int]]:
-    """Synchronous rounds by steps: the decisions (member, seq, step) taken before every other member
-    stood at their step or past it. A member stands where its last ready event put it, or where its last
-    replacement restarted it (a donor's step, or 0); a failed segment's event, which carries the step the
-    segment *started* from, moves it nowhere. Times are stream ids' milliseconds (one node: one clock)."""
+    """Synchronous rounds by steps: the decisions (member, seq, step) of a member at step R for which, between
+    its report of R and the decision, there was no moment when every other member stood at R or past it.
+    A member stands where its last ready event put it, or where its last replacement restarted it (a
+    donor's step, or 0); a failed segment's event, which carries the step the segment *started* from,
+    moves it nowhere. Times are stream ids' milliseconds (one node: one clock). A member replaced after
+    its round was complete, before the decision's transaction ran, does not make that decision early."""
     moves: list[tuple[int, str, int]] = []  # (ms, member, where it stands from then on)
     for entry_id, f in r.xrange(Keys(exp).events):
         if not f.get(b"failed"):
@@ -73,10 +75,15 @@ def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple
         if rec.action not in (Action.CONTINUE, Action.EXPLOIT):
             continue
         at = {m: 0 for _, m, _ in moves}
+        complete = False
         for ms, m, step in moves:
             if ms > entry_ms(rec.id):
                 break
             at[m] = step
-        if any(step < rec.step for m, step in at.items() if m != rec.member):
+            if m == rec.member:
+                complete = False  # its report of the step now decided is its last move before the decision
+            if at[rec.member] == rec.step and all(s >= rec.step for o, s in at.items() if o != rec.member):
+                complete = True
+        if not complete:
             early.append((rec.member, int(rec.seq), rec.step))
     return early

@@ -107,8 +107,14 @@ def test_workers_time_share_the_population_and_may_join_and_leave(fleet, redis_u
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=6", "stop.steps=120",
                  "trainable_args.delay_s=0.02")
     k = Keys(exp)
-    deadline = time.monotonic() + 60
-    while r.xlen(k.events) < 20 and time.monotonic() < deadline:
+
+    def members_of(worker: str) -> set[str]:
+        return {ReadyEvent.decode(f[b"msg"]).member for _, f in r.xrange(k.events)
+                if ReadyEvent.decode(f[b"msg"]).worker == worker}
+
+    deadline = time.monotonic() + 60  # both first workers at work (one may start seconds after the other)
+    while not (len(members_of("w1")) >= 2 and len(members_of("w2")) >= 2):
+        assert time.monotonic() < deadline, fleet.all_logs()
         time.sleep(0.05)
     fleet.start("worker", "w3")  # joins mid-run
     fleet.kill("w1", sig=15)     # leaves mid-run: SIGTERM finishes its segment first

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 from helpers import PAPER_INIT_4, ROOT, early_decisions, launch, lineage_counts, pbt, status
 
+from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action
 from pbt_mq.observe import plot
 from pbt_mq.rules.pareto import dominates
@@ -93,9 +95,13 @@ PLUGIN_SETS = ("exploit.rule=tests.plugin_rules:copy_the_best", "explore.rule=te
 
 
 def test_a_plug_in_rule_drives_the_decisions_and_replays(fleet, redis_url, r, tmp_path):
-    start(fleet, 2, "--plugins", "tests.plugin_rules")
     fleet.start("arbiter", "a2", "--claim-idle-ms", "2000")  # no plug-ins here: it leaves the experiment to a1
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=4", PAPER_INIT_4, *PLUGIN_SETS)
+    deadline = time.monotonic() + 60  # a2 says so while the experiment runs (no worker yet: it cannot end first)
+    while not r.hexists(Keys(exp).refused, "a2"):
+        assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.1)
+    start(fleet, 2, "--plugins", "tests.plugin_rules")
     wait_done(fleet, redis_url, exp)
     recs = records(r, exp)
     exploits = [rec for rec in recs if rec.action is Action.EXPLOIT]

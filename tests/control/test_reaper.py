@@ -42,7 +42,7 @@ def test_a_worker_killed_mid_segment_has_its_segment_rerun_elsewhere(fleet, redi
     found = wait_for(running_on_w1)
     assert found, fleet.all_logs()
     member, seq, cmd = found
-    fleet.start("worker", "w2", "--heartbeat-s", "0.5")
+    fleet.start("worker", "w2", "--heartbeat-s", "1")  # its torch import must not outlast its heartbeat
     fleet.kill("w1")  # SIGKILL mid-segment
     killed = time.time()
     restarted = wait_for(lambda: r.hget(k.member(member), "reaped") == b"1" and r.hget(k.member(member), "worker") == b"w2"
