@@ -85,12 +85,15 @@ class Maintenance:
                 log.warning("gc: %s: %s", e, exc)
 
     def trim_boards(self, configs: dict[str, Experiment], everything: bool = False) -> None:
-        """Boards (exploit.compare = "step") every live member has passed; all of them once it ended."""
+        """Boards (exploit.compare = "step") every live member has passed; all of them once it ended,
+        with where members stood (``reached``: synchronous rounds keep it on any board; a resumed run
+        rebuilds it, ``state.experiment.unpause``)."""
         for e, cfg in configs.items():
-            if cfg.exploit.compare != "step":
-                continue
             try:
-                self.stats["boards_trimmed"] += trim_boards(self.r, e, everything)
+                if cfg.exploit.compare == "step":
+                    self.stats["boards_trimmed"] += trim_boards(self.r, e, everything)
+                elif everything and cfg.exploit.synch:
+                    self.r.delete(Keys(e).reached)
             except redis.RedisError as exc:
                 log.warning("trim boards: %s: %s", e, exc)
 

@@ -208,13 +208,14 @@ def unpause(r: Any, exp: str) -> bool:
 
 
 def _track_reached(r: Any, exp: str) -> None:
-    """Rebuild where each live member stands (exploit.compare = "step") as a stopped experiment runs again.
+    """Rebuild where each live member stands (exploit.compare = "step", or synchronous rounds) as a
+    stopped experiment runs again.
 
     An arbiter that sees the experiment stop drops its boards and tracking; one that was not running
     (a local pause stops the daemons first) dropped nothing. Either way the members are tracked again
     from their last scored step, so no board a lagging member still needs is trimmed."""
     cfg = load_config(r, exp)
-    if cfg.exploit.compare != "step":
+    if cfg.exploit.compare != "step" and not cfg.exploit.synch:
         return
     k = Keys(exp)
     fields = Member.names("state", "scored_step", "train_s")

@@ -15,7 +15,7 @@ from pbt_mq.config.parse import load_file
 from pbt_mq.control.arbiter import Arbiter
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, Member, MemberState
-from pbt_mq.state.experiment import launch, load_config, status
+from pbt_mq.state.experiment import launch, load_config, pause, status, stop, unpause
 from pbt_mq.state.finish import fail_member
 from pbt_mq.state.lineage import records, replay_decisions
 from pbt_mq.tools.bench.control import fake_event, publish, take_commands
@@ -118,3 +118,29 @@ def test_a_replaced_member_rejoins_the_rounds_from_its_restart_point(r, burn_in)
     arb.run(burst=True)
     assert {c.member for c in take_commands(r)} == {"m000", "m001", "m002", "m003"}
     assert replay_decisions(load_config(r, exp), records(r, exp)) == []
+
+
+def test_a_paused_round_resumes_where_it_stood_and_an_ended_run_leaves_no_round_behind(r):
+    """compare = latest: where members stand (``reached``) goes when the arbiter sees the run stop, is
+    rebuilt from the members' scored steps when it runs again, and the round then completes as usual."""
+    cfg, exp, arb, cmds = setup(r, "exploit.compare=latest")
+    k = Keys(exp)
+    arb.refresh()
+    for m, score in (("m000", 0.9), ("m001", 0.1), ("m002", 0.5)):
+        publish(r, fake_event(cmds[m], score))
+        arb.run(burst=True)
+    assert pause(r, exp, "its fleet stopped")
+    arb.refresh()  # seen stopped: its round keys but the parked events go
+    assert not r.exists(k.reached) and r.hlen(k.parked) == 3
+    assert unpause(r, exp)
+    assert r.zrange(k.reached, 0, -1, withscores=True) == [(b"m003", 0.0), (b"m000", 4.0), (b"m001", 4.0),
+                                                           (b"m002", 4.0)]
+    arb.refresh()
+    publish(r, fake_event(cmds["m003"], 0.3))  # the round completes as if nothing had happened
+    arb.run(burst=True)
+    recs = records(r, exp)
+    assert sorted(rec.member for rec in recs) == ["m000", "m001", "m002", "m003"] and all(rec.n == 4 for rec in recs)
+    assert replay_decisions(load_config(r, exp), recs) == []
+    assert stop(r, exp)
+    arb.refresh()
+    assert not r.exists(k.reached)
