@@ -1,5 +1,7 @@
 """The Lightning and Hugging Face examples under `pbt local` with quick settings: real workers,
-real libraries, a real population that exploits."""
+real libraries, a real population that exploits. Synchronous rounds: every decision ranks the whole
+population, so the worst member is exploited at each round (asynchronous boards by step may rank
+a bottom member that always reports first on its own, and never exploit in a run this short)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ NEEDS = [("lightning", "lightning"), ("transformers", "hf"), ("accelerate", "hf"
 
 def run_local(tmp_path, file: str, *sets: str) -> str:
     args = [sys.executable, "-m", "pbt_mq", "local", str(ROOT / "workers" / file), "--dir", str(tmp_path), "--quiet",
-            "--workers", "2"]
+            "--workers", "2", "--set", "exploit.synch=true"]
     for s in sets:
         args += ["--set", s]
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
