@@ -19,7 +19,7 @@ from pbt_mq.broker.jobs import drain
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.gc import collect
 from pbt_mq.control.reaper import sweep
-from pbt_mq.control.trim import empty_events, tracking_floor, trim_boards, trim_events
+from pbt_mq.control.trim import drop_rounds, empty_events, tracking_floor, trim_boards, trim_events
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Meta
@@ -90,10 +90,10 @@ class Maintenance:
         rebuilds it, ``state.experiment.unpause``)."""
         for e, cfg in configs.items():
             try:
-                if cfg.exploit.compare == "step":
-                    self.stats["boards_trimmed"] += trim_boards(self.r, e, everything)
-                elif everything and cfg.exploit.synch:
-                    self.r.delete(Keys(e).reached)
+                if everything and (cfg.exploit.compare == "step" or cfg.exploit.synch):
+                    self.stats["boards_trimmed"] += drop_rounds(self.r, e)
+                elif cfg.exploit.compare == "step":
+                    self.stats["boards_trimmed"] += trim_boards(self.r, e)
             except redis.RedisError as exc:
                 log.warning("trim boards: %s: %s", e, exc)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 from pbt_mq.core.keys import GROUP, Keys
-from pbt_mq.core.model import TrackingState
+from pbt_mq.core.model import ExperimentState, Meta, TrackingState
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:
@@ -55,27 +57,51 @@ def trim_events(r: Any, exp: str, retention_s: float, now_ms: int, tracked: bool
     return int(r.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
 
-def trim_boards(r: Any, exp: str, everything: bool = False) -> int:
+def trim_boards(r: Any, exp: str) -> int:
     """Delete the boards (exploit.compare = "step") no member will be ranked on again: those below the
-    slowest live member's last ready point (all of them once the experiment ended); returns how many."""
+    slowest live member's last ready point; returns how many."""
     k = Keys(exp)
     slowest = r.zrange(k.reached, 0, 0, withscores=True)
-    floor = "+inf" if everything or not slowest else f"({slowest[0][1]!r}"
+    floor = "+inf" if not slowest else f"({slowest[0][1]!r}"
     old = [b.decode() for b in r.zrangebyscore(k.boards, "-inf", floor)]
     if not old:
-        if everything:
-            r.delete(k.reached)
         return 0
     pipe = r.pipeline(transaction=False)
-    for at in old:
+    _drop(pipe, k, old)
+    pipe.execute()
+    return len(old)
+
+
+def drop_rounds(r: Any, exp: str) -> int:
+    """An ended experiment's boards and where its members stood (``reached``), in one transaction that
+    first checks it was not set running again meanwhile (``pbt local --resume`` between the arbiter's
+    look and now: a round timer reads a missing ``reached`` as "every round complete"); returns how
+    many boards went."""
+    k = Keys(exp)
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(k.meta, k.boards)
+                if Meta.read(pipe, k.meta, "state").state is ExperimentState.RUNNING:
+                    pipe.unwatch()
+                    return 0
+                old = [b.decode() for b in pipe.zrange(k.boards, 0, -1)]
+                pipe.multi()
+                _drop(pipe, k, old)
+                pipe.delete(k.reached)
+                pipe.execute()
+                return len(old)
+            except redis.WatchError:
+                continue
+
+
+def _drop(pipe: Any, k: Keys, boards: list[str]) -> None:
+    for at in boards:
         board = k.board(int(float(at)))
         pipe.delete(board)
         pipe.delete(Keys.vectors(board))  # several metrics: its objective vectors go with it
-    pipe.zrem(k.boards, *old)
-    if everything:
-        pipe.delete(k.reached)
-    pipe.execute()
-    return len(old)
+    if boards:
+        pipe.zrem(k.boards, *boards)
 def empty_events(r: Any, exp: str, tracked: bool = False) -> int:
     """An ended experiment's events: no one decides them any more (the consumer group stays); those
     its tracker sender has still to send stay until it has."""

@@ -186,8 +186,12 @@ def pause(r: Any, exp: str, why: str) -> bool:
 
 
 def unpause(r: Any, exp: str) -> bool:
-    """Set a paused experiment running again (a running one is left as is); False if it is neither."""
+    """Set a paused experiment running again (a running one is left as is); False if it is neither.
+    Where its members stand is rebuilt *before* it runs: a round timer (``control.synch.due``) reads
+    a missing ``reached`` as "every round complete"."""
     k = Keys(exp)
+    if is_paused(Meta.read(r, k.meta, "state", "reason")):
+        _track_reached(r, exp)
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -203,7 +207,6 @@ def unpause(r: Any, exp: str) -> bool:
                 break
             except redis.WatchError:
                 continue
-    _track_reached(r, exp)
     return True
 
 

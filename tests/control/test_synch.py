@@ -13,6 +13,7 @@ from helpers import TOY, lineage_counts
 
 from pbt_mq.config.parse import load_file
 from pbt_mq.control.arbiter import Arbiter
+from pbt_mq.control.trim import drop_rounds
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, Member, MemberState
 from pbt_mq.state.experiment import launch, load_config, pause, status, stop, unpause
@@ -135,6 +136,7 @@ def test_a_paused_round_resumes_where_it_stood_and_an_ended_run_leaves_no_round_
     assert unpause(r, exp)
     assert r.zrange(k.reached, 0, -1, withscores=True) == [(b"m003", 0.0), (b"m000", 4.0), (b"m001", 4.0),
                                                            (b"m002", 4.0)]
+    assert drop_rounds(r, exp) == 0 and r.exists(k.reached)  # an arbiter that saw it stopped, too late: kept
     arb.refresh()
     publish(r, fake_event(cmds["m003"], 0.3))  # the round completes as if nothing had happened
     arb.run(burst=True)
