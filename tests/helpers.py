@@ -56,12 +56,13 @@ def event_counts(r: redis.Redis, exp: str) -> Counter:
 
 
 def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple[str, int, int]]:
-    """Synchronous rounds by steps: the decisions (member, seq, step) of a member at step R for which, between
-    its report of R and the decision, there was no moment when every other member stood at R or past it.
-    A member stands where its last ready event put it, or where its last replacement restarted it (a
-    donor's step, or 0); a failed segment's event, which carries the step the segment *started* from,
-    moves it nowhere. Times are stream ids' milliseconds (one node: one clock). A member replaced after
-    its round was complete, before the decision's transaction ran, does not make that decision early."""
+    """Synchronous rounds by steps: the decisions (member, seq, step) of a member at step R for which,
+    between its report of R and the decision, there was no moment when every other member stood at R or
+    past it. A member stands where its last ready event put it, or where its last replacement restarted
+    it (a donor's step, or 0), or nowhere once it failed for good; a failed segment's event, which
+    carries the step the segment *started* from, moves it nowhere. Times are stream ids' milliseconds
+    (one node: one clock). A member replaced after its round was complete, before the decision's
+    transaction ran, does not make that decision early."""
     moves: list[tuple[int, str, int]] = []  # (ms, member, where it stands from then on)
     for entry_id, f in r.xrange(Keys(exp).events):
         if not f.get(b"failed"):
@@ -69,6 +70,8 @@ def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple
     for rec in recs:
         if rec.action is Action.REPLACED:
             moves.append((entry_ms(rec.id), rec.member, (rec.parent_step or 0) if rec.parent else 0))
+        elif rec.action is Action.FAILED:  # out of the rounds: it holds none back
+            moves.append((entry_ms(rec.id), rec.member, 1 << 62))
     moves.sort()
     early = []
     for rec in recs:

@@ -109,8 +109,8 @@ def test_workers_time_share_the_population_and_may_join_and_leave(fleet, redis_u
     k = Keys(exp)
 
     def members_of(worker: str) -> set[str]:
-        return {ReadyEvent.decode(f[b"msg"]).member for _, f in r.xrange(k.events)
-                if ReadyEvent.decode(f[b"msg"]).worker == worker}
+        evs = (ReadyEvent.decode(f[b"msg"]) for _, f in r.xrange(k.events))
+        return {ev.member for ev in evs if ev.worker == worker}
 
     deadline = time.monotonic() + 60  # both first workers at work (one may start seconds after the other)
     while not (len(members_of("w1")) >= 2 and len(members_of("w2")) >= 2):

@@ -85,9 +85,9 @@ class Maintenance:
                 log.warning("gc: %s: %s", e, exc)
 
     def trim_boards(self, configs: dict[str, Experiment], everything: bool = False) -> None:
-        """Boards (exploit.compare = "step") every live member has passed; all of them once it ended,
-        with where members stood (``reached``: synchronous rounds keep it on any board; a resumed run
-        rebuilds it, ``state.experiment.unpause``)."""
+        """Boards (exploit.compare = "step") every live member has passed. Once it ended (``everything``):
+        all of them and the round state, where members stood (``reached``, kept by synchronous rounds on
+        any board too; a resumed run rebuilds it, ``state.experiment.unpause``)."""
         for e, cfg in configs.items():
             try:
                 if everything and (cfg.exploit.compare == "step" or cfg.exploit.synch):

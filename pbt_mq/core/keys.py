@@ -23,7 +23,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:eligible          ZSET   member -> latest finite score, for members whose latest score is at a step
                                        >= exploit.burn_in_steps: the board with compare = "latest" and a burn-in
     pbt:{EXP}:boards            ZSET   B -> B: the boards that exist (trimmed once every live member passed)
-    pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only; gone once it ended)
+    pbt:{EXP}:reached           ZSET   member -> the last ready point it reported (live members only;
+                                       dropped by an arbiter that sees the experiment end)
     pbt:{EXP}:scores:vectors    HASH   (several metrics) member -> its latest metric values (JSON list, in the
                                        order of metric = [...]), finite only: the front pbt status shows.
                                        Every board B of a multi-objective experiment has one too, B:vectors,
@@ -216,7 +217,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:scores", "zset", "the leaderboard: member -> latest finite score (negated for mode = min)"),
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
     ("pbt:{EXP}:board:{B}", "zset", "member -> its score at ready point B: what a member reporting B is ranked on"),
-    ("pbt:{EXP}:boards, :reached", "zset, zset", "the boards that exist; member -> the last ready point it reported (both gone once it ended)"),
+    ("pbt:{EXP}:boards, :reached", "zset, zset",
+     "the boards that exist; member -> the last ready point it reported (dropped by an arbiter that sees it end)"),
     ("pbt:{EXP}:eligible", "zset", "member -> latest score at a step >= exploit.burn_in_steps: the board of "
                                    "compare = latest with a burn-in"),
     ("pbt:{EXP}:events", "stream", "ready events: member, seq, step, score as plain fields, plus msg (msgpack); "

@@ -6,8 +6,10 @@ params, then at every segment's step its metrics and ``hparams/NAME`` (hyperpara
 over a PBT run; params cannot), and for every exploit ``exploit/donor`` (the donor's number) and
 ``exploit/donor_step`` at the step it happened, with a tag ``pbt.exploit.SEQ`` that says it in
 words; a replacement (its segment failed for good) likewise as ``replaced/...`` and
-``pbt.replaced.SEQ`` (no donor: it restarted fresh). ``pbt.metric``/``pbt.mode`` list every objective. A ``file:`` URI is a file store (MLflow 3 keeps it in maintenance mode and wants
-``MLFLOW_ALLOW_FILE_STORE=true``, which naming one in ``[tracking]`` sets). HTTP calls time out after 10 s and retry twice (``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
+``pbt.replaced.SEQ`` (no donor: it restarted fresh). ``pbt.metric``/``pbt.mode`` list every
+objective. A ``file:`` URI is a file store (MLflow 3 keeps it in maintenance mode and wants
+``MLFLOW_ALLOW_FILE_STORE=true``, which naming one in ``[tracking]`` sets). HTTP calls time out
+after 10 s and retry twice (``MLFLOW_HTTP_REQUEST_TIMEOUT`` and
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` override): a server that is down delays only the sending.
 mlflow-skinny is enough.
 """

@@ -43,12 +43,12 @@ class WandbTracker:
             return run_id
         offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
         name = f"{self.exp}/{member}"
+        metric, mode = objectives(self.cfg)
         try:
             run = wandb.init(project=self.project, id=run_id, name=name, group=self.exp, reinit="create_new",
                              resume=None if offline else "allow", dir=os.environ.get("WANDB_DIR") or None,
                              config={"pbt/run": name, "pbt/experiment": self.exp, "pbt/member": member,
-                                     "pbt/trainable": self.cfg.trainable, "pbt/metric": objectives(self.cfg)[0],
-                                     "pbt/mode": objectives(self.cfg)[1]},
+                                     "pbt/trainable": self.cfg.trainable, "pbt/metric": metric, "pbt/mode": mode},
                              settings=wandb.Settings(init_timeout=60, silent=True, console="off",
                                                      x_disable_stats=True, x_disable_machine_info=True))
         except (wandb.errors.CommError, wandb.errors.UsageError, TimeoutError) as exc:

@@ -187,11 +187,10 @@ def pause(r: Any, exp: str, why: str) -> bool:
 
 def unpause(r: Any, exp: str) -> bool:
     """Set a paused experiment running again (a running one is left as is); False if it is neither.
-    Where its members stand is rebuilt *before* it runs: a round timer (``control.synch.due``) reads
-    a missing ``reached`` as "every round complete"."""
+    Where its members stand is rebuilt in the transaction that sets it running: a round timer
+    (``control.synch.due``) reads a missing ``reached`` as "every round complete", and an arbiter that
+    saw it stopped drops it (``control.trim.drop_rounds``) only while it is not running."""
     k = Keys(exp)
-    if is_paused(Meta.read(r, k.meta, "state", "reason")):
-        _track_reached(r, exp)
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -200,7 +199,10 @@ def unpause(r: Any, exp: str) -> bool:
                 if not is_paused(meta):
                     pipe.unwatch()
                     return meta.state is ExperimentState.RUNNING
+                live = _standing(r, exp)  # read aside: nothing moves a paused run's members
                 pipe.multi()
+                if live:
+                    pipe.zadd(k.reached, live, nx=True)
                 pipe.hset(k.meta, mapping=Meta.fields(state=ExperimentState.RUNNING))
                 pipe.hdel(k.meta, *Meta.names("reason", "done_ms"))
                 pipe.execute()
@@ -210,16 +212,16 @@ def unpause(r: Any, exp: str) -> bool:
     return True
 
 
-def _track_reached(r: Any, exp: str) -> None:
-    """Rebuild where each live member stands (exploit.compare = "step", or synchronous rounds) as a
-    stopped experiment runs again.
+def _standing(r: Any, exp: str) -> dict[str, int]:
+    """Where each live member stands (exploit.compare = "step", or synchronous rounds; else nothing to
+    track), for a stopped experiment that runs again.
 
     An arbiter that sees the experiment stop drops its boards and tracking; one that was not running
     (a local pause stops the daemons first) dropped nothing. Either way the members are tracked again
     from their last scored step, so no board a lagging member still needs is trimmed."""
     cfg = load_config(r, exp)
     if cfg.exploit.compare != "step" and not cfg.exploit.synch:
-        return
+        return {}
     k = Keys(exp)
     fields = Member.names("state", "scored_step", "train_s")
     pipe = r.pipeline(transaction=False)
@@ -231,6 +233,4 @@ def _track_reached(r: Any, exp: str) -> None:
         return round((rec.train_s or 0.0) / period) if period else rec.scored_step or 0
 
     recs = zip(member_ids(cfg.population), (Member.pick(fields, row) for row in pipe.execute()), strict=True)
-    live = {m: point(rec) for m, rec in recs if not (rec.state and rec.state.ended)}
-    if live:
-        r.zadd(k.reached, live, nx=True)
+    return {m: point(rec) for m, rec in recs if not (rec.state and rec.state.ended)}

@@ -4,7 +4,8 @@ Every worker that publishes a segment of such an experiment offers to send it; o
 its lease (``pbt:{EXP}:tracking``: holder and lease_ms, renewed at every pass, taken over by
 another worker when it lapses) and sends what the experiment's streams hold, from where the
 previous sender stopped: every ready event's metrics and hyperparameters at its step, every
-exploit and every replacement of the lineage (donor and step; a replacement may start fresh). So each member has exactly one run per tracker, named
+exploit and every replacement of the lineage (donor and step; a replacement may start
+fresh). So each member has exactly one run per tracker, named
 ``EXP/MEMBER``, whichever workers trained it; its id is written once (HSETNX) in
 ``pbt:{EXP}:runs``, so a new sender logs into the same run. No extra process is needed.
 
@@ -90,7 +91,7 @@ def in_words(rec: Lineage) -> str:
     """An exploit or a replacement, said in one line (a tracker's tag or note)."""
     if rec.action is Action.REPLACED:
         start = f"restarted from {rec.parent} at step {rec.parent_step}" if rec.parent else "restarted fresh"
-        said = [f"at step {rec.step} its segment failed ({last_line(rec.reason)})", start]
+        said = [f"its segment from step {rec.step} failed ({last_line(rec.reason)})", start]
     else:
         said = [f"at step {rec.step} copied {rec.parent} at step {rec.parent_step}"]
     return "; ".join(said + list(rec.ops or []))

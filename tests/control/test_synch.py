@@ -131,13 +131,15 @@ def test_a_paused_round_resumes_where_it_stood_and_an_ended_run_leaves_no_round_
         publish(r, fake_event(cmds[m], score))
         arb.run(burst=True)
     assert pause(r, exp, "its fleet stopped")
-    arb.refresh()  # seen stopped: its round keys but the parked events go
+    arb.refresh()  # seen stopped: where members stood goes, the parked events stay
     assert not r.exists(k.reached) and r.hlen(k.parked) == 3
     assert unpause(r, exp)
     assert r.zrange(k.reached, 0, -1, withscores=True) == [(b"m003", 0.0), (b"m000", 4.0), (b"m001", 4.0),
                                                            (b"m002", 4.0)]
     assert drop_rounds(r, exp) == 0 and r.exists(k.reached)  # an arbiter that saw it stopped, too late: kept
     arb.refresh()
+    arb.run(burst=True)  # its round timer too: m003 has not reported, so nothing is due
+    assert [state(r, exp, m) for m in ("m000", "m001", "m002")] == [MemberState.WAITING] * 3 and not records(r, exp)
     publish(r, fake_event(cmds["m003"], 0.3))  # the round completes as if nothing had happened
     arb.run(burst=True)
     recs = records(r, exp)

@@ -36,7 +36,8 @@ def test_one_run_per_member_in_mlflow_and_wandb(fleet, redis_url, r, tmp_path, m
         fleet.start("worker", name)
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.trainables:FailsFirst",
-                 "worker.max_retries=0", "population.size=4", PAPER_INIT_4, f"tracking.mlflow={json.dumps(uri)}", "tracking.wandb='pbt-test'", "stop.steps=60")
+                 "worker.max_retries=0", "population.size=4", PAPER_INIT_4, f"tracking.mlflow={json.dumps(uri)}",
+                 "tracking.wandb='pbt-test'", "stop.steps=60")
     res = pbt("wait", exp, "--timeout", "180", "--redis", redis_url, timeout=200)
     assert res.returncode == 0, res.stderr + fleet.all_logs()
     deadline = time.monotonic() + 120

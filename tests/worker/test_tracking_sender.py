@@ -136,8 +136,9 @@ def test_exploits_and_replacements_are_sent_and_said_in_words_other_decisions_ar
     assert Sender(r, "w-me", EXP, [rec]).pump() is False
     assert rec.lineage == [
         ("exploit", "m001", 8, "at step 8 copied m003 at step 8; lr: 0.1 -> 0.2 (x2.0)"),
-        ("replaced", "m002", 0, "at step 0 its segment failed (OSError: disk); restarted fresh"),
-        ("replaced", "m002", 12, "at step 12 its segment failed (RuntimeError: boom); restarted from m001 at step 12"),
+        ("replaced", "m002", 0, "its segment from step 0 failed (OSError: disk); restarted fresh"),
+        ("replaced", "m002", 12,
+         "its segment from step 12 failed (RuntimeError: boom); restarted from m001 at step 12"),
     ]
     assert TrackingState.read(r, K.tracking).sent == 4
 
