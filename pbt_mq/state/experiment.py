@@ -16,7 +16,7 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_json
 from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, new_experiment_id, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
-from pbt_mq.core.model import SCHEMA, ExperimentState, Member, Meta, Why
+from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, Why
 from pbt_mq.core.protocol import SegmentCommand
 from pbt_mq.core.space import sample_all
 from pbt_mq.state.front import pareto_front
@@ -218,19 +218,24 @@ def _standing(r: Any, exp: str) -> dict[str, int]:
 
     An arbiter that sees the experiment stop drops its boards and tracking; one that was not running
     (a local pause stops the daemons first) dropped nothing. Either way the members are tracked again
-    from their last scored step, so no board a lagging member still needs is trimmed."""
+    from their last scored step (or the point a replacement restarted them from, when lower), so no
+    board a lagging member still needs is trimmed and no round completes without it."""
     cfg = load_config(r, exp)
     if cfg.exploit.compare != "step" and not cfg.exploit.synch:
         return {}
     k = Keys(exp)
-    fields = Member.names("state", "scored_step", "train_s")
+    fields = Member.names("state", "scored_step", "train_s", "step")
     pipe = r.pipeline(transaction=False)
     for m in member_ids(cfg.population):
         pipe.hmget(k.member(m), *fields)
     period = cfg.ready.seconds
 
     def point(rec: Member) -> int:  # as control.decide.Decider.ready_point numbers boards
-        return round((rec.train_s or 0.0) / period) if period else rec.scored_step or 0
+        if period:
+            return round((rec.train_s or 0.0) / period)
+        if rec.state is MemberState.WAITING:  # parked at its scored step (its step field is its segment's start)
+            return rec.scored_step or 0
+        return min(rec.scored_step or 0, rec.step)  # a member replaced since it scored restarts below it
 
     recs = zip(member_ids(cfg.population), (Member.pick(fields, row) for row in pipe.execute()), strict=True)
     return {m: point(rec) for m, rec in recs if not (rec.state and rec.state.ended)}

@@ -148,3 +148,32 @@ def test_a_paused_round_resumes_where_it_stood_and_an_ended_run_leaves_no_round_
     assert stop(r, exp)
     arb.refresh()
     assert not r.exists(k.reached)
+
+
+def test_a_member_replaced_before_a_pause_is_tracked_from_its_restart_point_on_resume(r):
+    """m000 scored step 4, then its next segment failed for good and it restarted fresh (in its burn-in):
+    on resume it stands at 0, not at its last scored step, so the round at step 8 still waits for it."""
+    from pbt_mq.core.keys import job_id
+    from pbt_mq.state.failure import give_up
+
+    cfg, exp, arb, cmds = setup(r, "worker.on_failure=replace", "exploit.burn_in_steps=20", "exploit.compare=latest")
+    k = Keys(exp)
+    arb.refresh()
+    for m in cmds:
+        publish(r, fake_event(cmds[m], 0.5))
+    arb.run(burst=True)
+    nxt = {c.member: c for c in take_commands(r)}
+    for m in ("m001", "m002", "m003"):
+        publish(r, fake_event(nxt[m], 0.6))
+    arb.run(burst=True)
+    give_up(r, cfg, nxt["m000"], job_id(exp, "m000", nxt["m000"].seq), "RuntimeError: boom")
+    arb.run(burst=True)
+    (fresh,) = take_commands(r)
+    assert fresh.member == "m000" and fresh.start is None and r.zscore(k.reached, "m000") == 0
+    assert pause(r, exp, "its fleet stopped")
+    arb.refresh()
+    assert not r.exists(k.reached) and unpause(r, exp)
+    assert r.zscore(k.reached, "m000") == 0 and r.zscore(k.reached, "m001") == 8
+    arb.refresh()
+    arb.run(burst=True)
+    assert [state(r, exp, m) for m in ("m001", "m002", "m003")] == [MemberState.WAITING] * 3
