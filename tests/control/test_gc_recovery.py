@@ -42,8 +42,8 @@ def test_gc_keeps_every_needed_checkpoint_and_bounds_the_store(fleet, redis_url,
         peak = max(peak, sum(1 for _ in store.list(f"{exp}/")))
         time.sleep(0.1)
     assert pbt("wait", exp, "--timeout", "60", "--redis", redis_url).returncode == 0, fleet.all_logs()
-    written = r.xlen(Keys(exp).events)
-    assert written >= 4 * 30
+    written = r.xlen(Keys(exp).events)  # 30 per member, fewer for one an exploit moved to a donor's later checkpoint
+    assert written >= 4 * 25  # many times the bound below
     assert peak <= 4 + 8, f"peak {peak} checkpoints stored for a population of 4"
     # after the final collection: each member's final checkpoint, nothing else
     time.sleep(1.5)
