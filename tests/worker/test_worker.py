@@ -53,6 +53,10 @@ def test_continuing_members_stay_on_the_worker_that_holds_them(fleet, redis_url,
     for name in ("w1", "w2"):
         fleet.start("worker", name)
     fleet.start("arbiter", "a1")
+    deadline = time.monotonic() + 60  # both at work before the first job: else one may run two fresh starts
+    while not (r.exists(worker_key("w1")) and r.exists(worker_key("w2"))):
+        assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.05)
     exp = launch(redis_url, f"file://{tmp_path}/ckpt", "exploit.rule=none", "stop.steps=60")
     wait_done(redis_url, exp, fleet)
     evs = events(r, exp)
