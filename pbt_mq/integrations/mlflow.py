@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from pbt_mq.config.experiment import Experiment  # noqa: E402
 from pbt_mq.core.model import Lineage  # noqa: E402
-from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives  # noqa: E402
+from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives, source  # noqa: E402
 
 
 def _calling(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -107,8 +107,7 @@ class MlflowTracker:
         metrics = [Metric(f"{what}/donor_step", float(rec.parent_step or 0), ms, rec.step)]
         if donor is not None:
             metrics.append(Metric(f"{what}/donor", float(donor), ms, rec.step))
-        last = f"{rec.parent}@{rec.parent_step}" if rec.parent else "fresh"
-        tags = [RunTag(f"pbt.{what}.{rec.seq:06d}", in_words(rec)[:4900]), RunTag(f"pbt.last_{what}", last)]
+        tags = [RunTag(f"pbt.{what}.{rec.seq:06d}", in_words(rec)[:4900]), RunTag(f"pbt.last_{what}", source(rec))]
         _calling(self.client.log_batch, run_id, metrics=metrics, tags=tags)
 
     def delete(self, run_id: str) -> None:

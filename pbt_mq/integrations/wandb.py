@@ -6,8 +6,8 @@ hyperparameters. Each segment logs its metrics and ``hparams/NAME`` against ``pb
 member's step goes back when it copies a donor that is behind it, and W&B's own step may not),
 each exploit ``exploit/donor`` and ``exploit/donor_step``, each replacement (a segment that failed
 for good) ``replaced/donor`` and ``replaced/donor_step`` (0, no donor: restarted fresh); the summary
-counts ``pbt/exploits`` and ``pbt/replacements`` and says the last of each. ``WANDB_MODE=offline`` writes the runs
-under ``WANDB_DIR`` (sync them later with ``wandb sync``); ``WANDB_ENTITY`` and the API key come
+counts ``pbt/exploits`` and ``pbt/replacements`` and says the last of each. ``WANDB_MODE=offline``
+writes the runs under ``WANDB_DIR`` (sync them later with ``wandb sync``); ``WANDB_ENTITY`` and the API key come
 from the environment, as for any W&B run. Runs stay open on the sending worker until the
 experiment ends; a worker that takes over later resumes them by id (online; offline it writes a
 second directory for the same run id, which ``wandb sync`` adds to it).
@@ -23,7 +23,7 @@ import wandb
 
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.core.model import Lineage
-from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives
+from pbt_mq.worker.tracking import TrackerDown, donor_number, in_words, objectives, source
 
 
 class WandbTracker:
@@ -81,7 +81,7 @@ class WandbTracker:
             row[f"{what}/donor"] = donor
         run = self.runs[run_id]
         run.log(row)
-        run.summary[f"pbt/last_{what}"] = f"{rec.parent}@{rec.parent_step}" if rec.parent else "fresh"
+        run.summary[f"pbt/last_{what}"] = source(rec)
         run.summary[f"pbt/{count}"] = int(run.summary.get(f"pbt/{count}", 0) or 0) + 1
         run.summary[f"pbt/last_{what}_words"] = in_words(rec)[:4000]
 

@@ -87,6 +87,11 @@ def donor_number(rec: Lineage) -> int | None:
     return int(digits) if digits else None
 
 
+def source(rec: Lineage) -> str:
+    """Where the member's weights came from, short: DONOR@STEP, or "fresh" (a replacement from the prior)."""
+    return f"{rec.parent}@{rec.parent_step}" if rec.parent else "fresh"
+
+
 def in_words(rec: Lineage) -> str:
     """An exploit or a replacement, said in one line (a tracker's tag or note)."""
     if rec.action is Action.REPLACED:
