@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbt_mq.rules.base import ExploitRule, ExploitSpec, ExploreContext, ExploreRule, ExploreSpec
+from pbt_mq.rules.crossover import Crossover
 from pbt_mq.rules.exploit import NoExploit, Tournament, Truncation
 from pbt_mq.rules.explore import NoExplore, Perturb, Resample
 from pbt_mq.rules.plugins import allowed, form_problem, is_plugin, load_exploit, load_explore
+from pbt_mq.rules.ttest import TTest
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Entry:
 EXPLOIT_RULES: dict[str, Entry | type[ExploitRule]] = {
     "truncation": Truncation,
     "tournament": Tournament,
+    "ttest": TTest,
     "none": NoExploit,
 }
 EXPLORE_RULES: dict[str, Entry | type[ExploreRule]] = {
@@ -34,6 +37,7 @@ EXPLORE_RULES: dict[str, Entry | type[ExploreRule]] = {
     # by import path: PB2 needs numpy, an optional dependency, imported only when an experiment uses it
     "pb2": Entry("pbt_mq.rules.pb2:PB2", requires="numpy", hint="pip install 'pbt-mq[pb2]'"),
     "none": NoExplore,
+    "crossover": Crossover,  # after "none": error messages list the rules in this order
 }
 
 
