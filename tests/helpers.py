@@ -90,3 +90,49 @@ def early_decisions(r: redis.Redis, exp: str, recs: list[Lineage]) -> list[tuple
         if not complete:
             early.append((rec.member, int(rec.seq), rec.step))
     return early
+
+
+# ---------------------------------------------------------------- issue 23's rules, checked from the log
+
+WINNING = ("population.size=6", "stop.steps=64", "trainable_args.delay_s=0.005",
+           "population.initial=[{h0=1.0,h1=0.0},{h0=0.0,h1=1.0},{h0=0.5,h1=0.0},{h0=0.0,h1=0.5},"
+           "{h0=0.2,h1=0.2},{h0=0.1,h1=0.3}]")
+TTEST_SETS = (*WINNING, "exploit.rule=ttest", "exploit.window=3", "exploit.level=0.5", "explore.rule=crossover")
+WINDOW_SETS = (*WINNING, "exploit.window=3", "exploit.synch=true", "exploit.quantile=0.5",
+               "exploit.subpopulations=[1, 2, 0]")
+
+
+def window_errors(recs: list[Lineage], k: int) -> list[str]:
+    """Every member's place on a board it saw must be the mean of the last k scores along its ancestry
+    (its own segments and, across an exploit, its donor's): what decide.lua keeps (toy: mode max)."""
+    from pbt_mq.state.lineage import ancestry
+
+    bad = []
+    for rec in recs:
+        own = dict(rec.leaderboard or []).get(rec.member)
+        if own is None or rec.action not in (Action.CONTINUE, Action.EXPLOIT):
+            continue
+        chain = [r.score for r in ancestry(recs, rec.ckpt_key)][-k:]
+        total = 0.0
+        for s in chain:
+            total += s
+        if own != total / len(chain):
+            bad.append(f"{rec.member} seq {rec.seq}: board {own}, window {chain}")
+    return bad
+
+
+def subpopulation_errors(recs: list[Lineage], periods: tuple[int, ...], ready_steps: int) -> list[str]:
+    """Exploits only at a member's period, from a member that exploits at most as often (one-way migration)."""
+    def period(m: str) -> int:
+        return periods[int(m[1:]) % len(periods)]
+
+    bad = []
+    for rec in recs:
+        if rec.action is not Action.EXPLOIT:
+            continue
+        p, q = period(rec.member), period(rec.parent)
+        if p == 0 or (rec.step // ready_steps) % p:
+            bad.append(f"{rec.member} (period {p}) exploited at step {rec.step}")
+        if not (q == 0 or q >= p):
+            bad.append(f"{rec.member} (period {p}) copied {rec.parent} (period {q})")
+    return bad

@@ -233,3 +233,35 @@ def test_the_rules_of_issue_17_on_a_cluster(cluster, rc, tmp_path: Path):
     assert front and not any(dominates(front[a], front[b]) for a in front for b in front if a != b)
     assert replay_decisions(load_config(rc, multi), records(rc, multi)) == []
     assert max(lineage_counts(rc, rules).values()) == 1 and max(lineage_counts(rc, multi).values()) == 1
+
+
+def test_the_rules_of_issue_23_on_a_cluster(cluster, rc, tmp_path: Path):
+    """Windows of scores (their hash lives in the experiment's slot), ttest, sub-populations and crossover
+    decided by two arbiters on a cluster, every decision replayed from the log."""
+    from helpers import TTEST_SETS, WINDOW_SETS, subpopulation_errors, window_errors
+
+    from pbt_mq.core.model import Action
+    from pbt_mq.state.experiment import load_config
+    from pbt_mq.state.lineage import replay_decisions
+
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    store = f"file://{tmp_path / 'ckpt'}"
+    try:
+        exps = [launch(cluster.url, store, *sets) for sets in (TTEST_SETS, WINDOW_SETS)]
+        for name in ("w1", "w2"):
+            fleet.start("worker", name, "--heartbeat-s", "0.5")
+        for name in ("a1", "a2"):
+            fleet.start("arbiter", name, "--claim-idle-ms", "2000")
+        for exp in exps:
+            res = pbt("wait", exp, "--timeout", "300", "--redis", cluster.url, timeout=320)
+            assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    for exp in exps:
+        recs = records(rc, exp)
+        assert replay_decisions(load_config(rc, exp), recs) == []
+        assert window_errors(recs, 3) == []
+        assert [rec for rec in recs if rec.action is Action.EXPLOIT]
+        assert max(lineage_counts(rc, exp).values()) == 1
+    assert subpopulation_errors(records(rc, exps[1]), (1, 2, 0), 4) == []
+    assert "Traceback" not in fleet.all_logs()

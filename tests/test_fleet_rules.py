@@ -7,7 +7,19 @@ import importlib.util
 import json
 import time
 
-from helpers import PAPER_INIT_4, ROOT, early_decisions, launch, lineage_counts, pbt, status
+from helpers import (
+    PAPER_INIT_4,
+    ROOT,
+    TTEST_SETS,
+    WINDOW_SETS,
+    early_decisions,
+    launch,
+    lineage_counts,
+    pbt,
+    status,
+    subpopulation_errors,
+    window_errors,
+)
 
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action
@@ -166,3 +178,29 @@ def test_multi_objective_pbt_reports_a_non_dominated_front_and_exports_it(fleet,
     assert f"Pareto front: {len(front)} of 4 members" in summary(r, exp, st, 1.0)  # pbt local's summary
     if importlib.util.find_spec("matplotlib"):
         assert "front" in plot.write(plot.collect(r, exp), tmp_path / "report.png")  # the panels' labels
+
+
+def test_issue_23_rules_end_to_end_and_replayed(fleet, redis_url, r, tmp_path):
+    """ttest on windows of 3 scores with crossover; and truncation on windows of 3 with sub-populations
+    [1, 2, 0] in synchronous rounds: every decision replays, every board holds the windows' means."""
+    start(fleet)
+    store = f"file://{tmp_path / 'ckpt'}"
+    ttest = launch(redis_url, store, *TTEST_SETS)
+    windowed = launch(redis_url, store, *WINDOW_SETS)
+    for exp in (ttest, windowed):
+        wait_done(fleet, redis_url, exp)
+        recs = records(r, exp)
+        assert replay_decisions(load_config(r, exp), recs) == []
+        assert window_errors(recs, 3) == []
+        assert max(lineage_counts(r, exp).values()) == 1
+        assert [rec for rec in recs if rec.action is Action.EXPLOIT], exp
+    recs = records(r, windowed)
+    assert subpopulation_errors(recs, (1, 2, 0), 4) == []
+    exploits = [rec for rec in recs if rec.action is Action.EXPLOIT]
+    assert {rec.member for rec in exploits} == {"m000", "m001", "m003", "m004"}  # m002, m005: never
+    assert {rec.parent for rec in exploits if rec.member in ("m001", "m004")} <= {"m001", "m002", "m004", "m005"}
+    exploits = [rec for rec in records(r, ttest) if rec.action is Action.EXPLOIT]
+    assert all(set(rec.windows or {}) >= {rec.member, rec.parent} for rec in exploits)  # what the test compared
+    assert any(op.startswith("crossover: ") for rec in exploits for op in rec.ops or [])
+    assert early_decisions(r, windowed, records(r, windowed)) == []
+    assert r.hget(Keys(windowed).windows, "m000") is not None

@@ -23,11 +23,13 @@ from pbt_mq.config.experiment import Experiment, GCSettings, LineageSettings, Re
 from pbt_mq.config.reader import ConfigError, Reader, is_number
 from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
 from pbt_mq.rules.base import ExploitSpec, ExploreSpec
+from pbt_mq.rules.plugins import BOARD_MAX
 from pbt_mq.rules.registry import EXPLOIT_RULES, EXPLORE_RULES, missing_requirement
 
 TRAINABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_POPULATION = 100_000
+WINDOW_MAX = 64  # exploit.window: the most scores a member's window keeps (decide.lua parses it per decision)
 PB2_HISTORY = 128  # lineage records PB2 reads from Redis for one proposal (rules.pb2)
 
 
@@ -120,6 +122,12 @@ def parse(raw: dict[str, Any]) -> Experiment:
         raw=raw,
     )
     r.done()
+    if (exp.exploit.rule == "ttest" or exp.exploit.subpopulations) and exp.population > BOARD_MAX:
+        raise ConfigError(f"population.size: exploit.rule = ttest and exploit.subpopulations rank in Python on a board "
+                          f"of at most {BOARD_MAX} members; got {exp.population} (use truncation or tournament)")
+    if exp.multi and (exp.exploit.window > 1 or exp.exploit.rule == "ttest"):
+        raise ConfigError("exploit.window / ttest: a window of scores needs one metric; with several metrics "
+                          "(multi-objective) leave exploit.window at 1 and use truncation or tournament")
     if exp.explore.rule == "pb2" and exp.lineage.redis_window < PB2_HISTORY:
         raise ConfigError(f"lineage.redis_window: PB2 reads the newest {PB2_HISTORY} records from Redis;"
                           f" keep at least {PB2_HISTORY} there (got {exp.lineage.redis_window})")
@@ -184,9 +192,26 @@ def _exploit(t: Reader) -> ExploitSpec:
         compare=t.choice("compare", ("step", "latest"), default="step"),
         burn_in_steps=t.int("burn_in_steps", default=0, low=0),
         synch=t.bool("synch", default=False),
+        window=t.int("window", default=1, low=1, high=WINDOW_MAX),
+        level=t.float("level", default=0.05, low=1e-6, high=0.5),
+        subpopulations=_subpopulations(t),
     )
     t.done()
+    if spec.rule == "ttest" and spec.window < 2:
+        raise ConfigError(f"{t.path}window: the ttest rule compares the last k scores of two members; set "
+                          f"window = k >= 2 (the paper used the last 10 episodes), got {spec.window}")
     return spec
+
+
+def _subpopulations(t: Reader) -> tuple[int, ...]:
+    """``subpopulations = [1, 4, 0]``: a period (in ready points) per sub-population; 0: never exploited."""
+    raw = t.get("subpopulations", [])
+    ok = isinstance(raw, list) and len(raw) <= 16 and all(isinstance(p, int) and not isinstance(p, bool)
+                                                          and 0 <= p <= 1000 for p in raw)
+    if not ok or len(raw) == 1 or (raw and not any(raw)):
+        raise ConfigError(f"{t.path}subpopulations: a list of 2 to 16 exploit periods in ready points (1: every ready "
+                          f"point, 4: every 4th, 0: never), not all 0, e.g. [1, 4, 0]; got {raw!r}")
+    return tuple(raw)
 
 
 def _explore(t: Reader) -> ExploreSpec:

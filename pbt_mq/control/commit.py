@@ -40,7 +40,7 @@ def lineage_record(ev: ReadyEvent, plan: Plan) -> Lineage:
         parent_step=cmd.parent_step if cmd else None, next_start_key=cmd.start.key if cmd and cmd.start else "",
         ops=plan.ops, reason=plan.reason, worker=ev.worker, declined_donor=plan.declined_donor,
         snapshot=[list(e) for e in plan.snapshot] if plan.snapshot is not None else None,
-        board=plan.board, board_at=plan.board_at, objectives=plan.objectives,
+        board=plan.board, board_at=plan.board_at, objectives=plan.objectives, windows=plan.windows,
         timings=dict(ev.timings_s) or None,  # the event leaves Redis within seconds; pbt stats reads these
         **(plan.facts or {}),
     )
@@ -93,6 +93,8 @@ class Committer:
             unpark(pipe, ev.experiment, ev.member)
         if cmd:
             member.update(step=cmd.step, hparams=cmd.hparams, why=cmd.why, reaped=0)  # reaped: per segment
+            if plan.window is not None:  # exploit.window: the next score joins its start checkpoint's window
+                member.update(window=plan.window)
             if plan.action == Action.EXPLOIT:
                 member.update(parent=cmd.parent, parent_step=cmd.parent_step, last_exploit=f"{cmd.parent}@{ev.step}")
         else:

@@ -44,6 +44,8 @@ class Plan:
     board: str | None = None  # what the member was ranked against: "step", "time" or "latest"
     board_at: int | None = None  # the board's ready point (step or time)
     objectives: list[float] | None = None  # several metrics: the member's value of each
+    window: str | None = None  # exploit.window > 1: the window of the checkpoint its next segment starts from
+    windows: dict[str, list[float]] | None = None  # ttest: the windows it compared (for the lineage record)
 
 
 @dataclass
@@ -74,16 +76,20 @@ class Reply:
     k: int = 0
     donor: str = ""
     donor_record: str = ""
+    own_window: str = ""  # exploit.window > 1: the member's window with this score (decide.lua wrote it)
+    donor_window: str = ""  # ...and the donor's, which an exploit starts from
     board: list[tuple[str, float]] | None = None
+    windows: dict[str, list[float]] | None = None  # ttest: the windows it compared (control.pyrule)
 
     @classmethod
     def parse(cls, raw: Sequence[Any]) -> Reply:
         status = text(raw[0])
         if status != "ok":
             return cls(status, meta_state=text(raw[1]) if len(raw) > 1 else "")
-        board = raw[9:]
+        board = raw[11:]
         return cls(
             status, text(raw[1]), *(int(x) for x in raw[2:6]), donor=text(raw[6]), donor_record=text(raw[8]),
+            own_window=text(raw[9]), donor_window=text(raw[10]),
             board=[(text(m), float(v)) for m, v in zip(board[::2], board[1::2], strict=True)] if board else None,
         )
 
@@ -120,6 +126,10 @@ class Decider:
             return "latest", None
         return ("time" if self.cfg.ready.seconds is not None else "step"), self.cfg.ready_point(ev.step, ev.train_s)
 
+    def ready_index(self, step: int, train_s: float) -> int:
+        """Which ready point of a member this is (1, 2, ...): what ``exploit.subpopulations`` periods count."""
+        return self.cfg.ready_point(step, train_s) // (self.cfg.ready.steps or 1)
+
     def board_key(self, k: Keys, at: int | None) -> str:
         """The sorted set a member is ranked on: its ready point's board, else the latest scores (of the
         members past the burn-in, when there is one)."""
@@ -133,18 +143,22 @@ class Decider:
         score = self.cfg.higher_is_better(ev.score) if math.isfinite(ev.score) else math.nan
         reason, target = self.stop_reason(ev)
         rng = decision_rng(self.cfg.seed, ev.member, ev.seq)
-        ranked = not reason and not self.cfg.exploit.in_burn_in(ev.step)
-        python = ranked and (self.exploit.lua is None or self.cfg.multi)  # several metrics: Pareto order, in Python
+        ranked = (not reason and not self.cfg.exploit.in_burn_in(ev.step)
+                  and self.cfg.exploit.due(ev.member, self.ready_index(ev.step, ev.train_s)))
+        # in Python: several metrics (Pareto order), sub-populations (a filtered board), ttest and plug-ins
+        python = ranked and (self.exploit.lua is None or self.cfg.multi or self.cfg.exploit.python)
         mode = (self.exploit.lua or "none") if ranked and not python else "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
         record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
                                   ev.train_s)
         board, at = self.ready_point(ev)
-        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, self.board_key(k, at), k.boards, k.reached], [
+        return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, self.board_key(k, at), k.boards, k.reached,
+                         k.windows], [
             ev.member, ev.seq, repr(score) if math.isfinite(score) else "nan", int(math.isfinite(score)),
             record.to_json(), mode, self.cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, self.cfg.exploit.ties,
             "" if at is None else at, self.cfg.exploit.burn_in_steps, ev.step,
             self.cfg.ready_point(ev.step, ev.train_s) if self.cfg.exploit.synch and not reason else "",
+            self.cfg.exploit.window,
         ], rng, score, reason, target, board, at, python=python,
             vector=self.cfg.objectives(ev.metrics) if self.cfg.multi else None)
 
@@ -169,6 +183,8 @@ class Decider:
         if reason:
             return Plan(Action.DONE.value, None, score, reason=reason, target_reached=target, **board)
         facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}
+        windowed = self.cfg.exploit.window > 1
+        board["windows"] = reply.windows
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
         if reply.donor and reply.donor_record:
             d = ScoredCheckpoint.from_json(reply.donor_record)
@@ -181,10 +197,11 @@ class Decider:
                 cmd = SegmentCommand(step=d.step, hparams=hp, why=Why.EXPLOIT.value, parent=reply.donor,
                                      start=CheckpointRef(d.key, d.sha256, d.size), parent_step=d.step, train_s=train_s,
                                      **common, **self.cfg.first_target(d.step))
-                return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts, **board)
+                return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts,
+                            window=reply.donor_window if windowed else None, **board)
         cmd = SegmentCommand(step=ev.step, hparams=dict(ev.hparams), why=Why.CONTINUE.value, start=ev.checkpoint,
                              train_s=ev.train_s, **common, **self.cfg.first_target(ev.step))
         # a donor is declined when it had already finished (copying it would end this member too)
         # or has no scored checkpoint any more (its latest score was not finite)
         return Plan(Action.CONTINUE.value, cmd, score, snapshot=reply.board, declined_donor=reply.donor or None,
-                    facts=facts, **board)
+                    facts=facts, window=reply.own_window if windowed else None, **board)

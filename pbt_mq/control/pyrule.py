@@ -22,6 +22,7 @@ from typing import Any
 from pbt_mq.broker.scripts import text
 from pbt_mq.control.decide import Decider, Prepared, Reply
 from pbt_mq.core.keys import Keys
+from pbt_mq.rules import window
 from pbt_mq.rules.base import sort_snapshot, truncation_size
 from pbt_mq.rules.pareto import oriented, pareto_scores
 from pbt_mq.rules.plugins import BOARD_MAX
@@ -41,13 +42,26 @@ def pick_in_python(pipe: Any, decider: Decider, prep: Prepared, raw: Sequence[An
         own = dict(board).get(member, math.nan)
     else:
         board = [(text(m), float(s)) for m, s in pipe.zrevrange(prep.keys[4], 0, BOARD_MAX - 1, withscores=True)]
-        own = prep.score
-    donor = decider.exploit.choose(board, member, own, prep.rng)
+        own = dict(board).get(member, math.nan) if cfg.exploit.window > 1 else prep.score  # the board holds means
+    if cfg.exploit.subpopulations:  # one-way migration: only members that exploit at most as often
+        board = [(m, s) for m, s in board if m == member or cfg.exploit.may_copy(member, m)]
+    compared: dict[str, list[float]] = {}
+    if decider.exploit.windowed:
+        def windows(m: str) -> list[float]:
+            if m not in compared:
+                compared[m] = window.parse(reply.own_window if m == member else pipe.hget(prep.keys[7], m))
+            return compared[m]
+
+        donor = decider.exploit.choose_windowed(board, member, prep.rng, windows)
+    else:
+        donor = decider.exploit.choose(board, member, own, prep.rng)
     record = pipe.hget(prep.keys[2], donor) if donor else None
     others = [s for m, s in board if m != member]
     n = len(others) + 1
     return dataclasses.replace(
         reply, donor=donor or "", donor_record=text(record) if record else "", board=board, n=n,
+        donor_window=text(pipe.hget(prep.keys[7], donor) or b"") if donor and cfg.exploit.window > 1 else "",
+        windows=compared or None,
         worse=sum(s < own for s in others) if math.isfinite(own) else 0,
         better=sum(s > own for s in others) if math.isfinite(own) else len(others),
         k=truncation_size(n, cfg.exploit.quantile))

@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from pbt_mq.broker.scripts import call as call_script
+from pbt_mq.broker.scripts import text
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.decide import SNAPSHOT_MAX, Decider, Plan, Prepared, Reply
 from pbt_mq.control.pyrule import pick_in_python
@@ -51,12 +52,15 @@ def prepare(decider: Decider, ev: FailedEvent) -> Prepared:
     cfg, k = decider.cfg, Keys(ev.experiment)
     rng = decision_rng(cfg.seed, ev.member, ev.seq)
     ranked = not cfg.exploit.in_burn_in(ev.step)
-    mode = (decider.exploit.lua or "none") if ranked and not cfg.multi else "none"
+    python = ranked and (decider.exploit.lua is None or cfg.multi or cfg.exploit.python)
+    mode = (decider.exploit.lua or "none") if ranked and not python else "none"
     u = rng.random() if mode != "none" else 0.0
-    return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, decider.board_key(k, None), k.boards, k.reached], [
+    return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, decider.board_key(k, None), k.boards, k.reached,
+                     k.windows], [
         ev.member, ev.seq, "nan", 0, "", mode, cfg.exploit.quantile, repr(u), SNAPSHOT_MAX, cfg.exploit.ties, "",
         cfg.exploit.burn_in_steps, ev.step, "",  # a failure never waits for a round: the member restarts now
-    ], rng, math.nan, "", False, "latest", None, python=ranked and (decider.exploit.lua is None or cfg.multi))
+        cfg.exploit.window,
+    ], rng, math.nan, "", False, "latest", None, python=python)
 
 
 class Replacer:
@@ -115,10 +119,13 @@ class Replacer:
         cfg, rng = decider.cfg, prep.rng
         pick, record = reply.donor or None, reply.donor_record
         donor, source = None, None
+        start_window = ""  # exploit.window: a fresh start has no scores yet
         if pick and record and self._usable(cfg, ScoredCheckpoint.from_json(record)):
-            donor, source = pick, ScoredCheckpoint.from_json(record)
+            donor, source, start_window = pick, ScoredCheckpoint.from_json(record), reply.donor_window
         elif decider.exploit.lua != "none" and (prep.args[5] != "none" or prep.python):  # the rule gave nothing usable
             donor, source = self._best_usable(cfg, pipe, prep, reply)
+            if donor and cfg.exploit.window > 1:
+                start_window = text(pipe.hget(prep.keys[7], donor) or b"")
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
         if donor and source:
             ctx = ExploreContext(cfg.spaces, cfg.population, ev.member, source.step, cfg.higher_is_better,
@@ -136,7 +143,8 @@ class Replacer:
         facts = {"n": reply.n, "worse": reply.worse, "better": reply.better, "k": reply.k}
         board = reply.board if reply.board is not None or reply.n > SNAPSHOT_MAX else []  # empty, not too big
         return Plan(Action.REPLACED.value, cmd, math.nan, ops=ops, reason=ev.error, snapshot=board,
-                    declined_donor=pick if pick != donor else None, facts=facts, board="latest")
+                    declined_donor=pick if pick != donor else None, facts=facts, board="latest",
+                    window=start_window if cfg.exploit.window > 1 else None, windows=reply.windows)
 
     @staticmethod
     def _usable(cfg: Experiment, d: ScoredCheckpoint) -> bool:
@@ -162,11 +170,12 @@ class Replacer:
             parent=cmd.parent or "", parent_step=cmd.parent_step, next_start_key=cmd.start.key if cmd.start else "",
             ops=plan.ops, reason=plan.reason, worker=ev.worker, declined_donor=plan.declined_donor, board=plan.board,
             seed=cmd.seed, snapshot=[list(e) for e in plan.snapshot] if plan.snapshot is not None else None,
+            windows=plan.windows,
             **(plan.facts or {}),
         )
         member = dict(step=cmd.step, hparams=cmd.hparams, why=cmd.why, reaped=0, attempt=0, replaced=in_a_row,
                       replaced_step=ev.step, score=math.nan, updated_ms=now_ms(), parent=cmd.parent or "",
-                      parent_step=cmd.parent_step)
+                      parent_step=cmd.parent_step, **({} if plan.window is None else {"window": plan.window}))
         pipe.multi()
         pipe.xadd(k.lineage, {"parent_step": "", "next_hparams": "", **rec.encode()})
         enqueue_segment(pipe, self.queues.get(cfg, ev.experiment), cfg, cmd, member=member)

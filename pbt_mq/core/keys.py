@@ -11,12 +11,15 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        queued_ms, started_ms, updated_ms, limbo_ms, worker, score, scored_step,
                                        ckpt_key, ckpt_sha256, ckpt_size, ckpt_hparams, train_s, parent,
                                        parent_step, last_exploit, reason, error, attempt, reaped, replaced,
-                                       replaced_step
+                                       replaced_step, window
     pbt:{EXP}:scores            ZSET   member -> latest finite score of a member that has a checkpoint (the
                                        leaderboard; donors come from here). Stored so that higher is
                                        better: for mode = "min" the stored score is -metric.
     pbt:{EXP}:ckpts             HASH   member -> core.model.ScoredCheckpoint (JSON: key, sha256, size,
                                        step, hparams): the checkpoint its leaderboard score belongs to
+    pbt:{EXP}:windows           HASH   member -> the last exploit.window scores (leaderboard units, space separated,
+                                       oldest first) of the checkpoint in ckpts; with a window > 1 the boards
+                                       and the leaderboard hold their mean
     pbt:{EXP}:board:{B}         ZSET   member -> its score at ready point B (the step, or with [ready] seconds
                                        the train time in ready periods), higher is better: the board a
                                        member reporting B is ranked on (exploit.compare = "step")
@@ -46,7 +49,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
     pbt:{EXP}:lineage           STREAM core.model.Lineage (one entry per decision): member, seq, start_step,
                                        step, score, action, start_key, ckpt_key, hparams, next_hparams, parent,
                                        parent_step, next_start_key, ops, reason, worker, declined_donor, board,
-                                       board_at, seed, objectives, n, worse, better, k, snapshot, timings
+                                       board_at, seed, objectives, n, worse, better, k, snapshot, windows,
+                                       timings
     pbt:{EXP}:archive           LIST   the lineage records moved to the store, one JSON entry per chunk, oldest
                                        first (state.archive.Chunk: key, sha256, size, count, first, last)
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
@@ -133,6 +137,10 @@ class Keys:
         return f"{self.prefix}:ckpts"
 
     @property
+    def windows(self) -> str:
+        return f"{self.prefix}:windows"
+
+    @property
     def parents(self) -> str:
         return f"{self.prefix}:parents"
 
@@ -216,6 +224,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:member:{M}", "hash", Member),
     ("pbt:{EXP}:scores", "zset", "the leaderboard: member -> latest finite score (negated for mode = min)"),
     ("pbt:{EXP}:ckpts", "hash", "member -> the checkpoint its score belongs to (JSON: key, sha256, size, step, hparams)"),
+    ("pbt:{EXP}:windows", "hash", "member -> the last exploit.window scores of its checkpoint in ckpts (space "
+                                  "separated); with a window > 1 the boards hold their mean"),
     ("pbt:{EXP}:board:{B}", "zset", "member -> its score at ready point B: what a member reporting B is ranked on"),
     ("pbt:{EXP}:boards, :reached", "zset, zset",
      "the boards that exist; member -> the last ready point it reported (dropped by an arbiter that sees it end)"),

@@ -228,6 +228,8 @@ class Member(Record):
                             "(worker.on_failure)", 0)
     replaced_step: int | None = _f(int, "the step of the segment that failed last (a failure at or below it "
                                         "is one more in a row)")
+    window: str = _f(str, "exploit.window > 1: the last scores (leaderboard units, space separated) of the "
+                          "checkpoint its current segment starts from; its next score joins them", "")
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,8 @@ class Lineage(Record):
     k: int | None = _f(int, "the truncation size, ceil(quantile * n) capped at n/2")
     snapshot: list[list[Any]] | None = _f("json", "the board the rule saw, [[member, score], ...] best first, "
                                                   "higher is better (populations up to 64; JSON)")
+    windows: dict[str, list[float]] | None = _f("json", "exploit.rule = ttest: the windows of scores it compared, "
+                                                        "member -> [score, ...] (JSON)")
     timings: dict[str, float] | None = _f("json", "the segment's seconds from its ready event: load, train, eval, "
                                                   "save, wait, and 1 for how it started: warm, cold or fresh (JSON)")
     id: str = ""  # the stream entry id, set by ``from_entry``

@@ -46,10 +46,41 @@ class ExploitSpec:
     compare: str = "step"  # "step": rank against the others' scores at the same ready point; "latest": their last
     burn_in_steps: int = 0  # below this step a member is neither exploited nor a donor (nor on any board)
     synch: bool = False  # decide a ready point only once every live member reported it (control.synch)
+    window: int = 1  # rank on the mean of a member's last k scores along its lineage (1: its last score)
+    level: float = 0.05  # ttest: copy only when Welch's t-test finds the other better at this level
+    subpopulations: tuple[int, ...] = ()  # member i exploits every p-th ready point, p = this[i % len] (0: never)
 
     def in_burn_in(self, step: int) -> bool:
         """Is a member at ``step`` still burning in: not exploited, and no donor?"""
         return step < self.burn_in_steps
+
+    def period(self, member: str) -> int:
+        """How often ``member`` may exploit, in ready points: 1 every one, 0 never (``subpopulations``)."""
+        if not self.subpopulations:
+            return 1
+        return self.subpopulations[member_index(member) % len(self.subpopulations)]
+
+    def due(self, member: str, ready_index: int) -> bool:
+        """May ``member`` exploit at its ``ready_index``-th ready point?"""
+        p = self.period(member)
+        return p == 1 or (p > 1 and ready_index % p == 0)
+
+    def may_copy(self, member: str, donor: str) -> bool:
+        """Sub-populations migrate one way, from slower to faster: a member copies only a donor that
+        exploits at most as often (0, never, is the slowest), so greed cannot overwrite the slow ones."""
+        p, q = self.period(member), self.period(donor)
+        return q == 0 or (p != 0 and q >= p)
+
+    @property
+    def python(self) -> bool:
+        """Does deciding need the board in Python (sub-populations filter it)?"""
+        return bool(self.subpopulations)
+
+
+def member_index(member: str) -> int:
+    """The number in a member id (``m007`` -> 7; an id without one counts as 0)."""
+    digits = "".join(c for c in member if c.isdigit())
+    return int(digits) if digits else 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,7 @@ class ExploitRule(ABC):
 
     name: ClassVar[str]
     lua: ClassVar[str | None] = None  # decide.lua's mode for this rule; None: the arbiter calls choose()
+    windowed: ClassVar[bool] = False  # True: the arbiter calls choose_windowed() with the members' score windows
 
     def __init__(self, spec: ExploitSpec) -> None:
         self.spec = spec
@@ -85,6 +117,12 @@ class ExploitRule(ABC):
     @abstractmethod
     def choose(self, snapshot: Snapshot, member: str, score: float, rng: random.Random) -> str | None:
         """The donor; ``score`` is the member's own (NaN if unusable). Must take its draws from ``rng`` only."""
+
+    def choose_windowed(self, snapshot: Snapshot, member: str, rng: random.Random,
+                        windows: Callable[[str], Sequence[float]]) -> str | None:
+        """A ``windowed`` rule's choice, reading any member's last ``exploit.window`` scores from ``windows``."""
+        own = dict(snapshot).get(member, math.nan)
+        return self.choose(snapshot, member, own, rng)
 
 
 class ExploreRule(ABC):

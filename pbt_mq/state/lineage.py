@@ -103,12 +103,18 @@ def _replay_one(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineage], recs
     rng = decision_rng(cfg.seed, rec.member, rec.seq)
     chosen = rec.chosen_donor
     board = rec.leaderboard
-    if cfg.multi:  # the member's own place is its Pareto score on the board it saw (control.pyrule)
+    if cfg.multi or cfg.exploit.window > 1:  # its own place: its Pareto score, or its window's mean, on that board
         score = dict(board or []).get(rec.member, math.nan)
     if cfg.exploit.in_burn_in(rec.step):  # no rule ran, no draw was taken
         return f"log says donor {chosen} at step {rec.step}, in the burn-in" if chosen else None
+    due = _due(cfg, rec)
+    if due is None:
+        return None  # ready by seconds, ranked on the latest scores: the log keeps no ready point to tell
+    if not due:  # exploit.subpopulations: not its turn, no rule ran, no draw was taken
+        return f"log says donor {chosen} at step {rec.step}, not a ready point its sub-population exploits" if chosen \
+            else None
     if board is not None:
-        donor = exploit_rule(cfg.exploit).choose(board, rec.member, score, rng)
+        donor = _choose(cfg, rec, board, score, rng)
         if donor != chosen:
             return f"log says donor {chosen}, replay picks {donor}"
     elif rec.n is not None and exploit_rule(cfg.exploit).lua is not None and not cfg.multi:  # else: needs its board
@@ -148,7 +154,7 @@ def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineag
     if cfg.exploit.in_burn_in(rec.step) or (rule.lua == "none" and not cfg.multi):
         pick = None  # no rule ran, no draw was taken
     elif rec.leaderboard is not None:
-        pick = rule.choose(rec.leaderboard, rec.member, math.nan, rng)
+        pick = _choose(cfg, rec, rec.leaderboard, math.nan, rng)
     else:
         return None  # a board over 64 members: the log keeps too little to re-derive it
     if pick not in (rec.parent or None, rec.declined_donor) and not (pick is None and rec.declined_donor is None):
@@ -164,6 +170,25 @@ def _replay_replacement(cfg: Experiment, rec: Lineage, by_ckpt: dict[str, Lineag
     if hp != rec.next_hparams:
         return f"log says {rec.next_hparams}, replay gives {hp}"
     return None
+
+
+def _choose(cfg: Experiment, rec: Lineage, board: list[tuple[str, float]], score: float, rng: Any) -> str | None:
+    """The rule re-run on the board a decision saw (a windowed rule, ttest, on the windows it compared)."""
+    rule = exploit_rule(cfg.exploit)
+    if rule.windowed:
+        compared = rec.windows or {}
+        return rule.choose_windowed(board, rec.member, rng, lambda m: compared.get(m, []))
+    return rule.choose(board, rec.member, score, rng)
+
+
+def _due(cfg: Experiment, rec: Lineage) -> bool | None:
+    """Was the member's sub-population due to exploit at this decision (None: the log cannot tell)?"""
+    if not cfg.exploit.subpopulations:
+        return True
+    point = rec.step if cfg.ready.steps is not None else rec.board_at
+    if point is None:
+        return None
+    return cfg.exploit.due(rec.member, point // (cfg.ready.steps or 1))
 
 
 def _exploits_by_counts(cfg: Experiment, rec: Lineage, rng: Any) -> bool:

@@ -255,7 +255,7 @@ BROKEN = [
     ("quantile 0", BASE + "[exploit]\nquantile = 0\n", "exploit.quantile: must be >= 1e-09, got 0"),
     ("bad ties", BASE + "[exploit]\nties = 'coin'\n", "exploit.ties: must be one of strict, rank, random; got 'coin'"),
     ("bad exploit rule", BASE + "[exploit]\nrule = 'elitist'\n",
-     "exploit.rule: unknown exploit rule 'elitist'; one of truncation, tournament, none, or a plug-in 'module:callable'"),
+     "exploit.rule: unknown exploit rule 'elitist'; one of truncation, tournament, ttest, none, or a plug-in 'module:callable'"),
     ("bad plug-in form", BASE + "[exploit]\nrule = 'my rules:best'\n",
      "exploit.rule: 'my rules:best' is not a plug-in reference like 'package.module:callable'"),
     ("bad factors", BASE + "[explore]\nfactors = [0.8, -1]\n",

@@ -20,7 +20,13 @@
 -- ARGV[13] the member's step
 -- ARGV[14] exploit.synch: the round, the member's ready point ('' when asynchronous, or for a final decision):
 --          ZADD KEYS[7]; while a live member's last ready point in KEYS[7] is below it, reply 'wait'
--- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, board...}
+-- KEYS[8]  pbt:{EXP}:windows     (HASH; member -> its last ARGV[15] scores, space separated, oldest first: the
+--          window of the checkpoint in KEYS[3]; written only when ARGV[15] > 1)
+-- ARGV[15] exploit.window k: with k > 1 the member's window is the 'window' field of KEYS[1] (its segment's
+--          start checkpoint's, written by the commit) plus this score, its last k kept, and the member is ranked
+--          on their mean (rules.window mirrors it: the same sum, in the same order)
+-- Returns {status, meta_state, n, worse, better, k, donor, donor_score, donor_record, own_window, donor_window,
+--          board...} (the windows '' unless ARGV[15] > 1)
 --   status 'dup': the seq is already decided or the member ended (nothing written);
 --   status 'ahead': the member is at an older seq than the event (nothing written);
 --   status 'wait': the score is recorded but the round is not complete ({'wait', meta_state}).
@@ -36,6 +42,28 @@ if not seq or tonumber(seq) < tonumber(ARGV[2]) then
 end
 local member, score, finite = ARGV[1], ARGV[3], ARGV[4] == '1'
 local board = KEYS[5]
+local window_k = tonumber(ARGV[15]) or 1
+local own_window = ''
+if window_k > 1 and finite then
+  local values = {}
+  for v in string.gmatch(redis.call('HGET', KEYS[1], 'window') or '', '%S+') do
+    local x = tonumber(v)  -- anything else written there (by hand) is skipped, never an error
+    if x and x == x and x ~= math.huge and x ~= -math.huge then
+      values[#values + 1] = x
+    end
+  end
+  values[#values + 1] = tonumber(score)
+  local kept, sum = {}, 0
+  for i = math.max(1, #values - window_k + 1), #values do
+    kept[#kept + 1] = string.format('%.17g', values[i])
+    sum = sum + values[i]
+  end
+  own_window = table.concat(kept, ' ')
+  score = string.format('%.17g', sum / #kept)
+  redis.call('HSET', KEYS[8], member, own_window)
+elseif window_k > 1 then
+  redis.call('HDEL', KEYS[8], member)
+end
 if finite then
   redis.call('ZADD', KEYS[2], score, member)
   redis.call('HSET', KEYS[3], member, ARGV[5])
@@ -101,7 +129,7 @@ elseif rule == 'tournament' and others > 0 then
     index = index + 1
   end
 end
-local donor, donor_score, record = '', '', ''
+local donor, donor_score, record, donor_window = '', '', '', ''
 if index >= 0 then
   local hit = redis.call('ZREVRANGE', board, index, index, 'WITHSCORES')
   local better_than_own = (not finite) or (tonumber(hit[2]) > tonumber(score))
@@ -117,9 +145,12 @@ if index >= 0 then
   if hit[1] and better_than_own then
     donor, donor_score = hit[1], hit[2]
     record = redis.call('HGET', KEYS[3], donor) or ''
+    if window_k > 1 then
+      donor_window = redis.call('HGET', KEYS[8], donor) or ''
+    end
   end
 end
-local reply = {'ok', meta_state, n, worse, better, k, donor, donor_score, record}
+local reply = {'ok', meta_state, n, worse, better, k, donor, donor_score, record, own_window, donor_window}
 if n <= tonumber(ARGV[9]) then
   local entries = redis.call('ZREVRANGE', board, 0, -1, 'WITHSCORES')
   for i = 1, #entries do
