@@ -23,6 +23,7 @@ from pbt_mq.config.experiment import Experiment, GCSettings, LineageSettings, Re
 from pbt_mq.config.reader import ConfigError, Reader, is_number
 from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
 from pbt_mq.rules.base import ExploitSpec, ExploreSpec
+from pbt_mq.rules.crossover import window as crossover_window
 from pbt_mq.rules.plugins import BOARD_MAX
 from pbt_mq.rules.registry import EXPLOIT_RULES, EXPLORE_RULES, missing_requirement
 
@@ -128,6 +129,9 @@ def parse(raw: dict[str, Any]) -> Experiment:
     if exp.multi and (exp.exploit.window > 1 or exp.exploit.rule == "ttest"):
         raise ConfigError("exploit.window / ttest: a window of scores needs one metric; with several metrics "
                           "(multi-objective) leave exploit.window at 1 and use truncation or tournament")
+    if exp.explore.rule == "crossover" and exp.lineage.redis_window < crossover_window(exp.population):
+        raise ConfigError(f"lineage.redis_window: crossover reads the newest {crossover_window(exp.population)} records "
+                          f"from Redis (4 per member); keep at least that many there (got {exp.lineage.redis_window})")
     if exp.explore.rule == "pb2" and exp.lineage.redis_window < PB2_HISTORY:
         raise ConfigError(f"lineage.redis_window: PB2 reads the newest {PB2_HISTORY} records from Redis;"
                           f" keep at least {PB2_HISTORY} there (got {exp.lineage.redis_window})")

@@ -119,10 +119,13 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = (out / "results.md").read_text()
     for heading in ("## The paper's toy", "## Digits", "## Non-stationary", "## Non-stationary, asynchronous",
-                    "## Reinforcement learning", "## Character language", "## Two objectives", "## Targets"):
+                    "## Reinforcement learning", "## Character language", "## Two objectives", "## A deceptive schedule",
+                    "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 8 + 4 + 3 + 4 + 3 + 2 + 2 and all(r["state"] == "done" for r in runs)
+    assert len(runs) == 8 + 4 + 3 + 4 + 3 + 2 + 2 + 3 and all(r["state"] == "done" for r in runs)
+    assert {r["arm"] for r in runs if r["study"] == "deceptive"} == {"PBT (vanilla)", "random search", "PB2"}
+    assert "deceptive: the task is deceptive" in text
     assert {r["arm"] for r in runs if r["study"] == "pareto"} == {"MO-PBT", "PBT, weighted sum", "random search"}
     assert all(len(r["final_points"]) == 4 for r in runs if r["study"] == "pareto")  # every member's last values
     assert "pareto: MO-PBT's median hypervolume" in text
@@ -140,7 +143,8 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     steps = {r["arm"]: r["steps_trained"] for r in runs if r["study"] == "digits"}
     assert steps["random search"] == 4 * 100 and steps["best RS config alone"] == 100
     pytest.importorskip("matplotlib")
-    for name in ("toy.png", "digits.png", "drift.png", "rising.png", "pareto.png", "cartpole.png", "charlm.png"):
+    for name in ("toy.png", "digits.png", "drift.png", "rising.png", "pareto.png", "cartpole.png", "charlm.png",
+                 "deceptive.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in text
     assert not (out / "work" / "checkpoints").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -140,3 +141,20 @@ def by_arm(runs: Sequence[Run], study: str) -> dict[str, list[Run]]:
         if run.study == study:
             out.setdefault(run.arm, []).append(run)
     return out
+
+
+def bootstrap_ci(xs: Sequence[float], n: int = 4000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, so a report is reproducible)."""
+    v = [x for x in xs if math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(v) for _ in v) / len(v) for _ in range(n))
+    return means[int((1 - level) / 2 * (n - 1))], means[int((1 + level) / 2 * (n - 1))]
+
+
+def log_ratios(rs: Sequence[Run], base: Sequence[Run]) -> list[float]:
+    """Per seed, ln(the arm's final best / the baseline's on the same seed): < 0, the arm ended lower."""
+    by_seed = {r.seed: final_best(r) for r in base}
+    return [math.log(final_best(r) / by_seed[r.seed]) for r in rs
+            if r.seed in by_seed and final_best(r) > 0 and by_seed[r.seed] > 0]

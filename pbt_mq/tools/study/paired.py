@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbt_mq.core.keys import Keys
-from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.tools.study.analysis import (
     Arm,
     Run,
@@ -32,7 +30,7 @@ from pbt_mq.tools.study.analysis import (
 )
 from pbt_mq.tools.study.report import COLORS, band, replayed
 from pbt_mq.tools.study.tables import fmt_spread, table, verdict
-from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, run_experiment, warm_up
+from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, best_metrics, run_experiment, warm_up
 
 ARMS = (Arm("PBT"), Arm("random search", ("exploit.rule=none", "explore.rule=none")))
 
@@ -170,15 +168,6 @@ def schedules_table(runs: Sequence[Run]) -> str:
             cells.append(f"{_short(vals[0])} -> {_short(vals[-1])} ({changes})")
         rows.append([r.seed, *cells])
     return table(["seed", *names], rows)
-
-
-def best_metrics(r: Any, run: Run) -> dict[str, float]:
-    """Every metric the final best segment reported (its ready event carries them)."""
-    rec = best_record(run)
-    for _, fields in r.xrange(Keys(run.exp).events):
-        if fields.get(b"member", b"").decode() == rec.member and int(fields.get(b"seq", -1)) == rec.seq:
-            return dict(ReadyEvent.decode(fields[b"msg"]).metrics)
-    return {}
 
 
 def midway(run: Run) -> float:

@@ -31,6 +31,7 @@ from pbt_mq.tools.study.analysis import (
     spread,
     tied_decisions,
 )
+from pbt_mq.tools.study.deceptive import deceptive_figure, deceptive_section
 from pbt_mq.tools.study.pareto import pareto_figure, pareto_section
 from pbt_mq.tools.study.rising import rising_figure, rising_section
 from pbt_mq.tools.study.tables import fmt_spread, table, verdict
@@ -237,7 +238,8 @@ def write_report(out: Path, runs: Sequence[Run], command: str, elapsed_s: float,
                            ("Digits: PBT vs random search at equal compute", digits_section),
                            ("Non-stationary: the best lr falls 10x halfway", drift_section),
                            ("Non-stationary, asynchronous: the loss jumps and the best lr rises 10x", rising_section),
-                           ("Two objectives: accuracy against model size (hypervolume)", pareto_section)):
+                           ("Two objectives: accuracy against model size (hypervolume)", pareto_section),
+                           ("A deceptive schedule: greedy now, worse later (known optimum)", deceptive_section)):
         study = section.__name__.split("_")[0]
         if not any(r.study == study for r in runs):
             continue
@@ -279,7 +281,7 @@ def draw(out: Path, runs: Sequence[Run]) -> list[str]:
         return []
     names = []
     for study, fn in (("toy", _toy_figure), ("digits", _digits_figure), ("drift", _drift_figure),
-                      ("rising", rising_figure), ("pareto", pareto_figure)):
+                      ("rising", rising_figure), ("pareto", pareto_figure), ("deceptive", deceptive_figure)):
         if any(r.study == study for r in runs):
             fig = Figure(figsize=(13, 4.2), dpi=100, layout="constrained")
             fn(fig, by_arm(runs, study))

@@ -21,10 +21,12 @@ from pbt_mq.tools.study.analysis import (
     Arm,
     Run,
     best_schedule,
+    bootstrap_ci,
     by_arm,
     compute_steps,
     curve,
     final_best,
+    log_ratios,
     mean_log,
     spread,
 )
@@ -33,13 +35,22 @@ from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, run_experiment, war
 
 STEP, LATEST, FIXED = "PBT, compare = step", "PBT, compare = latest", "fixed population"
 SYNCH = "PBT, synch"  # exploit.synch: every ready point decided once all members reported it (issue 17)
+# issue 23's options, each on its own, and together: do they stop the collapse onto one lr after the shift?
+WINDOW, TTEST, SUBPOP, CROSS, ALL = ("PBT, window 4", "PBT, ttest", "PBT, subpopulations", "PBT, crossover",
+                                     "PBT, window+subpop+crossover")
 ARMS = (
     Arm(STEP, ("exploit.compare=step",)),
     Arm(LATEST, ("exploit.compare=latest",)),
     Arm(SYNCH, ("exploit.compare=step", "exploit.synch=true")),
     Arm(FIXED, ("exploit.rule=none", "explore.rule=none")),
+    Arm(WINDOW, ("exploit.window=4",)),
+    Arm(TTEST, ("exploit.rule=ttest", "exploit.window=4")),
+    Arm(SUBPOP, ("exploit.subpopulations=[1, 4, 0]",)),
+    Arm(CROSS, ("explore.rule=crossover",)),
+    Arm(ALL, ("exploit.window=4", "exploit.subpopulations=[1, 4, 0]", "explore.rule=crossover")),
 )
-COLORS = {STEP: "tab:blue", LATEST: "tab:red", SYNCH: "tab:green", FIXED: "tab:gray"}
+COLORS = {STEP: "tab:blue", LATEST: "tab:red", SYNCH: "tab:green", FIXED: "tab:gray", WINDOW: "tab:orange",
+          TTEST: "tab:brown", SUBPOP: "tab:purple", CROSS: "tab:olive", ALL: "tab:cyan"}
 
 
 def rising_study(fleet: Fleet, scale: Scale) -> list[Run]:
@@ -97,7 +108,28 @@ def rising_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
     text += ("\n\n(lr columns: the step-weighted geometric mean lr of the final best model's schedule; the best "
              "lr rises 10x at the shift. A rewind past the shift: an exploit made at or after it that handed over "
              "a checkpoint from before it.)")
+    if FIXED in arms:
+        text += "\n\n" + paired_table(arms)
     return text, rising_targets(arms)
+
+
+def paired_table(arms: dict[str, list[Run]]) -> str:
+    """Each PBT arm against the fixed population on the same seed: wins, the ratio of final losses
+    (geometric mean over seeds, with a seeded bootstrap 95% interval), and the worst seeds."""
+    rows = []
+    fixed_worst = max(final_best(r) for r in arms[FIXED])
+    for arm, rs in arms.items():
+        if arm == FIXED:
+            continue
+        ratios = log_ratios(rs, arms[FIXED])
+        lo, hi = bootstrap_ci(ratios)
+        mean = sum(ratios) / len(ratios) if ratios else math.nan
+        worst = max(final_best(r) for r in rs)
+        rows.append([arm, f"{sum(x < 0 for x in ratios)}/{len(ratios)}", f"{math.exp(mean):.3g}",
+                     f"[{math.exp(lo):.3g}, {math.exp(hi):.3g}]", f"{worst:.4g} vs {fixed_worst:.4g}",
+                     "yes" if hi < 0 else "no" if lo > 0 else "not resolved"])
+    return table(["arm", "seeds it beats the fixed population", "final loss / fixed's (geo. mean)",
+                  "95% bootstrap interval", "worst seed vs fixed's worst", "better (interval below 1)"], rows)
 
 
 def rising_targets(arms: dict[str, list[Run]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""``pbt study``: does PBT work here? Six comparisons on the real system, one command.
+"""``pbt study``: does PBT work here? Seven comparisons on the real system, one command.
 
 1. The paper's toy (workers/toy.toml): PBT vs exploit-only vs explore-only vs neither.
 2. Digits (workers/digits.toml): PBT vs random search at equal compute (the same initial
@@ -12,6 +12,8 @@
 6. Real training (``study.paired``): PPO (workers/cartpole.toml, run on Acrobot-v1: see
    ``study.rl``) and a character transformer language model (workers/charlm.toml), PBT vs
    random search at equal compute.
+7. A deceptive schedule (workers/deceptive.toml, study.deceptive): greedy lr choices pay at once and
+   cost later; vanilla PBT and its less greedy options against a known optimal schedule.
 
 Every run is a real experiment on a real fleet (``tools.fleet.fleet``: a private
 redis-server, one pbt-arbiter and N pbt-worker processes). Runs go one at a time, so every
@@ -33,6 +35,7 @@ from pathlib import Path
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.fleet import fleet
+from pbt_mq.tools.study.deceptive import deceptive_study
 from pbt_mq.tools.study.lm import CHARLM
 from pbt_mq.tools.study.pareto import pareto_study
 from pbt_mq.tools.study.report import write_report
@@ -41,7 +44,7 @@ from pbt_mq.tools.study.rl import CARTPOLE
 from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
 
 STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study,
-           "pareto": pareto_study}
+           "pareto": pareto_study, "deceptive": deceptive_study}
 
 PAIRED = (CARTPOLE, CHARLM)  # PBT vs random search on real training (study.paired); they report themselves
 ALL = {**STUDIES, **{task.name: task.run for task in PAIRED}}

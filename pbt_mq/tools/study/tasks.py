@@ -16,11 +16,12 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_file
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Meta
+from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.observe.stats import experiment_stats
 from pbt_mq.state.experiment import launch
 from pbt_mq.state.lineage import records, replay_decisions
 from pbt_mq.tools.local import watch
-from pbt_mq.tools.study.analysis import Arm, Run, best_hparams, final_best
+from pbt_mq.tools.study.analysis import Arm, Run, best_hparams, best_record, final_best
 
 EXAMPLES = Path(_workers.__file__).resolve().parent
 
@@ -108,6 +109,15 @@ def run_experiment(fleet: Fleet, study: str, arm: str, file: Path, sets: Sequenc
     print(f"  {study:<7} {arm:<18} seed {seed}: {run.state} in {wall_s:5.1f} s, "
           f"final best {cfg.metric} {final_best(run):.4g}", flush=True)
     return run
+
+
+def best_metrics(r: Any, run: Run) -> dict[str, float]:
+    """Every metric the final best segment reported (its ready event carries them)."""
+    rec = best_record(run)
+    for _, fields in r.xrange(Keys(run.exp).events):
+        if fields.get(b"member", b"").decode() == rec.member and int(fields.get(b"seq", -1)) == rec.seq:
+            return dict(ReadyEvent.decode(fields[b"msg"]).metrics)
+    return {}
 
 
 def warm_up(fleet: Fleet, file: Path, sets: Sequence[str]) -> None:
