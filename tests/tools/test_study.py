@@ -13,6 +13,7 @@ import pytest
 from pbt_mq.config.parse import load_file
 from pbt_mq.core.model import Lineage
 from pbt_mq.tools.study import analysis as study
+from pbt_mq.tools.study import deceptive, rising
 from pbt_mq.tools.study import report as study_report
 from pbt_mq.tools.study import tasks as study_tasks
 
@@ -123,14 +124,14 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
                     "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 8 + 4 + 3 + 4 + 3 + 2 + 2 + 3 and all(r["state"] == "done" for r in runs)
-    assert {r["arm"] for r in runs if r["study"] == "deceptive"} == {"PBT (vanilla)", "random search", "PB2"}
+    assert len(runs) == 8 + 4 + 3 + 9 + 3 + 2 + 2 + 7 and all(r["state"] == "done" for r in runs)
+    assert {r["arm"] for r in runs if r["study"] == "deceptive"} == {arm.label for arm in deceptive.ARMS}
     assert "deceptive: the task is deceptive" in text
     assert {r["arm"] for r in runs if r["study"] == "pareto"} == {"MO-PBT", "PBT, weighted sum", "random search"}
     assert all(len(r["final_points"]) == 4 for r in runs if r["study"] == "pareto")  # every member's last values
     assert "pareto: MO-PBT's median hypervolume" in text
-    assert {r["arm"] for r in runs if r["study"] == "rising"} == {
-        "PBT, compare = step", "PBT, compare = latest", "PBT, synch", "fixed population"}
+    assert {r["arm"] for r in runs if r["study"] == "rising"} == {arm.label for arm in rising.ARMS}
+    assert "seeds it beats the fixed population" in text  # issue 23's options, paired with the fixed population
     for task, heldout in (("cartpole", "return_heldout"), ("charlm", "test_loss")):  # PBT and RS, same compute
         arms = {r["arm"]: r for r in runs if r["study"] == task}
         assert set(arms) == {"PBT", "random search"} and arms["random search"]["actions"].get("exploit", 0) == 0
