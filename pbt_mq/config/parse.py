@@ -123,9 +123,12 @@ def parse(raw: dict[str, Any]) -> Experiment:
         raw=raw,
     )
     r.done()
-    if (exp.exploit.rule == "ttest" or exp.exploit.subpopulations) and exp.population > BOARD_MAX:
-        raise ConfigError(f"population.size: exploit.rule = ttest and exploit.subpopulations rank in Python on a board "
-                          f"of at most {BOARD_MAX} members; got {exp.population} (use truncation or tournament)")
+    in_python = exp.exploit.rule == "ttest" or exp.exploit.subpopulations or ":" in exp.exploit.rule
+    if in_python and (exp.exploit.rule == "ttest" or exp.exploit.subpopulations or exp.exploit.window > 1) \
+            and exp.population > BOARD_MAX:
+        raise ConfigError(f"population.size: exploit.rule = ttest, exploit.subpopulations, and a plug-in rule with "
+                          f"exploit.window > 1 rank in Python on a board of at most {BOARD_MAX} members; got "
+                          f"{exp.population} (use truncation or tournament)")
     if exp.multi and (exp.exploit.window > 1 or exp.exploit.rule == "ttest"):
         raise ConfigError("exploit.window / ttest: a window of scores needs one metric; with several metrics "
                           "(multi-objective) leave exploit.window at 1 and use truncation or tournament")

@@ -20,6 +20,7 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, ExperimentState, Lineage, ScoredCheckpoint, Why
 from pbt_mq.core.protocol import CheckpointRef, ProtocolError, ReadyEvent, SegmentCommand
+from pbt_mq.rules import window
 from pbt_mq.rules.base import ExploreContext, decision_rng
 from pbt_mq.rules.registry import RuleError, exploit_rule, explore_rule
 
@@ -89,7 +90,7 @@ class Reply:
         board = raw[11:]
         return cls(
             status, text(raw[1]), *(int(x) for x in raw[2:6]), donor=text(raw[6]), donor_record=text(raw[8]),
-            own_window=text(raw[9]), donor_window=text(raw[10]),
+            own_window=window.encode(window.parse(raw[9])), donor_window=window.encode(window.parse(raw[10])),
             board=[(text(m), float(v)) for m, v in zip(board[::2], board[1::2], strict=True)] if board else None,
         )
 

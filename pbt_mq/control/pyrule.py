@@ -60,7 +60,8 @@ def pick_in_python(pipe: Any, decider: Decider, prep: Prepared, raw: Sequence[An
     n = len(others) + 1
     return dataclasses.replace(
         reply, donor=donor or "", donor_record=text(record) if record else "", board=board, n=n,
-        donor_window=text(pipe.hget(prep.keys[7], donor) or b"") if donor and cfg.exploit.window > 1 else "",
+        donor_window=window.encode(window.parse(pipe.hget(prep.keys[7], donor))) if donor and cfg.exploit.window > 1
+        else "",
         windows=compared or None,
         worse=sum(s < own for s in others) if math.isfinite(own) else 0,
         better=sum(s > own for s in others) if math.isfinite(own) else len(others),

@@ -39,6 +39,7 @@ from pbt_mq.core.keys import GROUP, Keys
 from pbt_mq.core.model import Action, ExperimentState, Lineage, Member, ScoredCheckpoint, Why
 from pbt_mq.core.protocol import CheckpointRef, ProtocolError, SegmentCommand
 from pbt_mq.core.space import sample_all
+from pbt_mq.rules import window
 from pbt_mq.rules.base import ExploreContext, decision_rng
 from pbt_mq.state.finish import fail_member, last_line
 from pbt_mq.state.segments import enqueue_segment
@@ -125,7 +126,7 @@ class Replacer:
         elif decider.exploit.lua != "none" and (prep.args[5] != "none" or prep.python):  # the rule gave nothing usable
             donor, source = self._best_usable(cfg, pipe, prep, reply)
             if donor and cfg.exploit.window > 1:
-                start_window = text(pipe.hget(prep.keys[7], donor) or b"")
+                start_window = window.encode(window.parse(pipe.hget(prep.keys[7], donor)))
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
         if donor and source:
             ctx = ExploreContext(cfg.spaces, cfg.population, ev.member, source.step, cfg.higher_is_better,
@@ -154,7 +155,8 @@ class Replacer:
                      reply: Reply) -> tuple[str | None, ScoredCheckpoint | None]:
         board = reply.board or [(m.decode(), s) for m, s in pipe.zrevrange(prep.keys[4], 0, SNAPSHOT_MAX - 1,
                                                                              withscores=True)]
-        members = [m for m, _ in board]
+        member = text(prep.args[0])  # sub-populations: a replacement also copies only slower members
+        members = [m for m, _ in board if m != member and cfg.exploit.may_copy(member, m)]
         for m, raw in zip(members, pipe.hmget(prep.keys[2], *members) if members else [], strict=True):
             if raw is not None and self._usable(cfg, d := ScoredCheckpoint.from_json(raw)):
                 return m, d

@@ -2,7 +2,8 @@
 
 Jaderberg et al. (2017, section 4.1): a member draws one other member uniformly at random and
 compares their last k scores (here ``exploit.window = k``, kept per member along its lineage by
-``decide.lua``, so both windows end at aligned ready points); it copies the other only if the
+``decide.lua``; the other's is its latest window, so the two end at the same ready point only with
+``exploit.synch``, as the paper's were its agents' latest episodes); it copies the other only if the
 other's mean is higher *and* Welch's t-test rejects equal means at ``exploit.level``. One noisy
 evaluation therefore never sets off an exploit, at the cost of exploiting less often than
 truncation: a member far behind still copies at once, one slightly behind keeps training.

@@ -99,3 +99,13 @@ def test_donors_come_with_their_window_and_the_rule_ranks_on_means(r):
             exploits += 1
             assert window.parse(reply.donor_window) == windows[pure]
     assert exploits > 20
+
+
+def test_a_donor_window_of_junk_bytes_reaches_the_arbiter_cleaned(r):
+    """Bytes written into pbt:{EXP}:windows by hand are no number and no text: the reply drops them."""
+    fresh(r, ["m0", "m1"])
+    r.zadd(K.scores, {"m1": 9.0})
+    r.hset(K.ckpts, "m1", json.dumps({"key": "m1"}))
+    r.hset(K.windows, "m1", b"\xff\xfe 8 \x00 10")
+    reply = decide(r, "m0", 0, 1.0, 3, "truncation", 0.0, 0.5)
+    assert reply.donor == "m1" and window.parse(reply.donor_window) == [8.0, 10.0]
