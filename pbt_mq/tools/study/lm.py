@@ -6,7 +6,11 @@ The full study runs the file as it is (see its header for the sizes), 5 seeds pe
 
 from __future__ import annotations
 
-from pbt_mq.tools.study.paired import PairedTask
+from pbt_mq.tools.study.analysis import Arm
+from pbt_mq.tools.study.paired import ARMS, PairedTask
+
+LM_ARMS = (*ARMS, Arm("PBT, window+subpop+crossover", ("exploit.window=4", "exploit.subpopulations=[1, 4, 0]",
+                                                      "explore.rule=crossover")))
 
 CHARLM = PairedTask(
     name="charlm",
@@ -15,4 +19,5 @@ CHARLM = PairedTask(
     label="validation loss",
     heldout="test_loss",
     quick=("population.size=4", "stop.steps=40", "ready.steps=20"),
+    arms=LM_ARMS,
 )

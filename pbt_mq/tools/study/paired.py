@@ -20,8 +20,10 @@ from pbt_mq.tools.study.analysis import (
     Arm,
     Run,
     actions,
+    best_hparams,
     best_record,
     best_schedule,
+    bootstrap_ci,
     by_arm,
     compute_steps,
     curve,
@@ -30,9 +32,11 @@ from pbt_mq.tools.study.analysis import (
 )
 from pbt_mq.tools.study.report import COLORS, band, replayed
 from pbt_mq.tools.study.tables import fmt_spread, table, verdict
-from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, best_metrics, run_experiment, warm_up
+from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, best_metrics, initial_set, run_experiment, warm_up
 
-ARMS = (Arm("PBT"), Arm("random search", ("exploit.rule=none", "explore.rule=none")))
+RS = Arm("random search", ("exploit.rule=none", "explore.rule=none"))
+ARMS = (Arm("PBT"), RS)
+ALONE = "best RS config alone"  # random search's best configuration per seed, retrained as a population of one
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class PairedTask:
     full: tuple[str, ...] = ()  # --set overrides for the full study (the file as is: none)
     quick: tuple[str, ...] = ()  # and for --quick, a CI smoke test
     unit: str = "steps"  # what one step is, for the table (e.g. "x 256 env steps")
+    arms: tuple[Arm, ...] = ARMS  # "PBT" (the file as is) and random search first; issue 23's options after
 
     def run(self, fleet: Fleet, scale: Scale) -> list[Run]:
         file = EXAMPLES / self.file
@@ -54,8 +59,13 @@ class PairedTask:
         warm_up(fleet, file, sets)
         runs = []
         for seed in range(scale.seeds):
-            for arm in ARMS if seed % 2 == 0 else ARMS[::-1]:  # alternate, so drift in load evens out
-                run = run_experiment(fleet, self.name, arm.label, file, [*sets, *arm.sets], seed)
+            done = {}
+            for arm in self.arms if seed % 2 == 0 else self.arms[::-1]:  # alternate, so drift in load evens out
+                done[arm.label] = run_experiment(fleet, self.name, arm.label, file, [*sets, *arm.sets], seed)
+            if RS.label in done:  # the best configuration random search found, trained alone: 1/n of the compute
+                alone = [*sets, "population.size=1", initial_set([best_hparams(done[RS.label])]), *RS.sets]
+                done[ALONE] = run_experiment(fleet, self.name, ALONE, file, alone, seed)
+            for run in done.values():
                 run.stats["best_metrics"] = best_metrics(fleet.r, run)
                 runs.append(run)
         return runs
@@ -74,6 +84,8 @@ class PairedTask:
         text = table(["arm", f"final best {self.label}: median [IQR]", "per seed", "best halfway",
                       f"{self.heldout} of that model", "wall s", f"steps trained ({self.unit})", "exploits/run",
                       "decisions replayed"], rows)
+        if RS.label in arms:
+            text += "\n\n" + paired_table(arms, self.label)
         if "PBT" in arms:
             text += "\n\nSchedules PBT found (the final best model's, per seed: first -> last value, and how " \
                     "many times it changed):\n\n" + schedules_table(arms["PBT"])
@@ -154,6 +166,27 @@ def schedule_panel(ax: Any, name: str, arms: dict[str, list[Run]]) -> None:
     ax.set_ylim(*((lo / pad, hi * pad) if pad else (lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))))
     ax.set_title(name, fontsize=9)
     ax.tick_params(labelsize=7)
+
+
+def paired_table(arms: dict[str, list[Run]], label: str) -> str:
+    """Every arm against random search on the same seed (the same initial population): the mean paired
+    difference (positive: the arm is better) with a seeded bootstrap 95% interval, wins, and worst seeds."""
+    base = {r.seed: better(r, final_best(r)) for r in arms[RS.label]}
+    worst_rs = min(base.values())
+    sign = 1.0 if arms[RS.label][0].cfg.mode == "max" else -1.0
+    rows = []
+    for arm, rs in arms.items():
+        if arm == RS.label:
+            continue
+        diffs = [better(r, final_best(r)) - base[r.seed] for r in rs if r.seed in base]
+        lo, hi = bootstrap_ci(diffs)
+        mean = sum(diffs) / len(diffs) if diffs else math.nan
+        worst = min(better(r, final_best(r)) for r in rs)
+        rows.append([arm, f"{sum(d > 0 for d in diffs)}/{len(diffs)} ({sum(d < 0 for d in diffs)} lost)",
+                     f"{mean:+.4g}", f"[{lo:+.4g}, {hi:+.4g}]", f"{sign * worst:.4g} vs {sign * worst_rs:.4g}",
+                     "yes" if lo > 0 else "no" if hi < 0 else "not resolved"])
+    return table(["arm", "seeds it beats random search", f"mean paired gain in {label} (+: better)",
+                  "95% bootstrap interval", "worst seed vs random search's worst", "better (interval above 0)"], rows)
 
 
 def schedules_table(runs: Sequence[Run]) -> str:
