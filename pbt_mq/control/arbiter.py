@@ -43,6 +43,7 @@ from pbt_mq.core.model import Lineage
 from pbt_mq.core.protocol import ProtocolError, ReadyEvent
 from pbt_mq.rules.plugins import PluginError
 from pbt_mq.rules.registry import RuleError
+from pbt_mq.state.archive import readable
 from pbt_mq.state.experiment import load_config, running_experiments
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,8 @@ def _history(pipe: Any, k: Keys) -> Any:
     def read(n: int) -> list[Lineage]:
         if n <= 0:
             return []
-        return [Lineage.from_entry(i, f) for i, f in reversed(pipe.xrevrange(k.lineage, "+", "-", count=n))]
+        return readable(k.prefix, [Lineage.from_entry(i, f) for i, f in reversed(pipe.xrevrange(k.lineage, "+", "-",
+                                                                                            count=n))])
     return read
 
 

@@ -174,6 +174,9 @@ class Decider:
             return Plan(DUPLICATE, None, score)
         if reply.status == "ahead":
             raise ProtocolError(f"seq: event is for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
+        if reply.status == "bad":
+            raise ProtocolError(f"{ev.member}'s member hash field {reply.meta_state} is not a number (written by hand?);"
+                                " the reaper fails the member")
         if reply.meta_state != ExperimentState.RUNNING:
             reason, target = f"experiment {reply.meta_state or 'gone'}", False
         board: dict[str, Any] = {"board": prep.board, "board_at": prep.board_at}

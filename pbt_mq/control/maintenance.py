@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -46,6 +48,7 @@ class Maintenance:
         self._trimmed = 0.0
         self._archived = 0.0
         self._gc_at: dict[str, float] = {}
+        self._reported: set[tuple[str, ...]] = set()
 
     def tick(self, configs: dict[str, Experiment], now: float) -> None:
         """Run what is due (``now``: time.monotonic())."""
@@ -67,11 +70,9 @@ class Maintenance:
         experiment whose members all finished if the decision that should have ended it did not
         (its reply was lost with the connection after EXEC committed)."""
         for e, cfg in list(configs.items()):
-            try:
+            with self.isolated("reaper", e):
                 self.stats["requeued"] += sweep(self.r, e, cfg, self.reap_grace_ms)
                 complete_if_all_finished(self.r, cfg, e, Meta.read(self.r, Keys(e).meta, "finished").finished)
-            except redis.RedisError as exc:
-                log.warning("reaper: %s: %s", e, exc)
 
     def collect_garbage(self, configs: dict[str, Experiment], now: float, final: bool = False) -> None:
         """Delete checkpoints no one needs, every ``gc.interval_s`` per experiment (and once at its end)."""
@@ -79,40 +80,32 @@ class Maintenance:
             if not cfg.gc.enabled or (not final and now - self._gc_at.get(e, 0.0) < cfg.gc.interval_s):
                 continue
             self._gc_at[e] = now
-            try:
+            with self.isolated("gc", e):
                 self.stats["gc_deleted"] += collect(self.r, e, cfg, self.store(e), min_age_s=0.0 if final else None)
-            except (redis.RedisError, StoreError) as exc:
-                log.warning("gc: %s: %s", e, exc)
 
     def trim_boards(self, configs: dict[str, Experiment], everything: bool = False) -> None:
         """Boards (exploit.compare = "step") every live member has passed. Once it ended (``everything``):
         all of them and the round state, where members stood (``reached``, kept by synchronous rounds on
         any board too; a resumed run rebuilds it, ``state.experiment.unpause``)."""
         for e, cfg in configs.items():
-            try:
+            with self.isolated("trim boards", e):
                 if everything and (cfg.exploit.compare == "step" or cfg.exploit.synch):
                     self.stats["boards_trimmed"] += drop_rounds(self.r, e)
                 elif cfg.exploit.compare == "step":
                     self.stats["boards_trimmed"] += trim_boards(self.r, e)
-            except redis.RedisError as exc:
-                log.warning("trim boards: %s: %s", e, exc)
 
     def trim(self, configs: dict[str, Experiment]) -> None:
         """Bound every running experiment's events stream (trim.py)."""
         for e, cfg in configs.items():
-            try:
+            with self.isolated("trim", e):
                 self.stats["trimmed"] += trim_events(self.r, e, self.events_retention_s, now_ms(), bool(cfg.tracking))
-            except redis.RedisError as exc:
-                log.warning("trim: %s: %s", e, exc)
 
     def archive(self, configs: dict[str, Experiment]) -> None:
         """Move each experiment's lineage beyond ``[lineage] redis_window`` to its store (state.archive)."""
         for e, cfg in configs.items():
-            try:
+            with self.isolated("archive", e):
                 keep = tracking_floor(self.r, e, "lineage") if cfg.tracking else None
                 self.stats["archived"] += archive(self.r, self.store(e), e, cfg.lineage.redis_window, keep_from=keep)
-            except (redis.RedisError, StoreError) as exc:
-                log.warning("archive: %s: %s", e, exc)
 
     def ended(self, ended: dict[str, Experiment], now: float) -> None:
         """Experiments that stopped running: a last collection leaves each member's final checkpoint
@@ -138,6 +131,22 @@ class Maintenance:
         for e in ended:
             self.stores.pop(e, None)
             self._gc_at.pop(e, None)
+
+    @contextmanager
+    def isolated(self, what: str, exp: str) -> Iterator[None]:
+        """One experiment's share of a maintenance pass: Redis or store trouble is logged and retried next
+        pass; anything else (a record written by hand that no release writes) is logged once, with the
+        experiment, and that experiment's share skipped, so one bad record never stops the daemon."""
+        try:
+            yield
+        except (redis.RedisError, StoreError) as exc:
+            log.warning("%s: %s: %s", what, exp, exc)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point: every other experiment goes on
+            said = (what, exp, type(exc).__name__, str(exc))
+            if said not in self._reported:
+                self._reported.add(said)
+                log.error("%s: %s: skipped (%s: %s); a record of this experiment is not what any release writes: "
+                          "fix or delete it with redis-cli (this is said once)", what, exp, type(exc).__name__, exc)
 
     def store(self, exp: str) -> Store:
         if exp not in self.stores:

@@ -60,6 +60,8 @@ def find_orphans(r: Any, exp: str, cfg: Experiment, grace_ms: int, now: int | No
     queued_jobs, *rows = pipe.execute()
     in_queue = {j.decode() for j in queued_jobs}
     members = {m: Member.pick(FIELDS, row) for m, row in zip(ids, rows, strict=True)}
+    for m in [m for m, h in members.items() if h.problems]:
+        fail_unreadable(r, cfg, exp, m, members.pop(m))
     now = now if now is not None else now_ms()
     mine = cfg.queue + "@"
     homes = {m: h.queue for m, h in members.items() if h.state is MemberState.QUEUED and h.job
@@ -97,6 +99,17 @@ def find_orphans(r: Any, exp: str, cfg: Experiment, grace_ms: int, now: int | No
             pipe.hsetnx(k.member(m), "limbo_ms", now)
         pipe.execute()
     return orphans
+
+
+def fail_unreadable(r: Any, cfg: Experiment, exp: str, member: str, h: Member) -> None:
+    """A member whose hash holds what no release writes (redis-cli): it alone fails, with what was wrong."""
+    if h.state is not None and h.state.ended:
+        return
+    key = Keys(exp).member(member)
+    reason = (f"its record {key} is unreadable: {'; '.join(h.problems)}; the member is failed so that the rest of "
+              "the experiment goes on")
+    if fail_member(r, cfg, exp, member, -1, reason):
+        log.error("%s %s: %s", exp, member, reason)
 
 
 def _in_private_queues(r: Any, jobs: dict[str, tuple[str, str]]) -> set[str]:

@@ -84,7 +84,7 @@ class Replacer:
                         pipe.unwatch()
                         self.r.xack(k.events, GROUP, entry_id)
                         return "duplicate"
-                    if reply.status == "ahead":
+                    if reply.status in ("ahead", "bad"):
                         raise ProtocolError(f"seq: failed event for seq {ev.seq} but {ev.member} is at seq {reply.meta_state}")
                     h = Member.read(pipe, k.member(ev.member), "replaced", "replaced_step")
                     in_a_row = h.replaced + 1 if h.replaced_step is not None and ev.step <= h.replaced_step else 1

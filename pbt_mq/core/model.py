@@ -113,18 +113,40 @@ def _decode(kind: Any, raw: bytes | str | None) -> Any:
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     if text == "" and kind is not str:
         return None
-    if kind == "json":
-        return json.loads(text)
-    if kind is float:
-        return float(text)
-    if kind is int:
-        return int(float(text)) if "." in text or "e" in text else int(text)
+    try:
+        if kind == "json":
+            return json.loads(text)
+        if kind is float:
+            return float(text)
+        if kind is int:
+            return int(float(text)) if "." in text or "e" in text else int(text)
+    except (ValueError, OverflowError):
+        raise ValueError({"json": "not JSON", float: "not a number", int: "not an integer"}[kind]) from None
     if isinstance(kind, type) and issubclass(kind, Enum):
         try:
             return kind(text)
         except ValueError:
-            return None  # a state this release does not know (a newer writer): treated as absent
+            raise ValueError(f"not one of {', '.join(v.value for v in kind)}") from None
     return text
+
+
+def _check_shape(annotation: Any, kind: Any, value: Any, raw: Any) -> None:
+    """A JSON field must hold what its annotation says (a dict, a list), numbers must be finite where
+    an int is meant; raises ValueError otherwise."""
+    if value is None or kind != "json":
+        return
+    want = str(annotation)
+    if want.startswith("dict") and not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    if want.startswith("list") and not isinstance(value, list):
+        raise ValueError("not a JSON list")
+
+
+def shown(raw: Any, limit: int = 60) -> str:
+    """A raw Redis value for a message: decoded, control characters escaped, cut to ``limit`` characters."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    out = repr(text[:limit]) + ("..." if len(text) > limit else "")
+    return out
 
 
 R = TypeVar("R", bound="Record")
@@ -134,6 +156,7 @@ class Record:
     """Shared by the records below: encode a partial update, decode a whole hash or stream entry."""
 
     TITLE: ClassVar[str] = ""
+    problems: ClassVar[tuple[str, ...]] = ()  # set on a decoded record whose fields did not all decode
 
     @classmethod
     @cache
@@ -154,17 +177,30 @@ class Record:
 
     @classmethod
     def decode(cls: type[R], raw: Mapping[Any, Any]) -> R:
-        """A typed record from ``HGETALL`` (or a stream entry's fields); absent fields take their defaults."""
-        text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
-        kw = {}
+        """A typed record from ``HGETALL`` (or a stream entry's fields); absent fields take their defaults.
+
+        Every record read from Redis comes through here, and anyone may have written it (redis-cli, another
+        release), so this never raises: a field that does not decode to its type takes its default, and the
+        record's ``problems`` say which and what it held, for the caller to isolate and report."""
+        text = {(k.decode(errors="replace") if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}
+        kw, problems = {}, []
         for f in fields(cls):  # type: ignore[arg-type]
             if "kind" not in f.metadata or f.name not in text:
                 continue
-            value = _decode(f.metadata["kind"], text[f.name])
+            kind = f.metadata["kind"]
+            try:
+                value = _decode(kind, text[f.name])
+                _check_shape(f.type, kind, value, text[f.name])
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                problems.append(f"{f.name} = {shown(text[f.name])} ({exc})")
+                value = None
             if value is None and f.default is not MISSING:
                 value = f.default
             kw[f.name] = value
-        return cls(**kw)
+        rec = cls(**kw)
+        if problems:
+            object.__setattr__(rec, "problems", tuple(problems))
+        return rec
 
     @classmethod
     def names(cls, *names: str) -> tuple[str, ...]:

@@ -227,7 +227,20 @@ def read(r: Any, exp: str, after: str | None = None) -> list[Lineage]:
             recs = _cache.get(url, chunk)
             out.extend(recs if floor is None else [rec for rec in recs if id_tuple(rec.id) > floor])
     out.extend(Lineage.from_entry(i, _pairs(f)) for i, f in live)
-    return out
+    return readable(exp, out)
+
+
+def readable(exp: str, recs: list[Lineage]) -> list[Lineage]:
+    """The records every release writes: an action, every field of its type. Anything else (an entry added
+    by hand with redis-cli) is left out, and said in one line, so every reader goes on without it."""
+    bad = [rec for rec in recs if rec.problems or rec.action is None]
+    if not bad:
+        return recs
+    first = bad[0]
+    why = "; ".join(first.problems) or "no action"
+    log.warning("%s: skipped %d unreadable lineage record%s (the first, entry %s: %s)", exp, len(bad),
+                "" if len(bad) == 1 else "s", first.id or "?", why)
+    return [rec for rec in recs if not (rec.problems or rec.action is None)]
 
 
 def _pairs(fields: Any) -> dict[Any, Any]:

@@ -14,6 +14,7 @@ from pbt_mq.broker.jobs import queue_for
 from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_json
+from pbt_mq.config.reader import ConfigError
 from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, new_experiment_id, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
 from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, Why
@@ -83,7 +84,13 @@ def load_config(r: Any, exp: str) -> Experiment:
     text, schema = r.hmget(Keys(exp).meta, "config", "schema")
     if text is None:
         raise UnknownExperiment(exp)
-    return _parse_cached(text.decode(), int(schema or 1))
+    try:
+        return _parse_cached(text.decode(errors="replace"), int(schema or 1))
+    except (ConfigError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"experiment {exp}: its stored config ({Keys(exp).meta}, fields config and schema) is "
+                          f"unreadable, so it cannot be read, resumed or exported ({detail[:300]}); launch it again "
+                          "from its experiment file") from None
 
 
 def read_meta(r: Any, exp: str) -> Meta:

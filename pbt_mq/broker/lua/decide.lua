@@ -29,12 +29,19 @@
 --          board...} (the windows '' unless ARGV[15] > 1)
 --   status 'dup': the seq is already decided or the member ended (nothing written);
 --   status 'ahead': the member is at an older seq than the event (nothing written);
+--   status 'bad': the member's seq is not a number (written by hand; nothing written: {'bad', field});
 --   status 'wait': the score is recorded but the round is not complete ({'wait', meta_state}).
 --   A donor with no scored checkpoint (its latest score was not finite) comes back with an empty record.
 -- Mirrors rules.exploit exactly, on the board KEYS[5]: ties rank as in ZREVRANGE (member id descending);
 -- ties = random splits u as the pure rule does (u * (t + 1) = j + the rest), with no other draw.
 local seq, state = unpack(redis.call('HMGET', KEYS[1], 'seq', 'state'))
-if state == 'done' or state == 'failed' or (seq and tonumber(seq) > tonumber(ARGV[2])) then
+if state == 'done' or state == 'failed' then
+  return {'dup'}
+end
+if seq and not tonumber(seq) then  -- written by hand: the reaper fails the member; this event waits for it
+  return {'bad', 'seq'}
+end
+if seq and tonumber(seq) > tonumber(ARGV[2]) then
   return {'dup'}
 end
 if not seq or tonumber(seq) < tonumber(ARGV[2]) then
