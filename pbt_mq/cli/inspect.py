@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from pbt_mq.broker.connect import connect
-from pbt_mq.cli.options import env_option, state_options
+from pbt_mq.cli.options import RAW_OUTPUT, env_option, state_options
 from pbt_mq.core import settings
 from pbt_mq.observe import plot, top
 from pbt_mq.observe.export import checkpoint_file, export, export_front
@@ -199,6 +199,9 @@ def cmd_top(a: argparse.Namespace) -> int:
     return top.live(r, a.experiment, follower, console, a.interval, a.stale_s)
 
 
+
+
+RAW_OUTPUT.add(cmd_top)  # it draws with ANSI; its data is escaped (core.terminal.safe_tree)
 
 
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:

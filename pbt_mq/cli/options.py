@@ -23,6 +23,7 @@ from pbt_mq.broker.connect import RedisUnavailable
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.core import settings
 from pbt_mq.core.settings import SettingError
+from pbt_mq.core.terminal import SafeStream
 from pbt_mq.observe.lineage import NoCheckpoint
 from pbt_mq.state.experiment import UnknownExperiment
 from pbt_mq.store.base import StoreError
@@ -51,9 +52,24 @@ class FromEnv:
 
 
 def env_option(p: argparse.ArgumentParser, *flags: str, env: str, help: str, **kw: Any) -> None:
-    default = settings.SETTINGS[env].default
-    shown = "" if default is None else f", default {default}"
+    """A flag whose default is a ``PBT_*`` setting; given on the command line, it is checked as the setting
+    is (the same bounds, the same line: ``--workers 0`` is refused as ``PBT_LOCAL_WORKERS=0`` would be)."""
+    setting = settings.SETTINGS[env]
+    shown = "" if setting.default is None else f", default {setting.default}"
+    if kw.get("type") in (int, float):
+        kw["type"] = _checked(setting, kw["type"])
     p.add_argument(*flags, default=FromEnv(env), help=f"{help} (env {env}{shown})", **kw)
+
+
+def _checked(setting: settings.Setting, cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return cast(setting.parse(text))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {setting.expects}, got {text!r}") from None
+
+    parse.__name__ = cast.__name__
+    return parse
 
 
 def redis_option(p: Any) -> None:
@@ -129,5 +145,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, default_lev
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     a = resolve(parser.parse_args(argv))
+    if getattr(a, "fn", None) not in RAW_OUTPUT:  # pbt top draws with ANSI itself, on cleaned data
+        sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)  # type: ignore[assignment]
     setup_logging(getattr(a, "log_level", None) or settings.read("PBT_LOG_LEVEL"), default_level)
     return guard(fn or a.fn, a, parser.prog)
+
+
+RAW_OUTPUT: set[Callable[..., Any]] = set()  # commands whose output is not escaped (``core.terminal``)

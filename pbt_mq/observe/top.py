@@ -28,6 +28,7 @@ from rich.text import Text
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import WORKERS, Keys, worker_key
 from pbt_mq.core.model import Action, Heartbeat, Meta
+from pbt_mq.core.terminal import safe_tree
 from pbt_mq.state.experiment import status
 from pbt_mq.state.lineage import records
 
@@ -117,7 +118,7 @@ def snapshot(r: Any, exp: str, follower: Follower, stale_s: float) -> dict[str, 
         m["last_exploit"] = follower.last_exploit.get(m["id"])
         m["worker_health"] = health.get(m["worker"], "gone") if m["worker"] else ""
         m["flag"] = m["state"] == "running" and m["worker_health"] != "ok"
-    return {
+    return safe_tree({  # user-written strings (values, ids, errors) are shown escaped, never interpreted
         **st,
         "elapsed_s": ((done or now) - created) / 1000,
         "events_per_s": rate(r, k.events, now, created, EVENTS_WINDOW_MS),
@@ -125,7 +126,7 @@ def snapshot(r: Any, exp: str, follower: Follower, stale_s: float) -> dict[str, 
         "actions": dict(follower.actions),
         "workers": fleet,
         "stale_s": stale_s,
-    }
+    })
 
 
 def render(snap: dict[str, Any]) -> Group:
@@ -173,8 +174,8 @@ def members_table(snap: dict[str, Any]) -> Table:
             str(m["step"]),
             "-" if m["score"] is None else f"{m['score']:.6g}",
             trend_text(m["trend"], up),
-            " ".join(f"{k}={_short(v)}" for k, v in sorted(m["hparams"].items())),
-            exploit_text(last),
+            Text(" ".join(f"{k}={_short(v)}" for k, v in sorted(m["hparams"].items()))),
+            Text(exploit_text(last)),
         )
     return tab
 
@@ -205,9 +206,9 @@ def workers_table(snap: dict[str, Any]) -> Table:
     for w in snap["workers"]:
         style = {"ok": "green", "stale": "bold yellow", "gone": "bold red"}[w["health"]]
         tab.add_row(
-            w["id"], Text(w["health"].upper() if w["health"] != "ok" else "ok", style=style), f"{w['age_s']:.1f}s ago",
-            w.get("device", "-"), w.get("current") or "-", w.get("segments", "-"),
-            f"{w.get('warm', '-')}/{w.get('cold', '-')}",
+            Text(w["id"]), Text(w["health"].upper() if w["health"] != "ok" else "ok", style=style),
+            f"{w['age_s']:.1f}s ago", Text(str(w.get("device", "-"))), Text(str(w.get("current") or "-")),
+            str(w.get("segments", "-")), f"{w.get('warm', '-')}/{w.get('cold', '-')}",
         )
     return tab
 

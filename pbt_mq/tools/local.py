@@ -27,6 +27,7 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.config.parse import load_file
 from pbt_mq.core import settings
 from pbt_mq.core.model import ExperimentState
+from pbt_mq.core.terminal import escape_controls
 from pbt_mq.observe.stats import experiment_stats, format_stats
 from pbt_mq.observe.status import format_status
 from pbt_mq.state.experiment import launch, pause, status, unpause
@@ -164,11 +165,12 @@ class _LiveView:
     """A rich Live panel when stdout is a terminal."""
 
     def __init__(self) -> None:
-        self.live = Live(Text(""), console=Console(), refresh_per_second=4, transient=False)
+        # its own ANSI goes to the terminal as is (the CLI escapes sys.stdout); the text it shows is escaped here
+        self.live = Live(Text(""), console=Console(file=sys.__stdout__), refresh_per_second=4, transient=False)
         self.live.start()
 
     def update(self, text: str) -> None:
-        self.live.update(Text(text))
+        self.live.update(Text(escape_controls(text)))
 
     def close(self) -> None:
         self.live.stop()
