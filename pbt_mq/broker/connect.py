@@ -36,6 +36,7 @@ def connect(url: str, check: bool = True, retries: int = 8) -> redis.Redis:
     except ValueError as exc:
         raise RedisUnavailable(f"Redis URL {redact(url)!r} is not valid: {exc}") from None
     if check:
+        first_contact(url)
         try:
             r.ping()
         except redis.AuthenticationError as exc:
@@ -52,6 +53,51 @@ def connect(url: str, check: bool = True, retries: int = 8) -> redis.Redis:
             except redis.RedisError as exc:
                 raise RedisUnavailable(f"Redis Cluster at {redact(url)}: {exc}") from None
     return r
+
+
+FIRST_CONTACT_S = 5.0  # how long the first PING may take before a wrong password or TLS setting is named
+
+
+def first_contact(url: str) -> None:
+    """One PING without retries, so that what retrying cannot fix fails at once with its cause and the
+    setting to change: a missing or wrong password, TLS against a plain server and the reverse. Anything
+    else (refused: Redis restarting) is left to the retrying client."""
+    tls = url.startswith("rediss://")
+    setting = "(--redis / PBT_REDIS_URL)"
+    try:
+        probe_client = redis.Redis.from_url(url, socket_connect_timeout=FIRST_CONTACT_S, socket_timeout=FIRST_CONTACT_S,
+                                            retry=Retry(NoBackoff(), 0), retry_on_error=[])
+    except ValueError:
+        return  # the caller's from_url says what is wrong with the URL
+    try:
+        probe_client.ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        text = str(exc)
+        if isinstance(exc, redis.AuthenticationError) or any(
+                w in text for w in ("NOAUTH", "HELLO must be called", "WRONGPASS", "invalid password", "NOPERM")):
+            missing = "@" not in url.split("://", 1)[-1]
+            raise RedisUnavailable(
+                f"Redis at {redact(url)}: authentication failed ({text.split(',')[0]}): "
+                + ("the server requires a password; put it in the URL, redis://:PASSWORD@host:port/db "
+                   if missing else "check the user and password in the URL ") + setting) from None
+    except redis.TimeoutError:
+        if tls:
+            raise RedisUnavailable(f"Redis at {redact(url)}: no TLS handshake within {FIRST_CONTACT_S:g} s; if the "
+                                   f"server does not use TLS, use redis:// instead of rediss:// {setting}") from None
+        raise RedisUnavailable(f"Redis at {redact(url)}: no answer within {FIRST_CONTACT_S:g} s; if the server "
+                               f"requires TLS, use rediss:// {setting}") from None
+    except redis.ConnectionError as exc:
+        text = str(exc).lower()
+        if tls and ("ssl" in text or "wrong version" in text or "record layer" in text):
+            raise RedisUnavailable(f"Redis at {redact(url)}: TLS failed ({exc}); if the server does not use TLS, "
+                                   f"use redis:// instead of rediss:// {setting}") from None
+        if not tls and ("reset by peer" in text or "closed by server" in text or "protocol" in text):
+            raise RedisUnavailable(f"Redis at {redact(url)}: the server closed the connection ({exc}); if it "
+                                   f"requires TLS, use rediss:// {setting}") from None
+    except redis.RedisError:
+        return  # e.g. LOADING: the retrying client waits it out
+    finally:
+        probe_client.close()
 
 
 def redact(url: str) -> str:

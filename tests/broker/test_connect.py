@@ -73,3 +73,39 @@ def test_unreachable_redis_is_one_clear_line():
     assert "cannot reach Redis" in res.stderr and "PBT_REDIS_URL" in res.stderr
     assert "Traceback" not in res.stderr
     assert time.monotonic() - start < 60  # not a benchmark: only that it gives up
+
+
+def timed(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    res = pbt(*args)
+    return res, time.monotonic() - start
+
+
+def test_a_missing_password_is_one_line_naming_the_setting_in_seconds(tmp_path):
+    """Issue 24: without a password the client retried its HELLO for 91 s; it is refused at once now."""
+    binary = redis_binary()
+    if not binary:
+        unavailable("redis-server missing")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD,
+                             "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_port(port, proc, timeout_s=10)
+        res, took = timed("list", "--redis", f"redis://127.0.0.1:{port}/0")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and took < 10, (took, res.stderr)
+        assert len(lines) == 1 and "requires a password" in lines[0] and "PBT_REDIS_URL" in lines[0], res.stderr
+        res, took = timed("list", "--redis", f"rediss://127.0.0.1:{port}/0")  # TLS against a plain server
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and took < 10, (took, res.stderr)
+        assert len(lines) == 1 and "use redis:// instead of rediss://" in lines[0], res.stderr
+    finally:
+        stop_proc(proc)
+
+
+def test_plain_against_a_tls_server_is_one_line_in_seconds(tls_acl_redis):
+    plain = tls_acl_redis.replace("rediss://", "redis://").split("?")[0]
+    res, took = timed("list", "--redis", plain)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and took < 10, (took, res.stderr)
+    assert len(lines) == 1 and "use rediss://" in lines[0] and PASSWORD not in lines[0], res.stderr
