@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from pbt_mq.config.reader import ConfigError
 from pbt_mq.dashboard.data import BATCH, Board, ExperimentView, dumps
 from pbt_mq.state.experiment import UnknownExperiment
 
@@ -64,6 +65,8 @@ def answer(handler: Any) -> Any:
             return await handler(request)
         except UnknownExperiment as exc:
             return json_response({"error": str(exc)}, 404)
+        except ConfigError as exc:  # this experiment's stored config is unreadable: it alone, and said why
+            return json_response({"error": str(exc)}, 422)
         except ValueError as exc:
             return json_response({"error": f"bad parameter: {exc}"}, 400)
         except redis.RedisError as exc:

@@ -19,7 +19,6 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -91,21 +90,28 @@ class Guard:
             if not is_loopback(_host_name(headers.get("host", ""))):
                 await _answer(send, 403, "this dashboard serves loopback only (Host header is not a loopback name)")
                 return
-        elif not (self._bearer_ok(headers.get("authorization", "")) or self._cookie_ok(headers.get("cookie", ""))):
+        else:
+            signed_in = self._bearer_ok(headers.get("authorization", "")) or self._cookie_ok(headers.get("cookie", ""))
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             given = [v for k, v in query if k == "token"]
-            if given and hmac.compare_digest(_digest(given[-1]), self.token_digest) and scope["method"] == "GET":
+            valid = bool(given) and hmac.compare_digest(_digest(given[-1]), self.token_digest)
+            if given and (valid or signed_in) and scope["method"] in ("GET", "HEAD"):
+                # a token in the address leaves it every time (history, screenshots), signed in or not
                 rest = urlencode([(k, v) for k, v in query if k != "token"])
                 location = "/" + quote(path.lstrip("/")) + (f"?{rest}" if rest else "")  # never //host
                 secure = "; Secure" if scope.get("scheme") == "https" else ""
-                await _answer(send, 303, "signed in", [
-                    ("location", location),
-                    ("set-cookie", f"{COOKIE}={self.cookie}; Path=/; HttpOnly; SameSite=Lax{secure}"),
-                ])
+                cookie = [("set-cookie", f"{COOKIE}={self.cookie}; Path=/; HttpOnly; SameSite=Lax{secure}")]
+                await _answer(send, 303, "signed in", [("location", location), *(cookie if valid else [])])
                 return
+            if signed_in:
+                return await self._pass(scope, receive, send)
             await _answer(send, 401, "this dashboard needs its token: send 'Authorization: Bearer TOKEN',"
                           " or open /?token=TOKEN once in a browser", [("www-authenticate", 'Bearer realm="pbt"')])
             return
+        await self._pass(scope, receive, send)
+
+    async def _pass(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                    send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             await _answer(send, 405, "read-only: GET and HEAD only", [("allow", "GET, HEAD")])
             return
@@ -117,15 +123,14 @@ class Guard:
                 and hmac.compare_digest(_digest(value.strip()), self.token_digest))
 
     def _cookie_ok(self, header: str) -> bool:
-        if not header:
-            return False
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(header)
-        except CookieError:
-            return False
-        morsel = jar.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(_digest(morsel.value), _digest(self.cookie))
+        """Ours among the request's cookies, parsed as RFC 6265 says browsers send them: ``name=value`` pairs
+        separated by ``;`` (another site's cookie, whatever its syntax or order, changes nothing)."""
+        for pair in header.split(";"):
+            name, eq, value = pair.strip().partition("=")
+            if eq and name.strip() == COOKIE and hmac.compare_digest(_digest(value.strip().strip('"')),
+                                                                   _digest(self.cookie)):
+                return True
+        return False
 
     @staticmethod
     def _with_headers(send: Callable[[Any], Awaitable[None]], no_store: bool) -> Callable[[Any], Awaitable[None]]:

@@ -16,6 +16,7 @@ Everything here is plain data (dicts of JSON types); ``api`` serializes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 
 from pbt_mq.config.experiment import Experiment
+from pbt_mq.config.reader import ConfigError
 from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState, Member, Meta
@@ -42,6 +44,7 @@ DUTY = 0.25  # at most this fraction of the wall time spent reading for one view
 BATCH = 5000  # lineage entries read per refresh
 MAX_VIEWS = 32  # experiments kept in memory (least recently watched dropped first)
 LIST_LIMIT = 200  # newest experiments in the list
+UNREADABLE = "its stored config is unreadable (written by hand?): pbt status EXP says why"
 
 
 def dumps(obj: Any) -> str:
@@ -246,6 +249,12 @@ class Board:
                     self.list_pace.done(started, LIST_INTERVAL_S)
         return self.list_rows
 
+    def _config_or_none(self, exp: str) -> Experiment | None:
+        try:
+            return self._config(exp)
+        except ConfigError:
+            return None
+
     def _config(self, exp: str) -> Experiment:
         if exp not in self.configs:
             self.configs[exp] = load_config(self.r, exp)
@@ -267,9 +276,12 @@ class Board:
             meta, top = Meta.pick(fields, replies[2 * n]), replies[2 * n + 1]
             if meta.state is None:
                 continue  # launched a moment ago: its meta is not written yet
-            best = None
-            if top:
-                best = {"member": top[0][0].decode(), "score": metric_value(self._config(e), top[0][1])}
+            best, cfg = None, self._config_or_none(e)
+            if cfg is None:  # its stored config is unreadable: listed, with the reason, and nothing read from it
+                meta = dataclasses.replace(meta, state=ExperimentState.FAILED if meta.state is ExperimentState.RUNNING
+                                           else meta.state, reason=UNREADABLE)
+            elif top:
+                best = {"member": top[0][0].decode(errors="replace"), "score": metric_value(cfg, top[0][1])}
             rows[e] = {
                 "experiment": e, "name": meta.name, "state": str(meta.state), "reason": meta.reason or None,
                 "metric": meta.metric, "mode": meta.mode, "population": meta.population, "finished": meta.finished,
@@ -294,6 +306,7 @@ class Board:
     def _progress(self, running: list[str], rows: dict[str, dict[str, Any]]) -> None:
         """These experiments' progress: one HMGET per member, pipelined."""
         pipe = self.r.pipeline(transaction=False)
+        running = [e for e in running if self._config_or_none(e) is not None]
         cfgs = {e: self._config(e) for e in running}
         for e in running:
             for m in member_ids(cfgs[e].population):

@@ -96,10 +96,13 @@ def workers(r: Any, now: int, stale_s: float) -> list[dict[str, Any]]:
         pipe.hgetall(worker_key(wid.decode()))
     out = []
     for (wid, beat), h in zip(seen, pipe.execute(), strict=True):
-        d = {a.decode(): b.decode() for a, b in h.items()}
-        age = (now - (Heartbeat.decode(h).beat_ms or int(beat))) / 1000
-        health = "gone" if not d else ("stale" if age > stale_s else "ok")
-        out.append({"id": wid.decode(), "health": health, "age_s": age, **d})
+        rec = Heartbeat.decode(h)  # typed; a field written by hand takes its default (rec.problems says which)
+        present = {a.decode(errors="replace") for a in h}
+        d = {name: getattr(rec, name) for name in Heartbeat.spec() if name in present}
+        age = (now - (rec.beat_ms or int(beat))) / 1000
+        health = "gone" if not h else ("stale" if age > stale_s else "ok")
+        out.append({"id": wid.decode(errors="replace"), "health": health, "age_s": age, **d,
+                    **({"problems": list(rec.problems)} if rec.problems else {})})
     return out
 
 

@@ -104,7 +104,8 @@ def test_lua_scripts_write_only_known_fields_and_states():
              "none", "rank", "random", "strict", "stale job (member is ", "experiment is ", " with job ", ")",
              "-inf", "+inf", "(", "1", "", "XRANGE", "XTRIM", "MINID", "COUNT", "-", "+", "XADD", "*", "msg", "published", "superseded", "ended",
              "HGETALL", "LPOP",
-             "%S+", "%.17g", " "}  # decide.lua's exploit.window: split on spaces, format as Python's rules.window
+             "%S+", "%.17g", " ",  # decide.lua's exploit.window: split on spaces, format as Python's rules.window
+             "bad", "seq"}  # decide.lua's reply to a seq that is no number
     unknown = set()
     for path in LUA.glob("*.lua"):
         code = "\n".join(line.split("--", 1)[0] for line in path.read_text().splitlines())
