@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from redis.cluster import ClusterPipeline, RedisCluster
 
+from pbt_mq.core.ids import experiment_ids
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState
 
@@ -127,7 +128,7 @@ def running_queue_keys(r: Any, bases: list[str], refresh_s: float = 1.0) -> list
     """``rq:queue:{base}:{EXP}`` for every running experiment (ids re-read at most once a second)."""
     now = time.monotonic()
     if now - _running["at"] >= refresh_s:
-        ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+        ids = experiment_ids(r.zrange(EXPERIMENTS, 0, -1))
         pipe = r.pipeline(transaction=False)
         for e in ids:
             pipe.hmget(Keys(e).meta, "state", "queue")

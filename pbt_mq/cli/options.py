@@ -103,9 +103,11 @@ def resolve(ns: argparse.Namespace) -> argparse.Namespace:
     return ns
 
 
-def setup_logging(level: str | None, default: str) -> None:
-    logging.basicConfig(level=getattr(logging, (level or default).upper(), logging.INFO),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def setup_logging(level: str | None, default: str, prog: str = "pbt") -> None:
+    """Daemons (default INFO) log with time and source; the CLI (default WARNING) says what it has to say
+    as ``pbt: MESSAGE``, like its errors."""
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s" if default != "WARNING" else f"{prog}: %(message)s"
+    logging.basicConfig(level=getattr(logging, (level or default).upper(), logging.INFO), format=fmt)
 
 
 def guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
@@ -147,7 +149,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, default_lev
     a = resolve(parser.parse_args(argv))
     if getattr(a, "fn", None) not in RAW_OUTPUT:  # pbt top draws with ANSI itself, on cleaned data
         sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)  # type: ignore[assignment]
-    setup_logging(getattr(a, "log_level", None) or settings.read("PBT_LOG_LEVEL"), default_level)
+    setup_logging(getattr(a, "log_level", None) or settings.read("PBT_LOG_LEVEL"), default_level, parser.prog)
     return guard(fn or a.fn, a, parser.prog)
 
 

@@ -20,7 +20,6 @@ from collections import Counter
 from typing import Any
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from pbt_mq.broker.cluster import POLL_S, is_cluster
 from pbt_mq.broker.pipes import evalsha_many
@@ -29,6 +28,7 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.commit import Committer, Decided
 from pbt_mq.control.decide import Decider
 from pbt_mq.control.events import EventErrors, experiment_of
+from pbt_mq.control.guard import LoopGuard
 from pbt_mq.control.maintenance import Maintenance
 from pbt_mq.control.pyrule import pick_in_python
 from pbt_mq.control.refusals import Refusals
@@ -82,15 +82,13 @@ class Arbiter:
 
     def run(self, burst: bool = False) -> None:
         log.info("arbiter %s started", self.name)
-        backoff = 0.25
+        guard = LoopGuard(f"arbiter {self.name}", self.halt)
         while not self.stopping and not self.halt.is_set():
             try:
                 handled = self.step()
-                backoff = 0.25
-            except (redis.RedisError, RedisClusterException) as exc:  # restarting, failing over, out of memory
-                log.warning("arbiter %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
-                self.halt.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                guard.ok()
+            except Exception as exc:  # noqa: BLE001 - Redis trouble waited out, anything else said once (guard)
+                guard.failed(exc)
                 continue
             if burst and handled == 0 and not self._pending_anywhere():
                 break

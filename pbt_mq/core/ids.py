@@ -41,3 +41,14 @@ def entry_ms(entry_id: bytes | str) -> int:
     """When a Redis stream entry was added: its id's milliseconds."""
     s = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(s.split("-", 1)[0])
+
+
+def experiment_ids(raw: list[bytes]) -> list[str]:
+    """The ids in a ``pbt:experiments`` reply that can be experiments; anything else written there by hand
+    (not UTF-8, not an id) is left out, so no reader trips on it."""
+    out = []
+    for e in raw:
+        text = e.decode(errors="replace") if isinstance(e, bytes) else str(e)
+        if EXPERIMENT_ID.match(text):
+            out.append(text)
+    return out

@@ -23,6 +23,8 @@ from enum import Enum
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
+from pbt_mq.core.codec import check_shape, decode_value, encode_value, shown
+
 SCHEMA = 3  # the record layout of this release; a meta hash without "schema" was written by release 1
 # 2: exploit.compare defaults to "step"; 3: checkpoints in store.format and worker.on_failure defaults to
 # "replace" (state.experiment.load_config)
@@ -89,66 +91,6 @@ def _f(kind: Any, doc: str, default: Any = None) -> Any:
     return field(default=default, metadata={"kind": kind, "doc": doc})
 
 
-def _encode(kind: Any, value: Any) -> Any:
-    if value is None:
-        return ""
-    if kind == "json":
-        return json.dumps(value, sort_keys=True)
-    if kind is float:
-        return repr(float(value))
-    if kind is bytes:
-        return bytes(value)
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        return kind(value).value
-    if kind is str and isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return kind(value)
-
-
-def _decode(kind: Any, raw: bytes | str | None) -> Any:
-    if raw is None:
-        return None
-    if kind is bytes:
-        return raw if isinstance(raw, bytes) else raw.encode()
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    if text == "" and kind is not str:
-        return None
-    try:
-        if kind == "json":
-            return json.loads(text)
-        if kind is float:
-            return float(text)
-        if kind is int:
-            return int(float(text)) if "." in text or "e" in text else int(text)
-    except (ValueError, OverflowError):
-        raise ValueError({"json": "not JSON", float: "not a number", int: "not an integer"}[kind]) from None
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"not one of {', '.join(v.value for v in kind)}") from None
-    return text
-
-
-def _check_shape(annotation: Any, kind: Any, value: Any, raw: Any) -> None:
-    """A JSON field must hold what its annotation says (a dict, a list), numbers must be finite where
-    an int is meant; raises ValueError otherwise."""
-    if value is None or kind != "json":
-        return
-    want = str(annotation)
-    if want.startswith("dict") and not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    if want.startswith("list") and not isinstance(value, list):
-        raise ValueError("not a JSON list")
-
-
-def shown(raw: Any, limit: int = 60) -> str:
-    """A raw Redis value for a message: decoded, control characters escaped, cut to ``limit`` characters."""
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    out = repr(text[:limit]) + ("..." if len(text) > limit else "")
-    return out
-
-
 R = TypeVar("R", bound="Record")
 
 
@@ -172,7 +114,7 @@ class Record:
         for name, value in values.items():
             if name not in spec:
                 raise KeyError(f"{cls.__name__} has no field {name!r}")
-            out[name] = _encode(spec[name][0], value)
+            out[name] = encode_value(spec[name][0], value)
         return out
 
     @classmethod
@@ -189,8 +131,8 @@ class Record:
                 continue
             kind = f.metadata["kind"]
             try:
-                value = _decode(kind, text[f.name])
-                _check_shape(f.type, kind, value, text[f.name])
+                value = decode_value(kind, text[f.name])
+                check_shape(f.type, kind, value, text[f.name])
             except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 problems.append(f"{f.name} = {shown(text[f.name])} ({exc})")
                 value = None
@@ -224,7 +166,7 @@ class Record:
 
     def encode(self) -> dict[str, Any]:
         """Every field that is set, in Redis form (None fields are left out)."""
-        return {name: _encode(kind, getattr(self, name)) for name, (kind, _) in self.spec().items()
+        return {name: encode_value(kind, getattr(self, name)) for name, (kind, _) in self.spec().items()
                 if getattr(self, name) is not None}
 
 

@@ -29,7 +29,7 @@ import redis
 
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.reader import ConfigError
-from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, now_ms
+from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, member_ids, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState, Member, Meta
 from pbt_mq.core.space import CategoricalSpace, FloatSpace
@@ -261,7 +261,7 @@ class Board:
         return self.configs[exp]
 
     def _read_list(self) -> list[dict[str, Any]]:
-        ids = [e.decode() for e in self.r.zrevrange(EXPERIMENTS, 0, LIST_LIMIT - 1)]
+        ids = experiment_ids(self.r.zrevrange(EXPERIMENTS, 0, LIST_LIMIT - 1))
         live = [e for e in ids if e not in self.ended_rows]
         fields = Meta.names("state", "reason", "name", "created_ms", "done_ms", "population", "finished", "metric",
                             "mode")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pbt_mq.core.ids import experiment_ids
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import Member, Meta
 from pbt_mq.state.front import format_front
@@ -14,7 +15,7 @@ _META = ("state", "reason", "metric", "mode")
 def experiment_rows(r: Any) -> list[dict[str, Any]]:
     """Every experiment, oldest first: id, state, reason, metric and its best member (member,
     score in the metric's units, step; None without a finite score). Two pipelined reads in all."""
-    ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+    ids = experiment_ids(r.zrange(EXPERIMENTS, 0, -1))
     pipe = r.pipeline(transaction=False)
     for e in ids:
         pipe.hmget(Keys(e).meta, *Meta.names(*_META))

@@ -15,7 +15,7 @@ from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_json
 from pbt_mq.config.reader import ConfigError
-from pbt_mq.core.ids import EXPERIMENT_ID, member_ids, new_experiment_id, now_ms
+from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, member_ids, new_experiment_id, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
 from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, Why
 from pbt_mq.core.protocol import SegmentCommand
@@ -102,7 +102,7 @@ def read_meta(r: Any, exp: str) -> Meta:
 
 def running_experiments(r: Any) -> dict[str, Meta]:
     """Every running experiment's id and meta (state, queue, population, mode, ...), oldest first."""
-    ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+    ids = experiment_ids(r.zrange(EXPERIMENTS, 0, -1))
     fields = Meta.names("state", "queue", "population", "mode", "store")
     pipe = r.pipeline(transaction=False)
     for e in ids:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pbt_mq.broker.jobs import queue_for
 from pbt_mq.control.reaper import Orphan, requeue
-from pbt_mq.core.ids import member_ids
+from pbt_mq.core.ids import experiment_ids, member_ids
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, WORKERS, Keys, worker_key
 from pbt_mq.core.model import ExperimentState, Member, MemberState, Meta
 from pbt_mq.state.experiment import is_paused, load_config
@@ -37,7 +37,7 @@ CLAIMABLE_IDLE_MS = 86_400_000  # an idle time past any --claim-idle-ms
 def unfinished(r: Any) -> list[str]:
     """Experiments that are neither done, failed nor stopped by a user: running (their fleet died)
     or paused; oldest first."""
-    ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+    ids = experiment_ids(r.zrange(EXPERIMENTS, 0, -1))
     pipe = r.pipeline(transaction=False)
     for e in ids:
         pipe.hmget(Keys(e).meta, *Meta.names("state", "reason"))

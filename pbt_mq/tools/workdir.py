@@ -37,6 +37,7 @@ from typing import Any
 
 from pbt_mq.broker.connect import DEFAULT_URL, connect
 from pbt_mq.core import settings
+from pbt_mq.core.ids import experiment_ids
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import Meta
 from pbt_mq.tools.redis_server import AOF_DIR, AOF_FILE, START_TIMEOUT_S, has_aof, private_redis
@@ -178,7 +179,7 @@ def relocate(r: Any, d: Path) -> list[str]:
     """A work dir that was moved or renamed: its experiments' ``file://`` store still names the old
     ``checkpoints/``; point those whose checkpoints are here, and not there, here. Returns them."""
     here = (d / "checkpoints").resolve()
-    ids = [e.decode() for e in r.zrange(EXPERIMENTS, 0, -1)]
+    ids = experiment_ids(r.zrange(EXPERIMENTS, 0, -1))
     moved = []
     for e in ids:
         store = Meta.read(r, Keys(e).meta, "store").store
