@@ -24,10 +24,12 @@ from pbt_mq.cli.options import (
 from pbt_mq.config.parse import load_file
 from pbt_mq.core import settings
 from pbt_mq.core.keys import worker_key
-from pbt_mq.core.model import ExperimentState, Heartbeat
+from pbt_mq.core.model import Action, ExperimentState, Heartbeat
+from pbt_mq.observe.lineage import record_json
 from pbt_mq.observe.stats import experiment_stats, format_stats
-from pbt_mq.observe.status import experiment_rows, format_status
+from pbt_mq.observe.status import experiment_rows, format_member, format_status
 from pbt_mq.state.experiment import launch, status, stop
+from pbt_mq.state.lineage import records
 from pbt_mq.store.open import open_store
 from pbt_mq.tools.workdir import saved_copy_of
 
@@ -59,8 +61,21 @@ def resolve_store_url(url: str | None, base: Path) -> str:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    st = status(connect(a.redis), a.experiment)
-    print(json.dumps(st, indent=2) if a.json else format_status(st))
+    r = connect(a.redis)
+    st = status(r, a.experiment)
+    if a.member is None:
+        print(json.dumps(st, indent=2) if a.json else format_status(st))
+        return EXIT_OK
+    if a.member not in {m["id"] for m in st["members"]}:
+        raise UsageError(f"{a.experiment} has no member {a.member!r}; its members: {st['members'][0]['id']} .. "
+                         f"{st['members'][-1]['id']}" if st["members"] else f"{a.experiment} has no members")
+    failures = [rec for rec in records(r, a.experiment)
+                if rec.member == a.member and rec.action in (Action.FAILED, Action.REPLACED)]
+    if a.json:
+        row = next(m for m in st["members"] if m["id"] == a.member)
+        print(json.dumps({**row, "failures": [record_json(rec) for rec in failures]}, indent=2))
+    else:
+        print(format_member(st, a.member, failures))
     return EXIT_OK
 
 
@@ -142,8 +157,9 @@ def register(sub: Any) -> None:
     redis_option(s)
     s.set_defaults(fn=cmd_launch)
 
-    s = sub.add_parser("status", help="show an experiment's members")
+    s = sub.add_parser("status", help="show an experiment's members (or one member, with its failures' tracebacks)")
     s.add_argument("experiment")
+    s.add_argument("member", nargs="?", default=None, help="one member: its state and every failure, traceback included")
     s.add_argument("--json", action="store_true")
     state_options(s)
     s.set_defaults(fn=cmd_status)

@@ -14,9 +14,10 @@ from rich.console import Console
 from pbt_mq.broker.connect import connect
 from pbt_mq.cli.options import RAW_OUTPUT, env_option, state_options
 from pbt_mq.core import settings
+from pbt_mq.core.model import Action
 from pbt_mq.observe import plot, top
 from pbt_mq.observe.export import checkpoint_file, export, export_front
-from pbt_mq.observe.lineage import explain, format_lineage, format_phases, phases, record_json, target
+from pbt_mq.observe.lineage import NoCheckpoint, explain, format_lineage, format_phases, phases, record_json, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records
@@ -41,8 +42,26 @@ def cmd_lineage(a: argparse.Namespace) -> int:
         for rec in records(r, a.experiment):
             sys.stdout.write(json.dumps(record_json(rec), sort_keys=True) + "\n")
         return 0
-    tgt = target(r, a.experiment, a.member)
-    segs = explain(records(r, a.experiment), tgt["ckpt_key"])
+    recs = records(r, a.experiment)
+    failed = [rec for rec in recs if a.member and rec.member == a.member and rec.action in (Action.FAILED,
+                                                                                           Action.REPLACED)]
+    try:
+        tgt = target(r, a.experiment, a.member)
+    except NoCheckpoint:
+        if not failed or a.json:
+            raise
+        tgt = None
+    if failed and not a.json:  # a failed member's story starts with its failures (pbt status EXP M: tracebacks)
+        for rec in failed:
+            why = [line for line in (rec.reason or "").strip().splitlines() if line.strip()]
+            print(f"{a.experiment} {rec.member}: segment seq {rec.seq} from step {rec.start_step} {rec.action}: "
+                  f"{why[-1].strip() if why else '(no reason recorded)'}")
+        print(f"the tracebacks: pbt status {a.experiment} {a.member}")
+        if tgt is None:
+            print(f"{a.member} has no checkpoint, so no ancestry")
+            return 0
+    assert tgt is not None
+    segs = explain(recs, tgt["ckpt_key"])
     if a.json:
         doc = {"experiment": a.experiment, "metric": cfg.metric, "mode": cfg.mode, "target": tgt,
                "segments": segs, "phases": phases(segs)}

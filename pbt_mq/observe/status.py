@@ -6,7 +6,7 @@ from typing import Any
 
 from pbt_mq.core.ids import experiment_ids
 from pbt_mq.core.keys import EXPERIMENTS, Keys
-from pbt_mq.core.model import Member, Meta
+from pbt_mq.core.model import Lineage, Member, Meta
 from pbt_mq.state.front import format_front
 
 _META = ("state", "reason", "metric", "mode")
@@ -61,7 +61,37 @@ def format_status(st: dict[str, Any]) -> str:
         score = "-" if m["score"] is None else f"{m['score']:.6g}"
         hp = " ".join(f"{k}={_short(v)}" for k, v in sorted(m["hparams"].items()))
         lines.append(f"{m['id']:<8} {m['state']:<8} {m['step']:>7} {score:>12}  {m['worker'][:24]:<24} {hp}")
+    for m in st["members"]:
+        if m["state"] == "failed":
+            lines.append(f"{m['id']} failed: {last_line(m.get('error') or '')}; its traceback: "
+                         f"pbt status {st['experiment']} {m['id']}")
     return "\n".join(lines)
+
+
+def format_member(st: dict[str, Any], member: str, failures: list[Lineage]) -> str:
+    """``pbt status EXP MEMBER``: one member's state, and every failure of its segments with its traceback."""
+    m = next(row for row in st["members"] if row["id"] == member)
+    score = "-" if m["score"] is None else f"{m['score']:.6g}"
+    lines = [f"{st['experiment']} {member}: {m['state']} at step {m['step']}, {st['metric']}={score}, "
+             f"worker {m['worker'] or '-'}",
+             "hparams: " + (" ".join(f"{k}={_short(v)}" for k, v in sorted(m["hparams"].items())) or "-")]
+    if m.get("reason"):
+        lines.append(f"reason: {m['reason']}")
+    for rec in failures:
+        lines.append(f"segment seq {rec.seq} from step {rec.start_step}: {rec.action}"
+                     + (f" (restarted from {rec.parent} at step {rec.parent_step})" if rec.parent else ""))
+        lines += ["  " + line for line in (rec.reason or "(no reason recorded)").splitlines()]
+    if m.get("error") and not any(m["error"].strip() == (rec.reason or "").strip() for rec in failures):
+        lines.append("last error:")
+        lines += ["  " + line for line in m["error"].splitlines()]
+    if len(lines) == 2:
+        lines.append("no failure recorded")
+    return "\n".join(lines)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no reason recorded)"
 
 
 def _short(v: Any) -> str:

@@ -245,7 +245,10 @@ class Runtime:
         """Retry the segment, or fail the member, but only if this job is still the member's current one."""
         tb = traceback.format_exc(limit=30)[-4000:]
         mkey = Keys(cmd.experiment).member(cmd.member)
-        log.error("segment %s %s seq=%d failed (attempt %d): %s", cmd.experiment, cmd.member, cmd.seq, cmd.attempt, exc)
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+        log.error("segment %s %s seq=%d failed (attempt %d): %s: %s%s (traceback: pbt status %s %s)", cmd.experiment,
+                  cmd.member, cmd.seq, cmd.attempt, type(exc).__name__, exc, at, cmd.experiment, cmd.member)
         with self.r.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(mkey)
