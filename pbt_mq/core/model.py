@@ -330,6 +330,8 @@ class TrackingState(Record):
     sent: int = _f(int, "entries sent", 0)
     lost: int = _f(int, "entries a tracker refused, or that were trimmed before they were sent", 0)
     done_ms: int | None = _f(int, "when the ended experiment was sent in full and its runs were closed")
+    problem: str = _f(str, "what keeps a tracker from working ('' once it works again): pbt status shows it", "")
+    problem_ms: int | None = _f(int, "when that was seen")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ def format_status(st: dict[str, Any]) -> str:
     if rnd:
         lines.append(f"synchronous round at ready point {rnd['at']}: waiting {' '.join(rnd['waiting'])}; "
                      f"still to report: {' '.join(rnd['behind']) or '-'}")
+    if st.get("tracking_problem"):
+        lines.append(f"tracking: {st['tracking_problem']}")
     for arbiter, why in sorted((st.get("refused") or {}).items()):
         lines.append(f"arbiter {arbiter} cannot decide it: {why}")
     lines.append(f"{'member':<8} {'state':<8} {'step':>7} {st['metric']:>12}  {'worker':<24} hparams")

@@ -17,7 +17,7 @@ from pbt_mq.config.parse import load_json
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, member_ids, new_experiment_id, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
-from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, Why
+from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, TrackingState, Why
 from pbt_mq.core.protocol import SegmentCommand
 from pbt_mq.core.space import sample_all
 from pbt_mq.state.front import pareto_front
@@ -146,12 +146,14 @@ def status(r: Any, exp: str) -> dict[str, Any]:
     if top:
         member = top[0][0].decode()
         best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
-    refused = {m.decode(): why.decode() for m, why in r.hgetall(k.refused).items()}
+    refused = {m.decode(errors="replace"): why.decode(errors="replace") for m, why in r.hgetall(k.refused).items()}
+    tracking = TrackingState.read(r, k.tracking, "problem").problem if cfg.tracking else ""
     synch = round_of(r, exp) if cfg.exploit.synch and meta.state is ExperimentState.RUNNING else None  # none after
     return {
         "experiment": exp,
         "state": str(meta.state) if meta.state else None,
         "refused": refused,  # arbiter -> why it cannot decide this experiment (control.refusals)
+        "tracking_problem": tracking or None,  # what keeps a tracker ([tracking]) from working, said by a worker
         "round": synch,  # exploit.synch: the round in progress, {at, waiting, behind}, or None
         "metrics": list(cfg.metrics),
         "modes": list(cfg.modes),

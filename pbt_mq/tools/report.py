@@ -19,6 +19,8 @@ from pbt_mq.tools.workdir import shown
 
 def summary(r: Any, exp: str, st: dict, wall_s: float) -> str:
     lines = [f"\n{exp}: {st['state']} ({st.get('reason') or ''}) in {wall_s:.1f} s"]
+    if st.get("tracking_problem"):  # the run itself went on; what it did not send is said here, not only in logs
+        lines.append(f"tracking: {st['tracking_problem']}")
     if st.get("front") is not None:  # several metrics: the front, not one best
         return "\n".join(lines + format_front(st["front"], st["population"]))
     best = st.get("best")

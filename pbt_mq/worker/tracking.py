@@ -111,25 +111,31 @@ def objectives(cfg: Experiment) -> tuple[str, str]:
 TrackerFactory = Callable[[str, Experiment, str], Tracker]
 
 
-def load_trackers(cfg: Experiment, experiment: str, backends: Mapping[str, TrackerFactory]) -> list[Tracker]:
-    """The experiment's trackers; one that is not installed is reported once and left out."""
-    out = []
+def load_trackers(cfg: Experiment, experiment: str,
+                  backends: Mapping[str, TrackerFactory]) -> tuple[list[Tracker], list[str]]:
+    """The experiment's trackers, and what kept any from starting (each left out, training goes on)."""
+    out, problems = [], []
     for name, target in (("mlflow", cfg.tracking.mlflow), ("wandb", cfg.tracking.wandb)):
         if not target:
             continue
         factory = backends.get(name)
         if factory is None:
-            log.error("%s: [tracking] %s: this worker was started without a %s backend; run pbt-worker",
-                      experiment, name, name)
+            problems.append(f"{name}: this worker was started without a {name} backend; run pbt-worker")
             continue
         try:
             out.append(factory(target, cfg, experiment))
         except ImportError as exc:
-            log.error("%s: [tracking] %s: %s; install it on the workers: pip install 'pbt-mq[%s]'", experiment, name,
-                      exc, name)
+            problems.append(f"{name}: {exc}; install it on the workers: pip install 'pbt-mq[{name}]'")
         except Exception as exc:  # a bad URI, a library that refuses: said once, training goes on untracked
-            log.error("%s: [tracking] %s = %r: %s: %s", experiment, name, target, type(exc).__name__, exc)
-    return out
+            problems.append(f"{name} = {target!r}: {type(exc).__name__}: {exc}")
+    for problem in problems:
+        log.error("%s: [tracking] %s", experiment, problem)
+    return out, problems
+
+
+def say_problem(r: Any, experiment: str, problem: str) -> None:
+    """Where users look (``pbt status``, ``pbt local``'s summary): the tracking hash's ``problem`` field."""
+    r.hset(Keys(experiment).tracking, mapping=TrackingState.fields(problem=problem[:2000], problem_ms=now_ms()))
 
 
 class Sender:
@@ -193,7 +199,11 @@ class Sender:
             wait = min(60.0, 2.0 ** self.failures)
             log.warning("%s: tracker unreachable (%s); retrying in %.0f s (training goes on)", self.exp, exc, wait)
             self.backoff_until = time.monotonic() + wait
+            if self.failures >= 3:  # not a blip: say it where users look
+                say_problem(self.r, self.exp, f"tracker unreachable {self.failures} times in a row: {exc}")
             return False
+        if self.failures >= 3:
+            say_problem(self.r, self.exp, "")  # it recovered
         self.failures = 0
         return more
 
@@ -330,7 +340,9 @@ class TrackingHook(Hook):
             cfg = load_config(self.r, exp)
             self.asks[exp] = bool(cfg.tracking)
             if cfg.tracking:
-                trackers = load_trackers(cfg, exp, self.backends)
+                trackers, problems = load_trackers(cfg, exp, self.backends)
+                for problem in problems:
+                    say_problem(self.r, exp, f"not tracked: {problem}")
                 with self.lock:
                     if trackers:
                         self.senders[exp] = Sender(self.r, self.worker_id, exp, trackers)

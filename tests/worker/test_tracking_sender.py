@@ -175,9 +175,10 @@ def test_backends_are_injected_by_name_and_a_missing_one_is_said_once(caplog):
         raise ImportError("No module named 'wandb'")
 
     with caplog.at_level(logging.ERROR, logger="pbt_mq.worker.tracking"):
-        got = load_trackers(cfg, EXP, {"mlflow": mlflow, "wandb": wandb})
+        got, problems = load_trackers(cfg, EXP, {"mlflow": mlflow, "wandb": wandb})
         assert [t.name for t in got] == ["mlflow"] and made == [("file:///x", EXP)]
-        assert "pip install 'pbt-mq[wandb]'" in caplog.text
+        assert "pip install 'pbt-mq[wandb]'" in caplog.text and problems == [
+            "wandb: No module named 'wandb'; install it on the workers: pip install 'pbt-mq[wandb]'"]
         caplog.clear()
-        assert load_trackers(cfg, EXP, {}) == []
+        assert load_trackers(cfg, EXP, {})[0] == []
         assert "without a mlflow backend" in caplog.text and "without a wandb backend" in caplog.text
