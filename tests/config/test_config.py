@@ -264,7 +264,7 @@ BROKEN = [
     ("resample p > 1", BASE + "[explore]\nresample_probability = 1.5\n",
      "explore.resample_probability: must be <= 1.0, got 1.5"),
     ("size bool", patched(("size = 4", "size = true")), "population.size: must be an integer, got True"),
-    ("size huge", patched(("size = 4", "size = 1000001")), "population.size: must be <= 100000, got 1000001"),
+    ("size huge", patched(("size = 4", "size = 1000001")), "population.size: must be <= 10000, got 1000001"),
     ("bad name", patched(('name = "exp"', 'name = "a b"')), "name: 'a b' must be 1-64 letters, digits, '_' or '-'"),
     ("empty metric", patched(('metric = "accuracy"', 'metric = ""')), "metric: must be a non-empty string, got ''"),
     ("no hparams", BASE.split("[hparams.lr]")[0] + "[hparams]\n", "hparams: define at least one hyperparameter"),

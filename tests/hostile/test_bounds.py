@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import urllib.error
+import urllib.request
+
 import pytest
-from helpers import TOY, pbt
+from helpers import TOY, launch, pbt
+from services import Dashboard, unavailable
 
 
 @pytest.mark.parametrize("workers", ["0", "-1", "100000", "two"])
@@ -20,3 +26,26 @@ def test_a_flag_is_checked_as_its_variable_is():
     assert res.returncode == 0
     res = pbt("arbiter", "--claim-idle-ms", "0")
     assert res.returncode == 2 and "--claim-idle-ms: expected an integer >= 1 (ms), got '0'" in res.stderr, res.stderr
+
+
+@pytest.mark.timeout(240)
+def test_the_population_bound_is_held_by_launch_status_and_the_dashboard(redis_url, tmp_path):
+    """10,000 members (parse.MAX_POPULATION): launched, shown and served; one more is one line, exit 2."""
+    over = pbt("launch", TOY, "--set", "population.size=10001", "--redis", redis_url, "--store", f"file://{tmp_path}")
+    assert over.returncode == 2 and over.stderr.strip().splitlines() == [
+        "pbt: error: population.size: must be <= 10000, got 10001"], over.stderr
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=10000")
+    st = pbt("status", exp, "--json", "--redis", redis_url)
+    assert st.returncode == 0 and len(json.loads(st.stdout)["members"]) == 10000
+    assert pbt("status", exp, "--redis", redis_url).stdout.count("\n") >= 10000
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        unavailable("no starlette/uvicorn: pip install 'pbt-mq[dashboard]'")
+    board = Dashboard(tmp_path / "logs", "--redis", redis_url)
+    try:
+        try:
+            with urllib.request.urlopen(f"{board.url.rstrip('/')}/api/experiments/{exp}/members", timeout=60) as res:
+                assert res.status == 200 and len(json.loads(res.read())["members"]) == 10000
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(exc.read()[:300]) from None
+    finally:
+        board.stop()
