@@ -190,8 +190,8 @@ class Decider:
         windowed = self.cfg.exploit.window > 1
         board["windows"] = reply.windows
         common = dict(experiment=ev.experiment, member=ev.member, seq=ev.seq + 1, ready_ms=ready_ms)
-        if reply.donor and reply.donor_record:
-            d = ScoredCheckpoint.from_json(reply.donor_record)
+        d = ScoredCheckpoint.read(reply.donor_record) if reply.donor else None  # unreadable (by hand): declined
+        if reply.donor and d is not None:
             if self.cfg.stop.steps is None or d.step < self.cfg.stop.steps:
                 ctx = ExploreContext(self.cfg.spaces, self.cfg.population, ev.member, d.step, self.cfg.higher_is_better,
                                      history(self.explore.history_size(self.cfg.population)))

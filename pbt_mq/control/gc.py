@@ -54,7 +54,7 @@ def needed(r: Any, exp: str, cfg: Experiment) -> set[str]:
                 continue
             if cmd.start:
                 keep.add(cmd.start.key)
-    keep.update(ScoredCheckpoint.from_json(raw).key for raw in r.hvals(k.ckpts))
+    keep.update(rec.key for raw in r.hvals(k.ckpts) if (rec := ScoredCheckpoint.read(raw)) is not None)
     if cfg.gc.lineage_depth != 0 and keep:
         keep.update(k.decode() for k in call_script(r, "ancestry", [Keys(exp).parents], [cfg.gc.lineage_depth, *keep]))
     return keep | pending

@@ -121,8 +121,9 @@ class Replacer:
         pick, record = reply.donor or None, reply.donor_record
         donor, source = None, None
         start_window = ""  # exploit.window: a fresh start has no scores yet
-        if pick and record and self._usable(cfg, ScoredCheckpoint.from_json(record)):
-            donor, source, start_window = pick, ScoredCheckpoint.from_json(record), reply.donor_window
+        picked = ScoredCheckpoint.read(record) if pick else None
+        if pick and picked is not None and self._usable(cfg, picked):
+            donor, source, start_window = pick, picked, reply.donor_window
         elif decider.exploit.lua != "none" and (prep.args[5] != "none" or prep.python):  # the rule gave nothing usable
             donor, source = self._best_usable(cfg, pipe, prep, reply)
             if donor and cfg.exploit.window > 1:
@@ -158,7 +159,7 @@ class Replacer:
         member = text(prep.args[0])  # sub-populations: a replacement also copies only slower members
         members = [m for m, _ in board if m != member and cfg.exploit.may_copy(member, m)]
         for m, raw in zip(members, pipe.hmget(prep.keys[2], *members) if members else [], strict=True):
-            if raw is not None and self._usable(cfg, d := ScoredCheckpoint.from_json(raw)):
+            if (d := ScoredCheckpoint.read(raw)) is not None and self._usable(cfg, d):
                 return m, d
         return None, None
 

@@ -353,6 +353,17 @@ class ScoredCheckpoint:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
+    def read(cls, raw: bytes | str | None) -> ScoredCheckpoint | None:
+        """``from_json`` for a value anyone may have written: None when it is not a scored checkpoint."""
+        if raw is None:
+            return None
+        try:
+            rec = cls.from_json(raw)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return None
+        return rec if rec.key and isinstance(rec.hparams, dict) else None
+
+    @classmethod
     def from_json(cls, raw: bytes | str) -> ScoredCheckpoint:
         d = json.loads(raw)
         train_s = d.get("train_s")

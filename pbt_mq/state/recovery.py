@@ -34,7 +34,7 @@ def quarantine(r: Any, exp: str, key: str, reason: str) -> None:
                 pipe.watch(k.ckpts)
                 raw = pipe.hget(k.ckpts, owner) if owner else None
                 pipe.multi()
-                if raw is not None and ScoredCheckpoint.from_json(raw).key == key:
+                if (rec := ScoredCheckpoint.read(raw)) is not None and rec.key == key:
                     pipe.zrem(k.scores, owner)
                     pipe.zrem(k.eligible, owner)
                     pipe.hdel(k.ckpts, owner)
@@ -50,8 +50,7 @@ def donors(r: Any, exp: str, limit: int = 16) -> Iterator[tuple[CheckpointRef, i
     """The best members' scored checkpoints, best first."""
     k = Keys(exp)
     for member in r.zrevrange(k.scores, 0, limit - 1):
-        raw = r.hget(k.ckpts, member)
-        if raw is None:
+        rec = ScoredCheckpoint.read(r.hget(k.ckpts, member))
+        if rec is None:  # gone, or written by hand
             continue
-        rec = ScoredCheckpoint.from_json(raw)
         yield CheckpointRef(rec.key, rec.sha256, rec.size), rec.step

@@ -94,3 +94,19 @@ def test_a_garbage_heartbeat_or_meta_spoils_nothing_else(fleet, redis_url, r, tm
         assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "config" in lines[0] and broken in lines[0], res.stderr
+
+
+def test_an_unreadable_donor_record_is_declined_not_copied(fleet, redis_url, r, tmp_path):
+    """A member whose ckpts entry is garbage is no donor: the others decline it and train on."""
+    start(fleet)
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", *SLOW)
+    k = Keys(exp)
+    wait_for(lambda: r.hlen(k.ckpts) >= 4)
+    for _ in range(20):  # the leader's record, again and again as it trains on
+        for m in r.zrevrange(k.scores, 0, 0):
+            r.hset(k.ckpts, m, "{not a record")
+        time.sleep(0.1)
+    wait(fleet, redis_url, exp)
+    st = status(redis_url, exp)
+    assert [row["state"] for row in st["members"]] == ["done"] * 4, st
+    assert "Traceback" not in fleet.all_logs()
