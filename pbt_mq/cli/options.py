@@ -136,6 +136,11 @@ def guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace, pro
     except (RuntimeError, ImportError, OSError) as exc:
         print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except Exception as exc:  # noqa: BLE001 - a record no check foresaw: one line, the traceback on request
+        logging.getLogger(__name__).debug("the traceback", exc_info=True)
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {exc} (a record written by hand? "
+              "PBT_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, default_level: str,

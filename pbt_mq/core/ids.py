@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 import time
+from typing import Any
 
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -51,4 +52,18 @@ def experiment_ids(raw: list[bytes]) -> list[str]:
         text = e.decode(errors="replace") if isinstance(e, bytes) else str(e)
         if EXPERIMENT_ID.match(text):
             out.append(text)
+    return out
+
+
+MEMBER_ID = re.compile(r"^m[0-9]{3,6}$")
+
+
+def leaders(reply: list[Any]) -> list[tuple[str, float]]:
+    """A ``ZREVRANGE ... WITHSCORES`` reply of a leaderboard as (member, score), best first, keeping only
+    names that can be members (``m000``...): a name written there by hand is never "the best member"."""
+    out = []
+    for m, s in reply:
+        name = m.decode(errors="replace") if isinstance(m, bytes) else str(m)
+        if MEMBER_ID.match(name):
+            out.append((name, float(s)))
     return out

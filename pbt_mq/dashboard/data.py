@@ -29,7 +29,7 @@ import redis
 
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.reader import ConfigError
-from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, member_ids, now_ms
+from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, leaders, member_ids, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState, Member, Meta
 from pbt_mq.core.space import CategoricalSpace, FloatSpace
@@ -268,12 +268,12 @@ class Board:
         pipe = self.r.pipeline(transaction=False)
         for e in live:
             pipe.hmget(Keys(e).meta, *fields)
-            pipe.zrevrange(Keys(e).scores, 0, 0, withscores=True)
+            pipe.zrevrange(Keys(e).scores, 0, 15, withscores=True)
         replies = pipe.execute()
         rows: dict[str, dict[str, Any]] = {}
         unfinished: list[str] = []
         for n, e in enumerate(live):
-            meta, top = Meta.pick(fields, replies[2 * n]), replies[2 * n + 1]
+            meta, top = Meta.pick(fields, replies[2 * n]), leaders(replies[2 * n + 1])
             if meta.state is None:
                 continue  # launched a moment ago: its meta is not written yet
             best, cfg = None, self._config_or_none(e)
@@ -281,7 +281,7 @@ class Board:
                 meta = dataclasses.replace(meta, state=ExperimentState.FAILED if meta.state is ExperimentState.RUNNING
                                            else meta.state, reason=UNREADABLE)
             elif top:
-                best = {"member": top[0][0].decode(errors="replace"), "score": metric_value(cfg, top[0][1])}
+                best = {"member": top[0][0], "score": metric_value(cfg, top[0][1])}
             rows[e] = {
                 "experiment": e, "name": meta.name, "state": str(meta.state), "reason": meta.reason or None,
                 "metric": meta.metric, "mode": meta.mode, "population": meta.population, "finished": meta.finished,

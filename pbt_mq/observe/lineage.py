@@ -14,6 +14,7 @@ import math
 from enum import Enum
 from typing import Any
 
+from pbt_mq.core.ids import leaders
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Action, Lineage, Member
 from pbt_mq.state.lineage import ancestry, by_checkpoint, typed
@@ -158,10 +159,10 @@ def target(r: Any, exp: str, member: str | None = None) -> dict[str, Any]:
     """The checkpoint whose lineage to trace: ``member``'s latest, else the leaderboard's best."""
     k = Keys(exp)
     if member is None:
-        top = r.zrevrange(k.scores, 0, 0)
+        top = leaders(r.zrevrange(k.scores, 0, 15, withscores=True))
         if not top:
             raise NoCheckpoint(f"{exp}: no member has a finite score yet, so there is no best checkpoint")
-        member = top[0].decode()
+        member = top[0][0]
     h = Member.read(r, k.member(member), "ckpt_key", "ckpt_sha256", "ckpt_size", "score", "scored_step")
     if not h.ckpt_key:
         raise NoCheckpoint(f"{exp}: member {member!r} has no checkpoint (yet)")

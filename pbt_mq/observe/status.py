@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pbt_mq.core.ids import experiment_ids
+from pbt_mq.core.ids import experiment_ids, leaders
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import Lineage, Member, Meta
 from pbt_mq.state.front import format_front
@@ -19,14 +19,14 @@ def experiment_rows(r: Any) -> list[dict[str, Any]]:
     pipe = r.pipeline(transaction=False)
     for e in ids:
         pipe.hmget(Keys(e).meta, *Meta.names(*_META))
-        pipe.zrevrange(Keys(e).scores, 0, 0, withscores=True)
+        pipe.zrevrange(Keys(e).scores, 0, 15, withscores=True)
     replies = pipe.execute()
     rows = []
     for i, e in enumerate(ids):
-        meta, top = Meta.pick(_META, replies[2 * i]), replies[2 * i + 1]
+        meta, top = Meta.pick(_META, replies[2 * i]), leaders(replies[2 * i + 1])
         if meta.state is None and not meta.metric:
             continue  # launched this instant: its meta is not written yet
-        member = top[0][0].decode() if top else None
+        member = top[0][0] if top else None
         first_mode = meta.mode.split(",")[0]  # several metrics: "max,min"; the leaderboard holds the first one
         score = (top[0][1] if first_mode != "min" else -top[0][1]) if top else None
         rows.append({"id": e, "state": str(meta.state) if meta.state else "?", "reason": meta.reason,

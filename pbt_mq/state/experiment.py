@@ -15,7 +15,7 @@ from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_json
 from pbt_mq.config.reader import ConfigError
-from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, member_ids, new_experiment_id, now_ms
+from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, leaders, member_ids, new_experiment_id, now_ms
 from pbt_mq.core.keys import EXPERIMENTS, GROUP, Keys
 from pbt_mq.core.model import SCHEMA, ExperimentState, Member, MemberState, Meta, TrackingState, Why
 from pbt_mq.core.protocol import SegmentCommand
@@ -141,10 +141,12 @@ def status(r: Any, exp: str) -> dict[str, Any]:
             "parent": rec.parent or None,
             "error": rec.error or None,
         })
-    top = [] if cfg.multi else r.zrevrange(k.scores, 0, 0, withscores=True)  # several metrics: a front, no best
+    # several metrics: a front, no best; the best is a member of this experiment (not a name written by hand)
+    top = [] if cfg.multi else [(m, s) for m, s in leaders(r.zrevrange(k.scores, 0, 15, withscores=True))
+                                if m in members]
     best = None
     if top:
-        member = top[0][0].decode()
+        member = top[0][0]
         best = {"member": member, "score": metric_value(cfg, top[0][1]), "step": members[member].scored_step}
     refused = {m.decode(errors="replace"): why.decode(errors="replace") for m, why in r.hgetall(k.refused).items()}
     tracking = TrackingState.read(r, k.tracking, "problem").problem if cfg.tracking else ""
