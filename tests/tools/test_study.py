@@ -16,6 +16,8 @@ from pbt_mq.tools.study import analysis as study
 from pbt_mq.tools.study import deceptive, rising
 from pbt_mq.tools.study import report as study_report
 from pbt_mq.tools.study import tasks as study_tasks
+from pbt_mq.tools.study.paired import ALONE
+from pbt_mq.tools.study.run import PAIRED
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "workers" / "toy.toml"
@@ -124,7 +126,8 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
                     "## Targets"):
         assert heading in text
     runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == 8 + 4 + 3 + 9 + 3 + 2 + 2 + 7 and all(r["state"] == "done" for r in runs)
+    real = {task.name: len(task.arms) + 1 for task in PAIRED}  # its arms, and random search's best config alone
+    assert len(runs) == 8 + 4 + 3 + 9 + 3 + sum(real.values()) + 7 and all(r["state"] == "done" for r in runs)
     assert {r["arm"] for r in runs if r["study"] == "deceptive"} == {arm.label for arm in deceptive.ARMS}
     assert "deceptive: the task is deceptive" in text
     assert {r["arm"] for r in runs if r["study"] == "pareto"} == {"MO-PBT", "PBT, weighted sum", "random search"}
@@ -132,11 +135,14 @@ def test_pbt_study_quick_runs_end_to_end(tmp_path):
     assert "pareto: MO-PBT's median hypervolume" in text
     assert {r["arm"] for r in runs if r["study"] == "rising"} == {arm.label for arm in rising.ARMS}
     assert "seeds it beats the fixed population" in text  # issue 23's options, paired with the fixed population
-    for task, heldout in (("cartpole", "return_heldout"), ("charlm", "test_loss")):  # PBT and RS, same compute
-        arms = {r["arm"]: r for r in runs if r["study"] == task}
-        assert set(arms) == {"PBT", "random search"} and arms["random search"]["actions"].get("exploit", 0) == 0
-        assert all(heldout in r["best_metrics"] for r in arms.values())
-        assert f"{task}: PBT's median final" in text and "Schedules PBT found" in text
+    for task in PAIRED:  # PBT, random search and issue 23's arms at the same compute; RS's best config alone
+        arms = {r["arm"]: r for r in runs if r["study"] == task.name}
+        assert set(arms) == {arm.label for arm in task.arms} | {ALONE}
+        assert arms["random search"]["actions"].get("exploit", 0) == 0 and arms[ALONE]["steps_trained"] < \
+            arms["random search"]["steps_trained"]
+        assert all(task.heldout in r["best_metrics"] for r in arms.values())
+        assert f"{task.name}: PBT's median final" in text and "Schedules PBT found" in text
+    assert "seeds it beats random search" in text
     assert {r["arm"] for r in runs if r["study"] == "digits"} == {"PBT", "random search", "PB2", "best RS config alone"}
     assert all(r["replay_mismatches"] == 0 for r in runs), "every decision, PB2's included, replays from the log"
     pb2_ops = [op for r in runs if r["arm"] == "PB2" for op in r["exploit_ops"]]
