@@ -179,3 +179,22 @@ def decision_rng(seed: int, member: str, seq: int) -> random.Random:
     machines (unlike ``hash()``), which makes every decision replayable.
     """
     return random.Random(f"pbt-mq/{seed}/{member}/{seq}")
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a sortable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def history_seen(records: Sequence[Lineage], ops: Sequence[str], rule: str) -> Sequence[Lineage]:
+    """The lineage records a logged history-reading explore (pb2, crossover) saw: its first op,
+    ``RULE: upto=ID count=N ...``, names the newest record it read and how many; replay reads them again."""
+    head = next((op for op in ops if op.startswith(f"{rule}: upto=")), None)
+    if head is None:
+        return ()
+    fields = dict(part.split("=", 1) for part in head[len(f"{rule}: "):].split() if "=" in part)
+    upto, count = id_key(fields["upto"]), int(fields["count"])
+    seen = sorted((rec for rec in records if id_key(rec.id) <= upto), key=lambda rec: id_key(rec.id))
+    return seen[-count:] if count > 0 else []
+

@@ -29,7 +29,7 @@ from typing import Any
 
 from pbt_mq.core.model import Action, Lineage
 from pbt_mq.core.space import AnySpace, FloatSpace, Value
-from pbt_mq.rules.base import ExploreContext, ExploreRule, fmt, sort_snapshot
+from pbt_mq.rules.base import ExploreContext, ExploreRule, fmt, history_seen, id_key, sort_snapshot
 from pbt_mq.rules.explore import Perturb
 
 TOP = 0.25  # the second parent is drawn from this top fraction of the candidates
@@ -91,7 +91,7 @@ class Crossover(ExploreRule):
     def explore(self, hparams: dict[str, Any], ctx: ExploreContext, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
         """The first op names the window (``upto``, ``count``) and the second parent, which with the
         rng is all a replay needs; then one op per hyperparameter, in sorted order."""
-        recs = sorted(ctx.history, key=lambda rec: _id_key(rec.id))
+        recs = sorted(ctx.history, key=lambda rec: id_key(rec.id))
         upto = recs[-1].id if recs else "0-0"
         head = f"crossover: upto={upto} count={len(recs)}"
         ranked = candidates(hparams, ctx, recs)
@@ -116,17 +116,4 @@ class Crossover(ExploreRule):
 
     def replay_history(self, records: Sequence[Lineage], ops: Sequence[str]) -> Sequence[Lineage]:
         """The records a logged crossover saw: the ``count`` newest up to ``upto``."""
-        head = next((op for op in ops if op.startswith("crossover: upto=")), None)
-        if head is None:
-            return ()
-        fields = dict(part.split("=", 1) for part in head[len("crossover: "):].split() if "=" in part)
-        upto, count = _id_key(fields["upto"]), int(fields["count"])
-        seen = sorted((rec for rec in records if _id_key(rec.id) <= upto), key=lambda rec: _id_key(rec.id))
-        return seen[-count:] if count > 0 else []
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("ms-seq") as a sortable pair (pb2's, kept here: pb2 imports numpy)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
+        return history_seen(records, ops, "crossover")

@@ -29,7 +29,7 @@ import numpy as np
 
 from pbt_mq.core.model import Action, Lineage
 from pbt_mq.core.space import AnySpace, CategoricalSpace, FloatSpace, IntSpace, PerturbSpec
-from pbt_mq.rules.base import ExploreContext, ExploreRule, fmt
+from pbt_mq.rules.base import ExploreContext, ExploreRule, fmt, history_seen, id_key
 from pbt_mq.rules.explore import Perturb
 
 MIN_POINTS = 4  # fewer observed segments than this: perturb as usual (nothing to model yet)
@@ -241,7 +241,7 @@ class PB2(ExploreRule):
     def explore(self, hparams: dict[str, Any], ctx: ExploreContext, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
         """Propose values for ``ctx.member`` resuming at ``ctx.donor_step``; the first op names the
         newest record seen and the window size, which is all a replay needs besides the rng."""
-        recs = sorted(ctx.history, key=lambda rec: _id_key(rec.id))
+        recs = sorted(ctx.history, key=lambda rec: id_key(rec.id))
         upto = recs[-1].id if recs else "0-0"
         head = f"pb2: upto={upto} count={window(ctx.population)}"
         observed, pending = (
@@ -258,15 +258,4 @@ class PB2(ExploreRule):
 
     def replay_history(self, records: Sequence[Lineage], ops: Sequence[str]) -> Sequence[Lineage]:
         """The records a logged PB2 decision saw: the ``count`` newest up to ``upto``."""
-        head = next((op for op in ops if op.startswith("pb2: upto=")), None)
-        if head is None:
-            return ()
-        fields = dict(part.split("=", 1) for part in head[len("pb2: ") :].split() if "=" in part)
-        upto, count = _id_key(fields["upto"]), int(fields["count"])
-        seen = sorted((rec for rec in records if _id_key(rec.id) <= upto), key=lambda rec: _id_key(rec.id))
-        return seen[-count:] if count > 0 else []
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+        return history_seen(records, ops, "pb2")
