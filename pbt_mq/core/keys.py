@@ -55,7 +55,7 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        first (state.archive.Chunk: key, sha256, size, count, first, last)
     pbt:{EXP}:dead              STREAM core.model.DeadLetter: reason, source, entry, raw, worker
     pbt:{EXP}:tracking          HASH   core.model.TrackingState: holder, lease_ms, events, lineage, sent, lost,
-                                       done_ms
+                                       done_ms, problem, problem_ms
     pbt:{EXP}:runs              HASH   TRACKER/MEMBER -> the member's run id in that tracker (mlflow, wandb),
                                        written once (HSETNX): one run per member, whoever sends
     pbt:experiments             ZSET   experiment id -> created time (ms); global index

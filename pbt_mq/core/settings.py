@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -100,20 +101,37 @@ def _url(*schemes: str) -> Callable[[str], str]:
         value = text.strip()
         if not any(value.startswith(f"{s}://") for s in schemes):
             raise ValueError(text)
-        return value
+        if value.startswith(("redis://", "rediss://")):
+            parts = urlsplit(value)
+            if not parts.hostname or parts.port is None and ":" in parts.netloc.rsplit("@", 1)[-1].strip("[]"):
+                raise ValueError(text)  # no host, or a port that is empty
+        return value  # urlsplit's .port raises ValueError for a port that is not a number in [0, 65535]
 
     return parse
 
 
+def _pattern(regex: str) -> Callable[[str], str]:
+    compiled = re.compile(regex)
+
+    def parse(text: str) -> str:
+        if not compiled.fullmatch(text.strip()):
+            raise ValueError(text)
+        return text.strip()
+
+    return parse
+
+
+NAME = r"[A-Za-z0-9_.-]{1,100}"  # a worker id or a queue name: what a Redis key and a log line carry plainly
 _SECONDS = "a number of seconds"
 TABLE: tuple[Setting, ...] = (
     Setting("PBT_REDIS_URL", _url("redis", "rediss", "unix"), "redis://localhost:6379/0",
             "redis://[user:password@]host:port/db, rediss:// for TLS", "the Redis every process shares"),
     Setting("PBT_STORE_URL", _url("file", "s3"), None, "file:///abs/path or s3://bucket/prefix?endpoint=host:port",
             "checkpoint store for `pbt launch` (else the file's store)"),
-    Setting("PBT_QUEUE", _text, "pbt", "a queue name", "the RQ queue workers serve"),
+    Setting("PBT_QUEUE", _pattern(NAME), "pbt", "a queue name: 1-100 letters, digits, '.', '_' or '-'",
+            "the RQ queue workers serve"),
     Setting("PBT_DEVICE", _text, "cpu", "a torch device such as cpu or cuda:0", "the worker's device"),
-    Setting("PBT_WORKER_ID", _text, None, "1-100 letters, digits, '.', '_' or '-'",
+    Setting("PBT_WORKER_ID", _pattern(NAME), None, "1-100 letters, digits, '.', '_' or '-'",
             "the worker's id (default host-pid-device); `pbt health --worker` reads it too"),
     Setting("PBT_TORCH_THREADS", _number(int, 0), 0, "an integer >= 0", "torch intra-op threads (0: torch's default)"),
     Setting("PBT_HEARTBEAT_S", _number(float, 0.05, 3600), 2.0, f"{_SECONDS} in [0.05, 3600]",

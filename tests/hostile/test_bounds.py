@@ -49,3 +49,19 @@ def test_the_population_bound_is_held_by_launch_status_and_the_dashboard(redis_u
             raise AssertionError(exc.read()[:300]) from None
     finally:
         board.stop()
+
+
+@pytest.mark.parametrize("env, value, expects", [
+    ("PBT_WORKER_ID", "bad id!", "1-100 letters, digits, '.', '_' or '-'"),
+    ("PBT_QUEUE", "q q", "a queue name: 1-100 letters, digits, '.', '_' or '-'"),
+    ("PBT_REDIS_URL", "redis://localhost:abc/0", "redis://[user:password@]host:port/db"),
+    ("PBT_REDIS_URL", "redis://localhost:99999/0", "redis://[user:password@]host:port/db"),
+])
+def test_every_variable_is_checked_at_start(env, value, expects, monkeypatch):
+    """Issue 24: these three were read late (or never) before; now every command refuses them at once."""
+    monkeypatch.setenv(env, value)
+    for cmd in (("list",), ("worker",), ("arbiter",)):
+        res = pbt(*cmd, timeout=30)
+        assert res.returncode == 2, (cmd, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and f": error: {env}={value!r}: expected {expects}" in lines[0], (cmd, res.stderr)
