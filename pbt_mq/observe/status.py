@@ -67,6 +67,8 @@ def format_status(st: dict[str, Any]) -> str:
         if m["state"] == "failed":
             lines.append(f"{m['id']} failed: {last_line(m.get('error') or '')}; its traceback: "
                          f"pbt status {st['experiment']} {m['id']}")
+        elif m["state"] == "done" and m.get("error") and "after its run was done" in m["error"]:
+            lines.append(f"{m['id']} is done, but {m['error'][:300]}")
     return "\n".join(lines)
 
 

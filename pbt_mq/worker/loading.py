@@ -13,6 +13,8 @@ from pbt_mq.config.experiment import Experiment
 from pbt_mq.core import settings
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import member_seed
+from pbt_mq.core.keys import Keys
+from pbt_mq.core.model import Member
 from pbt_mq.core.protocol import CheckpointRef, SegmentCommand
 from pbt_mq.state.recovery import donors, quarantine
 from pbt_mq.store import checkpoint
@@ -56,6 +58,7 @@ class Loader:
         ``legacy``: the experiment predates this checkpoint format (its ``.pt`` objects load)."""
         self.legacy = legacy
         self.calls.reassign(cmd)
+        self.charge_misuse()
         if live is not None and not self.calls.usable(live.trainable):
             live = None  # a call of a function that is over
         if cmd.start is not None and live is not None and live.key == cmd.start.key:
@@ -104,11 +107,21 @@ class Loader:
             self.hooks.checkpoint_loaded(exp, ref.size, time.perf_counter() - t0)
         return state
 
+    def charge_misuse(self) -> None:
+        """A call that went on after its run was done (the loop API) is said on the member it served, where
+        ``pbt status`` shows it; the segment that comes next is not charged for it."""
+        while self.calls.misuse:
+            exp, member, text = self.calls.misuse.pop(0)
+            if member:
+                self.r.hset(Keys(exp).member(member), mapping=Member.fields(error=text[-4000:]))
+
     def construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
         cls = import_trainable(cfg.trainable, self.trainables)
         if is_function(cls):  # the loop API: a call of the function, seeded as it starts
-            return self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metrics or cfg.metric, cfg.trainable_args, cmd)
+            call = self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metrics or cfg.metric, cfg.trainable_args, cmd)
+            self.charge_misuse()
+            return call
         seed = member_seed(cfg.seed, cmd.member) if cmd.seed is None else cmd.seed  # a replacement's own seed
         try:
             import torch  # workers have torch; a trainable without it still constructs

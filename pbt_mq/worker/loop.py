@@ -28,7 +28,9 @@ import inspect
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pbt_mq.core.ids import member_seed
@@ -232,6 +234,15 @@ class FunctionTrainable:
             self._cond.notify_all()
 
 
+def user_frame(exc: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame outside pbt-mq (the user's code), else of the innermost."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    ours = str(Path(__file__).resolve().parent.parent)
+    theirs = [f for f in frames if not str(Path(f.filename).resolve()).startswith(ours)]
+    frame = (theirs or frames or [None])[-1]
+    return f" at {frame.filename}:{frame.lineno}" if frame is not None else ""
+
+
 class Calls:
     """The call of a user's function this worker keeps (at most one)."""
 
@@ -239,6 +250,7 @@ class Calls:
         self.device = device
         self.join_s = join_s
         self.active: FunctionTrainable | None = None
+        self.misuse: list[tuple[str, str, str]] = []  # (experiment, member, what its call did after its run was done)
 
     def start(self, fn: Callable[..., Any], experiment: str, exp_seed: int, metric: str | tuple[str, ...], args: dict[str, Any],
               cmd: SegmentCommand) -> FunctionTrainable:
@@ -257,17 +269,17 @@ class Calls:
         return not isinstance(trainable, FunctionTrainable) or (trainable is self.active and trainable.alive)
 
     def _finish(self, cmd: SegmentCommand) -> None:
-        """End the live call; an error it ended with fails ``cmd`` if that is the same experiment's work."""
+        """End the live call. An error it ended with is charged to the member whose call it was
+        (``misuse``, written to that member by the worker), never to ``cmd``, whose segment starts a new call."""
         a, self.active = self.active, None
         if a is None:
             return
         err = a.end(self.join_s)
         if err is None:
             return
-        if cmd.experiment == a.experiment:
-            raise SessionError(f"the previous call of {a.name} on this worker failed after its run was done:"
-                               f" {type(err).__name__}: {err}") from err
-        log.error("%s (%s): failed after its run was done: %s: %s", a.name, a.experiment, type(err).__name__, err)
+        text = f"its call of {a.name} failed after its run was done: {type(err).__name__}: {err}{user_frame(err)}"
+        log.error("%s %s: %s", a.experiment, a.member or "?", text)
+        self.misuse.append((a.experiment, a.member, text))
 
     def close(self) -> None:
         """The worker stops: the live call's report() returns done, and it gets a while to return."""

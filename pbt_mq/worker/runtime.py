@@ -40,7 +40,7 @@ from pbt_mq.store import checkpoint
 from pbt_mq.store.base import Store
 from pbt_mq.store.open import open_store
 from pbt_mq.worker.loading import Live, Loader
-from pbt_mq.worker.loop import FunctionTrainable
+from pbt_mq.worker.loop import FunctionTrainable, user_frame
 from pbt_mq.worker.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -245,10 +245,8 @@ class Runtime:
         """Retry the segment, or fail the member, but only if this job is still the member's current one."""
         tb = traceback.format_exc(limit=30)[-4000:]
         mkey = Keys(cmd.experiment).member(cmd.member)
-        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
         log.error("segment %s %s seq=%d failed (attempt %d): %s: %s%s (traceback: pbt status %s %s)", cmd.experiment,
-                  cmd.member, cmd.seq, cmd.attempt, type(exc).__name__, exc, at, cmd.experiment, cmd.member)
+                  cmd.member, cmd.seq, cmd.attempt, type(exc).__name__, exc, user_frame(exc), cmd.experiment, cmd.member)
         with self.r.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(mkey)

@@ -184,19 +184,20 @@ def test_misuse_fails_like_a_raising_train(fleet, redis_url, r, tmp_path):
         assert h[b"attempt"] == b"1"  # retried once, then failed
 
 
-def test_a_report_after_done_fails_the_next_segment_of_the_experiment(fleet, redis_url, r, tmp_path):
-    """m000's call gets done when m001's fresh start arrives, then reports again: m001's segment
-    fails with that error (a raising train()), is retried, fails again, and the member fails."""
+def test_a_report_after_done_is_charged_to_the_member_whose_call_it_was(fleet, redis_url, r, tmp_path):
+    """m000's call gets done when m001's fresh start arrives, then reports again: the error is m000's (said
+    on it, and by pbt status), and m001's segment, which starts a call of its own, is not charged for it."""
     fleet.start("worker", "w1")
     fleet.start("arbiter", "a1")
     exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", LOOP, "trainable_args.misuse='report-after-done'",
                  "population.size=2", "population.initial=[]", "exploit.rule=none", "worker.max_retries=1",
                  "worker.on_failure=fail", "stop.steps=8")
     st = wait_done(redis_url, exp, fleet)
-    h = r.hgetall(Keys(exp).member("m001"))
-    assert h[b"state"] == b"failed" and h[b"attempt"] == b"1"
-    assert "report() after run.done" in h[b"error"].decode()
-    assert st["members"][0]["state"] == "done"
+    assert [m["state"] for m in st["members"]] == ["done", "done"], st
+    assert r.hget(Keys(exp).member("m001"), "attempt") in (None, b"0")  # never charged, never retried
+    error = r.hget(Keys(exp).member("m000"), "error").decode()
+    assert "failed after its run was done: SessionError: report() after run.done" in error and "loops.py:" in error
+    assert "m000 is done, but its call of tests.loops:toy failed" in pbt("status", exp, "--redis", redis_url).stdout
 
 
 def test_a_segment_timeout_applies_to_a_function(fleet, redis_url, r, tmp_path):
