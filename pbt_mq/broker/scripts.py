@@ -56,7 +56,7 @@ def call_many(client: Any, calls: list[tuple[str, list[str], list]], extra: list
 
 
 def text(reply: Any) -> str:
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
+    return reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)  # bytes written by hand too
 
 
 def set_state_if(r: Any, meta_key: str, expected: str, new: str, reason: str, now_ms: int) -> bool:

@@ -51,8 +51,9 @@ class EventErrors:
             if len(self.last) > 10_000:
                 self.last.clear()
         if n < MAX_DELIVERIES:
-            log.exception("%s: event %s left pending after an unexpected error (delivery %d of %d)",
-                          exp, entry_id, n, MAX_DELIVERIES)
+            log.error("%s: event %s left pending after an unexpected %s: %s (delivery %d of %d)",
+                      exp, entry_id, type(exc).__name__, exc, n, MAX_DELIVERIES)
+            log.debug("the traceback", exc_info=exc)
             return "error"
         reason = f"deciding it failed {n} times: {type(exc).__name__}: {exc}"
         log.error("%s: event %s: %s; dead-lettered", exp, entry_id, reason)
