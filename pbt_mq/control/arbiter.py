@@ -82,7 +82,7 @@ class Arbiter:
 
     def run(self, burst: bool = False) -> None:
         log.info("arbiter %s started", self.name)
-        guard = LoopGuard(f"arbiter {self.name}", self.halt)
+        guard = LoopGuard(f"arbiter {self.name}", self.halt, repair=lambda: self.maintenance.repair(self.configs))
         while not self.stopping and not self.halt.is_set():
             try:
                 handled = self.step()

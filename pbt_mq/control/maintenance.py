@@ -20,6 +20,7 @@ from pbt_mq.broker.cluster import is_cluster
 from pbt_mq.broker.jobs import drain
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.gc import collect
+from pbt_mq.control.quarantine import repair
 from pbt_mq.control.reaper import sweep
 from pbt_mq.control.trim import drop_rounds, empty_events, tracking_floor, trim_boards, trim_events
 from pbt_mq.core.ids import now_ms
@@ -73,6 +74,15 @@ class Maintenance:
             with self.isolated("reaper", e):
                 self.stats["requeued"] += sweep(self.r, e, cfg, self.reap_grace_ms)
                 complete_if_all_finished(self.r, cfg, e, Meta.read(self.r, Keys(e).meta, "finished").finished)
+
+    def repair(self, configs: dict[str, Experiment]) -> int:
+        """After WRONGTYPE or NOGROUP: move every running experiment's misplaced keys aside (control.quarantine).
+        How many keys it moved or groups it made again (0: nothing here to repair)."""
+        fixed = 0
+        for e, cfg in list(configs.items()):
+            with self.isolated("repair", e):
+                fixed += repair(self.r, e, cfg)
+        return fixed
 
     def collect_garbage(self, configs: dict[str, Experiment], now: float, final: bool = False) -> None:
         """Delete checkpoints no one needs, every ``gc.interval_s`` per experiment (and once at its end)."""

@@ -24,7 +24,7 @@ def garbage(rng: random.Random) -> bytes | str:
 
 
 def fuzz(r, exp: str, rng: random.Random) -> list[str]:
-    """One pass: every key of the experiment gets garbage of its own type (and one of another type)."""
+    """One pass: every key of the experiment gets garbage of its own type; then two of its keys become strings."""
     done = []
     for key in sorted(r.scan_iter(match=f"{Keys(exp).prefix}*", count=1000)):
         kind = r.type(key).decode()
@@ -42,6 +42,10 @@ def fuzz(r, exp: str, rng: random.Random) -> list[str]:
         elif kind == "list":
             r.rpush(key, garbage(rng))
         done.append(f"{kind} {name}")
+    for key in rng.sample(sorted(r.scan_iter(match=f"{Keys(exp).prefix}*", count=1000)), 2):
+        r.delete(key)  # a key of another type (SET over a hash, a stream...): Redis answers WRONGTYPE
+        r.set(key, garbage(rng))
+        done.append(f"string {key.decode()}")
     r.zadd(WORKERS, {"fuzz-worker": time.time() * 1000})
     r.hset(worker_key("fuzz-worker"), mapping={"beat_ms": garbage(rng), "segments": garbage(rng),
                                                 "current": garbage(rng), "queue": garbage(rng)})
