@@ -121,3 +121,22 @@ def test_the_page_follows_a_live_fleet(fleet, redis_url, tmp_path, browser):
     finally:
         pbt("stop", exp, "--redis", redis_url)
         dash.stop()
+
+
+def test_a_tracker_that_cannot_start_is_said_on_the_page(fleet, redis_url, tmp_path, browser):
+    """Issue 24: the experiment trains on untracked, and the page says why, as ``pbt status`` does."""
+    fleet.start("arbiter", "a1")
+    fleet.start("worker", "w1", "--heartbeat-s", "0.5")
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=2", "stop.steps=12",
+                 'tracking.mlflow="nosuchscheme-tracker://x"')
+    assert pbt("wait", exp, "--timeout", "60", "--redis", redis_url, timeout=80).returncode == 0
+    dash = Dashboard(tmp_path / "logs", "--redis", redis_url)
+    try:
+        browser.get(f"{dash.url}#/{exp}")
+        said = wait_for("the tracking problem in the summary", lambda: browser.find_elements(
+            "css selector", "#summary #tracking-problem"))
+        assert said[0].text.startswith("tracking: not tracked: mlflow"), said[0].text
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        dash.stop()

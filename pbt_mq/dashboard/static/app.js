@@ -206,7 +206,8 @@
         <span class="kv">decisions <b>${s.decisions}</b> (exploit ${a.exploit || 0}, continue ${a.continue || 0}, done ${a.done || 0}${a.failed ? `, failed ${a.failed}` : ""}${a.replaced ? `, replaced ${a.replaced}` : ""})</span>
         <span class="kv">events/s <b>${rate(s.events_per_s)}</b></span>
         <span class="kv">decisions/s <b>${rate(s.decisions_per_s)}</b></span>
-        ${s.catching_up ? '<span class="kv muted">reading the lineage…</span>' : ""}</div>`;
+        ${s.catching_up ? '<span class="kv muted">reading the lineage…</span>' : ""}</div>
+      ${s.tracking_problem ? `<div class="line problem" id="tracking-problem">tracking: ${esc(s.tracking_problem)}</div>` : ""}`;
     applyBars($("#summary"));
     $("#metric-head").textContent = s.metric;
   }
