@@ -265,3 +265,35 @@ def test_the_rules_of_issue_23_on_a_cluster(cluster, rc, tmp_path: Path):
         assert max(lineage_counts(rc, exp).values()) == 1
     assert subpopulation_errors(records(rc, exps[1]), (1, 2, 0), 4) == []
     assert "Traceback" not in fleet.all_logs()
+
+
+def test_keys_of_another_type_are_moved_aside_on_a_cluster(cluster, rc, tmp_path: Path):
+    """Issue 24 on a cluster: a member's hash and an events stream replaced by strings (each read per
+    stream, per node) are moved aside within the experiment's slot; only that member fails, every
+    experiment finishes."""
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    store = f"file://{tmp_path / 'ckpt'}"
+    sets = ("population.size=4", PAPER_INIT_4, "trainable_args.delay_s=0.05", "stop.steps=48")
+    try:
+        victim, other = (launch(cluster.url, store, *sets) for _ in range(2))
+        fleet.start("worker", "w1", "--heartbeat-s", "0.5")
+        fleet.start("arbiter", "a1", "--claim-idle-ms", "2000", "--reap-interval-ms", "300", "--reap-grace-ms", "1000")
+        k = Keys(victim)
+        deadline = time.monotonic() + 60
+        while rc.xlen(k.lineage) < 2:
+            assert time.monotonic() < deadline, fleet.all_logs()
+            time.sleep(0.05)
+        for key in (k.member("m002"), k.events):
+            rc.delete(key)
+            rc.set(key, "written by hand")
+        for exp in (other, victim):
+            res = pbt("wait", exp, "--timeout", "120", "--redis", cluster.url, timeout=140)
+            assert res.returncode == 0, f"{exp}: {res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    states = {m["id"]: m["state"] for m in status(cluster.url, victim)["members"]}
+    assert states == {"m000": "done", "m001": "done", "m002": "failed", "m003": "done"}, states
+    assert all(m["state"] == "done" for m in status(cluster.url, other)["members"])
+    aside = sorted(key.decode() for key in rc.scan_iter(match=f"{k.prefix}:quarantine:*"))
+    assert [a.rsplit(":", 1)[0] for a in aside] == [f"{k.prefix}:quarantine:events", f"{k.prefix}:quarantine:member:m002"]
+    assert "Traceback" not in fleet.log("a1") + fleet.log("w1")

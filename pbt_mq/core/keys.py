@@ -246,6 +246,8 @@ KEY_TABLE: tuple[tuple[str, str, str | type[Record]], ...] = (
     ("pbt:{EXP}:parents, :uploading, :stored", "hash, zset, zset", "checkpoint bookkeeping for garbage collection"),
     ("pbt:{EXP}:tracking", "hash", TrackingState),
     ("pbt:{EXP}:runs", "hash", "TRACKER/MEMBER -> the member's run id in MLflow or W&B (written once)"),
+    ("pbt:{EXP}:quarantine:{NAME}:{MS}", "any", "a key that held another type than any release writes there, "
+                                                "moved aside by an arbiter at MS (control.quarantine); never read"),
     ("pbt:experiments", "zset", "experiment id -> created time (ms)"),
     ("pbt:workers", "zset", "worker id -> last heartbeat (ms)"),
     ("pbt:worker:{ID}", "hash", Heartbeat),
