@@ -21,54 +21,16 @@ The score is the exact expected loss (no data, no sampling), so runs differ only
 hyperparameters PBT chose. ``noise`` > 0 multiplies the reported ``loss`` by exp(noise · z), z a
 standard normal drawn from the member's seed and step (an evaluation on a finite validation set);
 ``true_loss`` is always the exact value, never selected on. A member step is a few float
-operations per direction: an 8-member, 400-step experiment is bound by the fleet, not the maths.
+operations per direction: an 8-member, 800-step experiment is bound by the fleet, not the maths.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pbt_mq import Trainable
-
-
-@dataclass(frozen=True)
-class NQM:
-    """One noisy quadratic problem: curvatures, the starting E[θ²] per direction, the gradient noise."""
-
-    curvature: tuple[float, ...]
-    start: tuple[float, ...]
-    sigma2: float
-
-    @classmethod
-    def make(cls, dim: int = 16, cond: float = 1000.0, sigma2: float = 0.1, power: float = 0.5) -> NQM:
-        if dim < 2 or cond < 1 or sigma2 < 0:
-            raise ValueError(f"NQM: need dim >= 2, cond >= 1, sigma2 >= 0; got {dim}, {cond}, {sigma2}")
-        h = tuple(cond ** (-i / (dim - 1)) for i in range(dim))  # 1 ... 1/cond, log-spaced
-        return cls(h, tuple(x**-power for x in h), float(sigma2))
-
-    def affine(self, lr: float, steps: int) -> tuple[list[float], list[float]]:
-        """k steps at ``lr`` as m_i <- p_i m_i + q_i, per direction."""
-        ps, qs = [], []
-        for h in self.curvature:
-            a, b = (1.0 - lr * h) ** 2, lr * lr * h * self.sigma2
-            if a > 1.0 and steps * math.log(a) > 700.0:  # unstable (lr > 2 / λ): diverged
-                ps.append(math.inf)
-                qs.append(math.inf)
-                continue
-            p = a**steps
-            ps.append(p)
-            qs.append(b * steps if abs(1.0 - a) < 1e-15 else b * (1.0 - p) / (1.0 - a))
-        return ps, qs
-
-    def advance(self, m: Sequence[float], lr: float, steps: int) -> list[float]:
-        ps, qs = self.affine(lr, steps)
-        return [p * x + q for p, x, q in zip(ps, m, qs, strict=True)]
-
-    def loss(self, m: Sequence[float]) -> float:
-        return 0.5 * sum(h * x for h, x in zip(self.curvature, m, strict=True))
+from pbt_mq.tools.study.nqm import NQM
 
 
 class Deceptive(Trainable):

@@ -27,8 +27,8 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def sol(cfg):
-    """The file's problem on its own ready grid: 20 segments of 20 steps, lr in [0.001, 1]."""
-    return dec.schedules_for(make_run(cfg, [0.5] * 20))
+    """The file's problem on its own ready grid: 40 segments of 20 steps, lr in [0.5, 1]."""
+    return dec.schedules_for(make_run(cfg, [0.5] * 40))
 
 
 def make_run(cfg, losses, arm="PBT (vanilla)", seed=0, lrs=None, true=None) -> Run:
@@ -85,18 +85,21 @@ def test_a_small_lr_wins_the_next_ready_point_and_loses_the_end(cfg):
     assert now[0.1] < now[1.0] and later[1.0] < later[0.1]
 
 
-def test_optimal_beats_best_constant_beats_greedy_by_clear_margins(sol):
+def test_greed_costs_at_least_twice_what_the_best_constant_does(sol):
     f = sol.finals
-    assert f["optimal"] * 2 < f["best constant"] and f["best constant"] * 1.3 < f["greedy"]
-    assert len(sol.optimal) == len(sol.greedy) == 20 and sol.segment == 20
-    assert all(1e-3 <= lr <= 1.0 for lr in (*sol.optimal, *sol.greedy, sol.constant))
+    greedy, constant = f["greedy"] - f["optimal"], f["best constant"] - f["optimal"]
+    assert greedy > 3 * constant and constant > 0.05 * f["optimal"]
+    assert len(sol.optimal) == len(sol.greedy) == 40 and sol.segment == 20
+    assert all(0.5 <= lr <= 1.0 for lr in (*sol.optimal, *sol.greedy, sol.constant))
 
 
 def test_greedy_decays_early_and_the_optimum_late(sol):
-    greedy_at, optimal_at = (dec.grid_decay_step(s, sol.segment, 0.5) for s in (sol.greedy, sol.optimal))
-    assert greedy_at <= 40 and optimal_at >= 240 and greedy_at < optimal_at
+    mid = math.sqrt(0.5)  # the prior's geometric middle
+    greedy_at, optimal_at = (dec.grid_decay_step(s, sol.segment, mid) for s in (sol.greedy, sol.optimal))
+    assert greedy_at <= 100 and optimal_at >= 700 and greedy_at < optimal_at
     assert sol.optimal[0] == pytest.approx(1.0, rel=1e-4)  # held at the top of the prior...
-    assert sol.optimal[-1] < 0.1 and sol.optimal[-1] < sol.optimal[-4]  # ...and decayed at the end
+    assert sol.optimal[-1] < 0.6 and sol.optimal[-1] < sol.optimal[-4]  # ...and decayed at the end
+    assert sol.greedy[-1] == pytest.approx(0.5, rel=1e-3)  # greed ends at the bottom
 
 
 def test_the_optimum_survives_perturbations(sol):
@@ -105,10 +108,10 @@ def test_the_optimum_survives_perturbations(sol):
     for _ in range(200):
         sched = list(sol.optimal)
         j = rng.randrange(len(sched))
-        sched[j] = min(1.0, max(1e-3, sched[j] * math.exp(rng.gauss(0, 0.3))))
+        sched[j] = min(1.0, max(0.5, sched[j] * math.exp(rng.gauss(0, 0.3))))
         assert sol.final(sched) >= best * (1 - 1e-9)
     for _ in range(50):  # and random monotone decays never beat it
-        sched = sorted((math.exp(rng.uniform(math.log(1e-3), 0.0)) for _ in sol.optimal), reverse=True)
+        sched = sorted((math.exp(rng.uniform(math.log(0.5), 0.0)) for _ in sol.optimal), reverse=True)
         assert sol.final(sched) > best
 
 
@@ -149,5 +152,21 @@ def test_the_section_reports_regret_paired_differences_and_the_known_schedules(c
     assert f"optimal schedule final loss **{sol.finals['optimal']:.4g}**" in text
     assert "- **met**: deceptive: the task is deceptive" in text
     assert "lower median regret than vanilla PBT: none" in text
-    assert "is below 0.5 from step 20 and ends at" in text  # greedy's schedule; the optimum's holds to step 320
-    assert "The optimum holds lr 1 until step 320" in text
+    assert "is below 0.707 from step 60 and ends at 0.5" in text  # greedy's schedule; the optimum's holds to step 780
+    assert "The optimum holds lr 1 until step 780" in text
+
+
+def test_halving_pairs_regret_by_seed_and_says_whether_a_non_greedy_option_halves_it(cfg, sol):
+    greedy = [make_run(cfg, sol.losses(sol.greedy), seed=s, lrs=list(sol.greedy)) for s in range(4)]
+    constant = [make_run(cfg, sol.losses(sol.constants), arm="PBT, subpopulations", seed=s, lrs=list(sol.constants))
+                for s in range(4)]
+    ratio, lo, hi, wins, n = dec.halving(constant, greedy)
+    expected = (sol.finals["best constant"] - sol.finals["optimal"]) / (sol.finals["greedy"] - sol.finals["optimal"])
+    assert ratio == pytest.approx(expected) and lo == pytest.approx(expected) and hi == pytest.approx(expected)
+    assert (wins, n) == (4, 4)
+    text = dec.report_deceptive([*greedy, *constant])
+    assert "- **met**: deceptive: a non-greedy option ends with at most half of vanilla PBT's regret: best " \
+           "PBT, subpopulations" in text and "at most half in 4/4 seeds" in text
+    same = [make_run(cfg, sol.losses(sol.greedy), arm="PBT, window 4", seed=s, lrs=list(sol.greedy)) for s in range(4)]
+    assert dec.halving(same, greedy)[:4] == (1.0, 1.0, 1.0, 0)
+    assert "- **NOT met**: deceptive: a non-greedy option" in dec.report_deceptive([*greedy, *same])

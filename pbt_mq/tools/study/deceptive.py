@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,14 @@ from pbt_mq.tools.study.analysis import (
     mean_log,
     spread,
 )
+from pbt_mq.tools.study.nqm import NQM
 from pbt_mq.tools.study.tables import fmt_spread, table, verdict
 from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, best_metrics, run_experiment, warm_up
-from workers.deceptive import NQM
 
 STUDY = "deceptive"
 FILE = EXAMPLES / "deceptive.toml"
 VANILLA, RANDOM = "PBT (vanilla)", "random search"
+SYNCH, SUBPOP_SYNCH = "PBT, synch", "PBT, subpopulations, synch"
 ARMS = (
     Arm(VANILLA, ("exploit.rule=truncation", "explore.rule=perturb")),
     Arm(RANDOM, ("exploit.rule=none", "explore.rule=none")),
@@ -55,11 +57,14 @@ ARMS = (
     Arm("PBT, ttest", ("exploit.rule=ttest", "exploit.window=4")),
     Arm("PBT, subpopulations", ("exploit.subpopulations=[1, 4, 0]",)),
     Arm("PBT, crossover", ("explore.rule=crossover",)),
+    Arm(SYNCH, ("exploit.synch=true",)),  # every ready point decided once all members reported it
+    Arm(SUBPOP_SYNCH, ("exploit.subpopulations=[1, 4, 0]", "exploit.synch=true")),
 )
 QUICK_ARMS = ARMS  # --quick, CI's smoke test: every arm, on a smaller task
 QUICK_SETS = ("population.size=4", "stop.steps=200")
 COLORS = {VANILLA: "tab:blue", RANDOM: "tab:gray", "PB2": "tab:purple", "PBT, window 4": "tab:orange",
-          "PBT, ttest": "tab:red", "PBT, subpopulations": "tab:green", "PBT, crossover": "tab:brown"}
+          "PBT, ttest": "tab:red", "PBT, subpopulations": "tab:green", "PBT, crossover": "tab:brown",
+          SYNCH: "tab:cyan", SUBPOP_SYNCH: "tab:olive"}
 
 
 def deceptive_study(fleet: Fleet, scale: Scale) -> list[Run]:
@@ -244,7 +249,8 @@ def deceptive_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
     if not arms:
         return "", []
     some = next(iter(arms.values()))[0]
-    sol, hi = schedules_for(some), some.cfg.spaces["lr"].high
+    sol, space = schedules_for(some), some.cfg.spaces["lr"]
+    mid = math.sqrt(space.low * space.high)  # "decayed": below the prior's geometric middle
     stop = some.cfg.stop.steps or sol.segment * len(sol.optimal)
     finals = sol.finals
     rows = []
@@ -269,9 +275,9 @@ def deceptive_section(runs: Sequence[Run]) -> tuple[str, list[str]]:
     text += (f"\n\nThe known optimum on this grid ({len(opt)} segments of {sol.segment} steps, lr within the prior): "
              f"optimal schedule final loss **{finals['optimal']:.4g}**, best constant lr ({sol.constant:.3g}) "
              f"{finals['best constant']:.4g}, greedy {finals['greedy']:.4g}. The optimum holds lr "
-             f"{opt[0]:.3g} until step {grid_decay_step(opt, sol.segment, hi / 2):.0f}, then decays to {opt[-1]:.3g}; "
-             f"greedy starts at {greedy[0]:.3g}, is below {hi / 2:.3g} from step "
-             f"{grid_decay_step(greedy, sol.segment, hi / 2):.0f} and ends at {greedy[-1]:.3g}.\n\n"
+             f"{opt[0]:.3g} until step {grid_decay_step(opt, sol.segment, mid):.0f}, then decays to {opt[-1]:.3g}; "
+             f"greedy starts at {greedy[0]:.3g}, is below {mid:.3g} from step "
+             f"{grid_decay_step(greedy, sol.segment, mid):.0f} and ends at {greedy[-1]:.3g}.\n\n"
              "(Loss: the exact expected loss of the final best model (`true_loss`). Regret: that minus the optimal "
              "schedule's final loss; 0 is the optimum, nothing on the grid goes below it. vs random search: the "
              "arm's final loss minus random search's on the same seed, negative is better. lr columns: the "
@@ -287,9 +293,11 @@ def report_deceptive(runs: Sequence[Run]) -> str:
 
 def deceptive_targets(arms: dict[str, list[Run]], sol: Schedules) -> list[str]:
     f = sol.finals
-    out = [verdict(f["greedy"] > 1.2 * f["best constant"] > 1.2 * f["optimal"],
-                   f"deceptive: the task is deceptive: greedy final loss {f['greedy']:.4g} > best constant lr's "
-                   f"{f['best constant']:.4g} > the optimal schedule's {f['optimal']:.4g} (each >= 1.2x the next)")]
+    greedy, constant = f["greedy"] - f["optimal"], f["best constant"] - f["optimal"]
+    out = [verdict(greedy >= 2 * constant > 0,
+                   f"deceptive: the task is deceptive: the greedy schedule's regret {greedy:.4g} is >= 2x the best "
+                   f"constant lr's {constant:.4g} (final losses: greedy {f['greedy']:.4g}, best constant "
+                   f"{f['best constant']:.4g}, optimal {f['optimal']:.4g})")]
     med = {a: spread([regret(r) for r in rs])[0] for a, rs in arms.items()}
     if VANILLA in med and RANDOM in med:
         out.append(f"- (info) deceptive: median regret, vanilla PBT {med[VANILLA]:.4g} vs random search "
@@ -299,7 +307,36 @@ def deceptive_targets(arms: dict[str, list[Run]], sol: Schedules) -> list[str]:
         better = [a for a in med if a not in (VANILLA, RANDOM) and med[a] < med[VANILLA]]
         out.append(f"- (info) deceptive: arms with a lower median regret than vanilla PBT: "
                    f"{', '.join(f'{a} ({med[a]:.4g})' for a in better) or 'none'}")
+        halves = {a: halving(rs, arms[VANILLA]) for a, rs in arms.items() if a not in (VANILLA, RANDOM, SYNCH)}
+        if halves:
+            best = min(halves, key=lambda a: halves[a][0])
+            ratio, lo, hi, wins, n = halves[best]
+            out.append(verdict(hi <= 0.5, f"deceptive: a non-greedy option ends with at most half of vanilla PBT's "
+                                          f"regret: best {best}, mean regret {ratio:.3g}x vanilla's [{lo:.3g}, {hi:.3g}] "
+                                          f"(bootstrap 95%, paired by seed), at most half in {wins}/{n} seeds"))
+    if SYNCH in arms and SUBPOP_SYNCH in arms:  # synchronous rounds: the greedy race the simulator predicts
+        ratio, lo, hi, wins, n = halving(arms[SUBPOP_SYNCH], arms[SYNCH])
+        out.append(f"- (info) deceptive: with exploit.synch, sub-populations end at {ratio:.3g}x synchronous PBT's "
+                   f"regret [{lo:.3g}, {hi:.3g}] (paired by seed), at most half in {wins}/{n} seeds")
     return out
+
+
+def halving(runs: Sequence[Run], vanilla: Sequence[Run]) -> tuple[float, float, float, int, int]:
+    """An arm's mean regret over vanilla PBT's on the same seeds, its seeded bootstrap 95% interval (a
+    ratio of means, resampling seeds in pairs), and in how many seeds its regret is at most half vanilla's."""
+    base = {r.seed: regret(r) for r in vanilla}
+    pairs = [(regret(r), base[r.seed]) for r in runs if r.seed in base]
+    if not pairs or sum(v for _, v in pairs) <= 0:
+        return math.nan, math.nan, math.nan, 0, len(pairs)
+    rng = random.Random(23)
+    ratios = []
+    for _ in range(2000):
+        pick = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        den = sum(v for _, v in pick)
+        ratios.append(sum(a for a, _ in pick) / den if den > 0 else math.inf)
+    ratios.sort()
+    mean = sum(a for a, _ in pairs) / sum(v for _, v in pairs)
+    return mean, ratios[50], ratios[1949], sum(1 for a, v in pairs if a <= v / 2), len(pairs)
 
 
 def deceptive_figure(fig: Any, arms: dict[str, list[Run]]) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -41,7 +42,7 @@ from pbt_mq.tools.study.pareto import pareto_study
 from pbt_mq.tools.study.report import write_report
 from pbt_mq.tools.study.rising import rising_study
 from pbt_mq.tools.study.rl import CARTPOLE
-from pbt_mq.tools.study.tasks import FULL, QUICK, Fleet, digits_study, drift_study, toy_study
+from pbt_mq.tools.study.tasks import EXAMPLES, FULL, QUICK, Fleet, digits_study, drift_study, toy_study
 
 STUDIES = {"toy": toy_study, "digits": digits_study, "drift": drift_study, "rising": rising_study,
            "pareto": pareto_study, "deceptive": deceptive_study}
@@ -56,6 +57,12 @@ def run(a: argparse.Namespace) -> int:
     if unknown or not chosen:
         print(f"pbt study: error: --only: unknown study {(unknown or [''])[0]!r}", file=sys.stderr)
         return 2
+    if not (EXAMPLES / "toy.toml").is_file():
+        print(f"pbt study: error: it runs the example experiments of a checkout ({EXAMPLES} is missing): "
+              "git clone the project and pip install -e . from it", file=sys.stderr)
+        return 2
+    # its workers import the examples' trainables (workers.x:Y) from the checkout, wherever it is run from
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(EXAMPLES.parent), os.environ.get("PYTHONPATH")) if p)
     scale = QUICK if a.quick else FULL
     if a.seeds:
         scale = dataclasses.replace(scale, seeds=a.seeds, rising_seeds=a.seeds)

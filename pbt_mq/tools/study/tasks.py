@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import workers as _workers
+import pbt_mq
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.config.parse import load_file
 from pbt_mq.core.keys import Keys
@@ -23,7 +23,9 @@ from pbt_mq.state.lineage import records, replay_decisions
 from pbt_mq.tools.local import watch
 from pbt_mq.tools.study.analysis import Arm, Run, best_hparams, best_record, final_best
 
-EXAMPLES = Path(_workers.__file__).resolve().parent
+# The examples are files of a checkout (workers/ beside pbt_mq/), read by path: never an installed package,
+# never imported here. The study's worker processes import their trainables from the checkout's root.
+EXAMPLES = Path(pbt_mq.__file__).resolve().parents[1] / "workers"
 
 
 @dataclass
