@@ -163,3 +163,29 @@ def test_no_module_or_class_too_big(name):
         if isinstance(node, ast.ClassDef):
             size = node.end_lineno - node.lineno + 1
             assert size <= MAX_CLASS_LINES, f"{name}.{node.name}: {size} lines"
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (absolute imports, anywhere in the file)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_rq_is_used_only_behind_its_adapter():
+    """Every use of RQ is in broker/jobs.py (issue 25): one file to read when RQ changes."""
+    users = sorted(name for name, path in modules().items() if "rq" in third_party_imports(path))
+    assert users == ["pbt_mq.broker.jobs"]
+
+
+def test_the_library_never_imports_its_examples():
+    """workers/ is the examples, files of a checkout (issue 25): no module of pbt_mq imports them, and
+    they are not an installed package (pyproject's packages.find)."""
+    assert sorted(name for name, path in modules().items() if "workers" in third_party_imports(path)) == []
+    pyproject = (PKG.parent / "pyproject.toml").read_text(encoding="utf-8")
+    include = next(line for line in pyproject.splitlines() if line.startswith("include = "))
+    assert "workers" not in include.split("#")[0] and 'workers = ["*.toml"]' not in pyproject

@@ -24,6 +24,7 @@ import redis
 from rq import Queue, get_current_job
 from rq.exceptions import DequeueTimeout, DeserializationError
 from rq.job import Job
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
@@ -357,3 +358,8 @@ def drain(r: Any, base: str, exp: str) -> int:
     pipe.delete(f"rq:queues:{{{exp}}}")
     pipe.execute()
     return len(ids)
+
+
+def time_limit(job: Job) -> UnixSignalDeathPenalty:
+    """A segment's ``job.timeout`` as RQ enforces it (SIGALRM raises JobTimeoutException in the segment)."""
+    return UnixSignalDeathPenalty(job.timeout or -1, JobTimeoutException, job_id=job.id)

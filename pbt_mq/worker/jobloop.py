@@ -20,9 +20,8 @@ from typing import Any
 
 import redis
 from redis.exceptions import RedisClusterException
-from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from pbt_mq.broker.jobs import UnreadableJob, expire_job, take_job
+from pbt_mq.broker.jobs import UnreadableJob, expire_job, take_job, time_limit
 from pbt_mq.core.keys import DEAD
 from pbt_mq.core.protocol import ProtocolError, SegmentCommand
 from pbt_mq.state.recovery import dead_letter
@@ -76,7 +75,7 @@ class JobLoop:
             return
         ok = False
         try:
-            with UnixSignalDeathPenalty(job.timeout or -1, JobTimeoutException, job_id=job.id):
+            with time_limit(job):
                 self.rt.run(cmd, job.id, after=[expire_job(job, True)])
             ok = True
         except REDIS_DOWN as exc:
