@@ -118,7 +118,7 @@ def cmd_list(a: argparse.Namespace) -> int:
                 if row["member"] else "no score yet")
         if row.get("multi") and row["member"]:  # several metrics: a front, not one best (pbt status shows it)
             best = f"several metrics; on the first, best {best[5:]}"
-        why = f"  {row['reason']}" if row["state"] in ("stopped", "failed") and row["reason"] else ""
+        why = f"  {row['reason']}" if row["state"] in ("stopped", "failed", "?") and row["reason"] else ""
         print(f"{row['id']}  {row['state']}  {best}{why}")
     return EXIT_OK
 

@@ -114,7 +114,7 @@ def cmd_export(a: argparse.Namespace) -> int:
           f" members {', '.join(_members(sched['segments']))}")
     print(f"{out / 'experiment.toml'}: the experiment file")
     if not sched["complete"]:
-        print("warning: the lineage does not reach back to a fresh start; the schedule cannot be replayed", file=sys.stderr)
+        print("pbt: warning: the lineage does not reach back to a fresh start; the schedule cannot be replayed", file=sys.stderr)
     print(f"replay it: pbt replay {out / 'schedule.json'}")
     return 0
 

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-from redis.exceptions import RedisClusterException
 
-from pbt_mq.broker.cluster import is_cluster
+from pbt_mq.broker.cluster import REDIS_ERRORS, is_cluster
 from pbt_mq.broker.jobs import drain
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.gc import collect
+from pbt_mq.control.guard import misplaced_key
 from pbt_mq.control.quarantine import repair
 from pbt_mq.control.reaper import sweep
 from pbt_mq.control.trim import drop_rounds, empty_events, tracking_floor, trim_boards, trim_events
@@ -50,9 +50,11 @@ class Maintenance:
         self._archived = 0.0
         self._gc_at: dict[str, float] = {}
         self._reported: set[tuple[str, ...]] = set()
+        self.configs: dict[str, Experiment] = {}  # the running ones, as of the last tick
 
     def tick(self, configs: dict[str, Experiment], now: float) -> None:
         """Run what is due (``now``: time.monotonic())."""
+        self.configs = configs
         if self.reap_interval_s <= 0 or now - self._reaped < self.reap_interval_s:
             return
         self._reaped = now
@@ -136,7 +138,7 @@ class Maintenance:
             for e, cfg in ended.items():
                 try:
                     drain(self.r, cfg.queue, e)
-                except (redis.RedisError, RedisClusterException) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("%s: could not drain its queue: %s", e, exc)
         for e in ended:
             self.stores.pop(e, None)
@@ -151,6 +153,9 @@ class Maintenance:
             yield
         except (redis.RedisError, StoreError) as exc:
             log.warning("%s: %s: %s", what, exp, exc)
+            if misplaced_key(exc) and exp in self.configs and what != "repair":  # a key of another type: aside
+                with self.isolated("repair", exp):
+                    repair(self.r, exp, self.configs[exp])
         except Exception as exc:  # noqa: BLE001 - isolation is the point: every other experiment goes on
             said = (what, exp, type(exc).__name__, str(exc))
             if said not in self._reported:

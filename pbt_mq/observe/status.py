@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 from pbt_mq.core.ids import experiment_ids, leaders
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import Lineage, Member, Meta
@@ -20,10 +22,15 @@ def experiment_rows(r: Any) -> list[dict[str, Any]]:
     for e in ids:
         pipe.hmget(Keys(e).meta, *Meta.names(*_META))
         pipe.zrevrange(Keys(e).scores, 0, 15, withscores=True)
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)  # a key of another type (redis-cli) spoils its row, not the list
     rows = []
     for i, e in enumerate(ids):
-        meta, top = Meta.pick(_META, replies[2 * i]), leaders(replies[2 * i + 1])
+        if isinstance(replies[2 * i], redis.ResponseError):
+            rows.append({"id": e, "state": "?", "reason": f"unreadable: {Keys(e).meta}: {replies[2 * i]}",
+                         "metric": "", "member": None, "score": None, "step": None, "multi": False})
+            continue
+        meta = Meta.pick(_META, replies[2 * i])
+        top = [] if isinstance(replies[2 * i + 1], redis.ResponseError) else leaders(replies[2 * i + 1])
         if meta.state is None and not meta.metric:
             continue  # launched this instant: its meta is not written yet
         member = top[0][0] if top else None
@@ -36,8 +43,8 @@ def experiment_rows(r: Any) -> list[dict[str, Any]]:
     scored = [row for row in rows if row["member"]]
     for row in scored:
         pipe.hmget(Keys(row["id"]).member(row["member"]), *Member.names("scored_step"))
-    for row, reply in zip(scored, pipe.execute(), strict=True):
-        row["step"] = Member.pick(("scored_step",), reply).scored_step
+    for row, reply in zip(scored, pipe.execute(raise_on_error=False), strict=True):
+        row["step"] = None if isinstance(reply, redis.ResponseError) else Member.pick(("scored_step",), reply).scored_step
     return rows
 
 

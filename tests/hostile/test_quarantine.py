@@ -12,7 +12,7 @@ import pytest
 from helpers import PAPER_INIT_4, launch, pbt, status
 
 from pbt_mq.control.quarantine import expected_type
-from pbt_mq.core.keys import Keys
+from pbt_mq.core.keys import EXPERIMENTS, Keys
 
 SLOW = ("population.size=4", PAPER_INIT_4, "trainable_args.delay_s=0.05", "stop.steps=48")
 
@@ -75,3 +75,18 @@ def test_an_events_stream_deleted_by_hand_gets_its_group_back(fleet, redis_url, 
         assert all(m["state"] == "done" for m in status(redis_url, exp)["members"]), exp
     assert "Traceback" not in fleet.log("a1") + fleet.log("w1")
     assert "group on" in fleet.log("a1") and "created again" in fleet.log("a1")
+
+
+def test_pbt_list_says_which_experiment_holds_a_key_of_another_type(redis_url, r):
+    """Before any arbiter moved it aside, a reader answers for the other experiments and names the key."""
+    r.zadd(EXPERIMENTS, {"e-broken": 1, "e-fine": 2})
+    r.set(Keys("e-broken").meta, "not a hash")
+    fine = Keys("e-fine")
+    r.hset(fine.meta, mapping={"state": "running", "metric": "q", "mode": "max"})
+    r.zadd(fine.scores, {"m000": 0.5})
+    r.set(fine.member("m000"), "not a hash either")
+    res = pbt("list", "--redis", redis_url)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("e-broken  ?  no score yet  unreadable: pbt:{e-broken}:meta: WRONGTYPE"), lines
+    assert lines[1].startswith("e-fine  running  best q=0.5 (m000, step None)"), lines
