@@ -189,3 +189,10 @@ def test_the_library_never_imports_its_examples():
     pyproject = (PKG.parent / "pyproject.toml").read_text(encoding="utf-8")
     include = next(line for line in pyproject.splitlines() if line.startswith("include = "))
     assert "workers" not in include.split("#")[0] and 'workers = ["*.toml"]' not in pyproject
+
+
+def test_one_tuple_of_redis_errors():
+    """What a daemon waits out is spelled once (broker.cluster.REDIS_ERRORS), not per module (issue 25)."""
+    spelled = sorted(name for name, path in modules().items()
+                     if "RedisClusterException" in path.read_text(encoding="utf-8"))
+    assert spelled == ["pbt_mq.broker.cluster"]

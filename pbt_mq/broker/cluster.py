@@ -24,10 +24,14 @@ from typing import Any
 
 import redis
 from redis.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from pbt_mq.core.ids import experiment_ids
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState
+
+# Whatever Redis or a Redis Cluster raises: the one tuple a daemon waits out (RedisClusterException is no RedisError)
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 # A segment's job id is EXP_M_SEQ with an optional _aN / _rN suffix (see keys.job_id);
 # member ids are m<digits>, so the experiment is everything before the last such tail.

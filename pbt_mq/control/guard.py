@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable
 
 import redis
-from redis.exceptions import RedisClusterException
+
+from pbt_mq.broker.cluster import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class LoopGuard:
             return  # a key of another type (or a lost group) moved aside and rebuilt: go on now
         if isinstance(exc, redis.ResponseError):
             self._once(f"Redis refused a command ({exc})")
-        elif isinstance(exc, redis.RedisError | RedisClusterException):
+        elif isinstance(exc, REDIS_ERRORS):
             log.warning("%s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, self.backoff_s)
         else:
             self._once(f"{type(exc).__name__}: {exc}")

@@ -18,9 +18,7 @@ import logging
 import time
 from typing import Any
 
-import redis
-from redis.exceptions import RedisClusterException
-
+from pbt_mq.broker.cluster import REDIS_ERRORS
 from pbt_mq.broker.jobs import UnreadableJob, expire_job, take_job, time_limit
 from pbt_mq.core.keys import DEAD
 from pbt_mq.core.protocol import ProtocolError, SegmentCommand
@@ -30,7 +28,6 @@ from pbt_mq.worker.stopping import StopPolicy
 
 log = logging.getLogger(__name__)
 POP_S = 1.0  # longest wait for a job before the stop flag is looked at again
-REDIS_DOWN = (redis.RedisError, RedisClusterException)
 
 
 class JobLoop:
@@ -51,7 +48,7 @@ class JobLoop:
                 self.jobs += 1
                 self.refuse(exc.job_id, exc.why)
                 continue
-            except REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("worker %s: Redis unavailable (%s); retrying in %.1f s", self.rt.worker_id, exc, backoff)
                 self.stop.event.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -78,7 +75,7 @@ class JobLoop:
             with time_limit(job):
                 self.rt.run(cmd, job.id, after=[expire_job(job, True)])
             ok = True
-        except REDIS_DOWN as exc:
+        except REDIS_ERRORS as exc:
             log.error("job %s: Redis unavailable (%s); the reaper queues the segment again", job.id, exc)
         except Exception as exc:  # noqa: BLE001 - the runtime recorded the failure (retry or failed member)
             log.debug("job %s raised %s", job.id, exc)
@@ -87,7 +84,7 @@ class JobLoop:
             return
         try:
             self.r.execute_command(*expire_job(job, ok))
-        except REDIS_DOWN:
+        except REDIS_ERRORS:
             pass  # nothing depends on it
 
     def refuse(self, job_id: str, why: BaseException) -> None:
@@ -95,5 +92,5 @@ class JobLoop:
         try:
             dead_letter(self.r, DEAD, reason=f"{type(why).__name__}: {why}"[:2000], source=f"rq:queue:{self.queues[-1]}",
                         entry=job_id, worker=self.rt.worker_id)
-        except REDIS_DOWN:
+        except REDIS_ERRORS:
             pass
