@@ -1,6 +1,7 @@
 # One command each: `make demo` runs a real PBT experiment on this machine,
 # `make test` runs the tests (redis-server and moto_server are started if absent).
 PY ?= python
+TEST_PROCS ?= 4  # pytest-xdist processes for make test (most tests wait on real processes, not the CPU); 0: serial
 
 .PHONY: install install-demo install-integrations demo test test-integrations lint bench study
 
@@ -19,7 +20,7 @@ demo: install-demo
 	pbt local workers/digits.toml --workers 2
 
 test: install  # on a fresh machine too: installs first (a no-op once done), then everything but the integrations
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration" -n $(TEST_PROCS) --dist loadgroup
 
 test-integrations: install-integrations  # Lightning, Transformers, MLflow, W&B: the real libraries (CI's second stage)
 	$(PY) -m pytest -q -m integration

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -50,9 +52,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
-    """A flushed database on the real server."""
-    redis.Redis.from_url(redis_server).flushdb()
-    return redis_server
+    """A flushed database on the real server: under pytest-xdist (``make test``), each worker process
+    its own database (10 + its number), so tests running at once never flush each other's keys."""
+    url = worker_database(redis_server)
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def worker_database(url: str) -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... (unset without xdist)
+    if not worker.startswith("gw"):
+        return url
+    n = 10 + int(worker[2:])
+    if n > 15:
+        pytest.fail("at most 6 xdist workers: each takes one of Redis's databases 10-15")
+    return urlunsplit(urlsplit(url)._replace(path=f"/{n}"))
 
 
 @pytest.fixture
@@ -112,3 +126,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's workers ignore SIGINT, and a process started with SIGINT ignored keeps ignoring it
+    (Python installs no KeyboardInterrupt then): the tests that press Ctrl-C on ``pbt local`` or ``pbt
+    top`` would wait forever. Each worker takes Python's own handler back, as a plain pytest has it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -27,6 +27,8 @@ from pbt_mq.core.keys import Keys
 from pbt_mq.state.experiment import launch as launch_in_process
 from pbt_mq.state.lineage import records
 
+pytestmark = pytest.mark.xdist_group("cluster")  # (one module fixture: a 3-master cluster) on one pytest-xdist worker
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:

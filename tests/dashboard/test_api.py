@@ -33,6 +33,8 @@ from pbt_mq.dashboard.app import build_app
 from pbt_mq.state.experiment import launch as launch_in_process
 from pbt_mq.state.lineage import records
 
+pytestmark = pytest.mark.xdist_group("dashboard-db9")  # (one module fixture: a fleet in Redis database 9) on one pytest-xdist worker
+
 TOKEN = "s3cret-token-for-the-tests-0123"
 STATIC = ROOT / "pbt_mq" / "dashboard" / "static"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from pbt_mq.core.protocol import ReadyEvent
 from pbt_mq.rules.base import fmt
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.lineage import records
+
+pytestmark = pytest.mark.xdist_group("inspect-db7")  # (one module fixture: a fleet in Redis database 7) on one pytest-xdist worker
 
 
 @dataclass
@@ -309,12 +312,16 @@ def test_top_redraws_live_in_a_terminal_until_ctrl_c(run):
             if poller.poll(1000):
                 out += os.read(master, 1 << 16)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, out.decode(errors="replace")[-2000:]
-        while poller.poll(200):
-            try:
-                out += os.read(master, 1 << 16)
-            except OSError:  # EIO: the child closed the terminal
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # keep reading: a full terminal would block its last writes
+            if poller.poll(200):
+                try:
+                    out += os.read(master, 1 << 16)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+            elif proc.poll() is not None:
                 break
+        assert proc.wait(timeout=5) == 0, out.decode(errors="replace")[-2000:]
     finally:
         os.close(master)
         if proc.poll() is None:
