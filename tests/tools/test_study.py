@@ -227,3 +227,20 @@ def test_every_task_is_in_the_study_by_default_and_only_refuses_an_unknown_one(t
                          cwd=ROOT)
     usage = " ".join(res.stdout.split())  # as argparse wraps it
     assert all(name in usage for name in ("cartpole", "charlm", "pareto", "rising")) and "(default: all)" in usage
+
+
+def test_arms_narrows_every_task_to_the_named_arms_and_its_baselines():
+    scale = study_tasks.Scale(toy_seeds=1, seeds=1, digits=(), drift=(), arms=("PB2",))
+    assert [a.label for a in scale.pick(deceptive.ARMS, (deceptive.VANILLA, deceptive.RANDOM))] == [
+        deceptive.VANILLA, deceptive.RANDOM, "PB2"]
+    for task in PAIRED:
+        assert [a.label for a in scale.pick(task.arms, ("random search",))] == ["random search", "PB2"]
+    everything = study_tasks.Scale(toy_seeds=1, seeds=1, digits=(), drift=())
+    assert everything.pick(rising.ARMS, ()) == rising.ARMS
+
+
+def test_an_unknown_arm_is_one_line_and_runs_nothing(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--arms", "PB3", "-o", str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("pbt study: error: --arms: unknown arm 'PB3'; known: ")
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

@@ -69,7 +69,7 @@ COLORS = {VANILLA: "tab:blue", RANDOM: "tab:gray", "PB2": "tab:purple", "PBT, wi
 
 def deceptive_study(fleet: Fleet, scale: Scale) -> list[Run]:
     sets = QUICK_SETS if scale.quick else ()
-    arms = QUICK_ARMS if scale.quick else ARMS  # module constants, read per call (a caller may narrow them)
+    arms = scale.pick(QUICK_ARMS if scale.quick else ARMS, (VANILLA, RANDOM))  # read per call (a caller may narrow them)
     warm_up(fleet, FILE, sets)
     runs = []
     for seed in range(scale.seeds):

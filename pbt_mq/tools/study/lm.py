@@ -7,10 +7,10 @@ The full study runs the file as it is (see its header for the sizes), 5 seeds pe
 from __future__ import annotations
 
 from pbt_mq.tools.study.analysis import Arm
-from pbt_mq.tools.study.paired import ARMS, PairedTask
+from pbt_mq.tools.study.paired import ARMS, PB2, PairedTask
 
 LM_ARMS = (*ARMS, Arm("PBT, window+subpop+crossover", ("exploit.window=4", "exploit.subpopulations=[1, 4, 0]",
-                                                      "explore.rule=crossover")))
+                                                      "explore.rule=crossover")), PB2)
 
 CHARLM = PairedTask(
     name="charlm",

@@ -36,6 +36,7 @@ from pbt_mq.tools.study.tasks import EXAMPLES, Fleet, Scale, best_metrics, initi
 
 RS = Arm("random search", ("exploit.rule=none", "explore.rule=none"))
 ARMS = (Arm("PBT"), RS)
+PB2 = Arm("PB2", ("explore.rule=pb2",))  # issue 23's arms on real tasks: the Bayesian explore of Parker-Holder et al.
 ALONE = "best RS config alone"  # random search's best configuration per seed, retrained as a population of one
 
 
@@ -58,9 +59,10 @@ class PairedTask:
         sets = self.quick if scale.quick else self.full
         warm_up(fleet, file, sets)
         runs = []
+        chosen = scale.pick(self.arms, (RS.label,))
         for seed in range(scale.seeds):
             done = {}
-            for arm in self.arms if seed % 2 == 0 else self.arms[::-1]:  # alternate, so drift in load evens out
+            for arm in chosen if seed % 2 == 0 else chosen[::-1]:  # alternate, so drift in load evens out
                 done[arm.label] = run_experiment(fleet, self.name, arm.label, file, [*sets, *arm.sets], seed)
             if RS.label in done:  # the best configuration random search found, trained alone: 1/n of the compute
                 alone = [*sets, "population.size=1", initial_set([best_hparams(done[RS.label])]), *RS.sets]

@@ -57,8 +57,9 @@ def rising_study(fleet: Fleet, scale: Scale) -> list[Run]:
     file = EXAMPLES / "rising.toml"
     warm_up(fleet, file, scale.rising)
     runs = []
+    arms = scale.pick(ARMS, (FIXED, STEP))
     for seed in range(100, 100 + scale.rising_seeds):  # not the seeds the task was calibrated on (0-3)
-        for arm in ARMS if seed % 2 == 0 else ARMS[::-1]:
+        for arm in arms if seed % 2 == 0 else arms[::-1]:
             runs.append(run_experiment(fleet, "rising", arm.label, file, [*scale.rising, *arm.sets], seed))
     return runs
 

@@ -11,12 +11,12 @@ per member), ready every 8, 5 seeds per arm. --quick: 4 members, 16 iterations.
 from __future__ import annotations
 
 from pbt_mq.tools.study.analysis import Arm
-from pbt_mq.tools.study.paired import ARMS, PairedTask
+from pbt_mq.tools.study.paired import ARMS, PB2, PairedTask
 
 # issue 23: the paper's t-test for noisy RL returns, and the sub-populations that won the rising task
 RL_ARMS = (*ARMS, Arm("PBT, ttest", ("exploit.rule=ttest", "exploit.window=4")),
            Arm("PBT, window+subpop+crossover", ("exploit.window=4", "exploit.subpopulations=[1, 4, 0]",
-                                                "explore.rule=crossover")))
+                                                "explore.rule=crossover")), PB2)
 
 ACROBOT = ('trainable_args.env_id="Acrobot-v1"', "trainable_args.gamma=0.99")
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
 from pbt_mq.tools.fleet import fleet
+from pbt_mq.tools.study import deceptive, rising
 from pbt_mq.tools.study.deceptive import deceptive_study
 from pbt_mq.tools.study.lm import CHARLM
 from pbt_mq.tools.study.pareto import pareto_study
@@ -66,6 +67,14 @@ def run(a: argparse.Namespace) -> int:
     scale = QUICK if a.quick else FULL
     if a.seeds:
         scale = dataclasses.replace(scale, seeds=a.seeds, rising_seeds=a.seeds)
+    if a.arms:
+        wanted = tuple(x.strip() for x in a.arms.split(",") if x.strip())
+        known = {arm.label for arm in (*deceptive.ARMS, *rising.ARMS, *(x for task in PAIRED for x in task.arms))}
+        if not wanted or set(wanted) - known:
+            print(f"pbt study: error: --arms: unknown arm {sorted(set(wanted) - known or {''})[0]!r}; "
+                  f"known: {', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        scale = dataclasses.replace(scale, arms=wanted)
     out = Path(a.out).resolve()
     wd = out / "work"
     (wd / "logs").mkdir(parents=True, exist_ok=True)
@@ -87,5 +96,5 @@ def command_line(a: argparse.Namespace, chosen: Sequence[str]) -> str:
     """The command that reproduces this report, for its header."""
     parts = ["pbt study", "--quick" if a.quick else "", f"-o {a.out}",
              f"--only {','.join(chosen)}" if set(chosen) != set(ALL) else "",
-             f"--seeds {a.seeds}" if a.seeds else "", f"--workers {a.workers}" if a.workers != 2 else ""]
+             f"--seeds {a.seeds}" if a.seeds else "", f"--arms '{a.arms}'" if a.arms else "", f"--workers {a.workers}" if a.workers != 2 else ""]
     return " ".join(p for p in parts if p)

@@ -54,6 +54,11 @@ class Scale:
     rising: tuple[str, ...] = ()
     pareto: tuple[str, ...] = ()
     quick: bool = False  # study.paired's tasks read their --quick settings from it
+    arms: tuple[str, ...] = ()  # --arms: run only these arms (and each task's baseline); () runs them all
+
+    def pick(self, arms: Sequence[Arm], baselines: Sequence[str]) -> tuple[Arm, ...]:
+        """The arms to run: all, or those --arms names plus the baselines the task's report pairs with."""
+        return tuple(a for a in arms if not self.arms or a.label in self.arms or a.label in baselines)
 
 
 FULL = Scale(toy_seeds=10, seeds=5, digits=(), drift=())
