@@ -35,7 +35,7 @@ from pbt_mq.control.refusals import Refusals
 from pbt_mq.control.replace import Replacer
 from pbt_mq.control.routing import Queues
 from pbt_mq.control.synch import Tries, due
-from pbt_mq.core.failed import FailedEvent
+from pbt_mq.core.failed import FailedEvent, decode_event, is_failed
 from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import GROUP, Keys
@@ -204,7 +204,7 @@ class Arbiter:
             return len(entries)
         pending: list[tuple[bytes, dict[bytes, bytes], ReadyEvent]] = []
         for entry_id, fields in entries:
-            if b"failed" in fields:  # a failed segment: one at a time (control.replace)
+            if is_failed(fields):  # a failed segment: one at a time (control.replace)
                 self.handle(exp, entry_id, fields)
                 continue
             try:
@@ -262,7 +262,7 @@ class Arbiter:
 
     def handle(self, exp: str, entry_id: bytes, fields: dict[bytes, bytes]) -> str:
         try:
-            ev = (FailedEvent if b"failed" in fields else ReadyEvent).decode(fields.get(b"msg"))
+            ev = decode_event(fields)
             if ev.experiment != exp:
                 raise ProtocolError(f"experiment: event names {ev.experiment!r} but sits in {exp}'s stream")
             cfg = self.configs.get(exp) or load_config(self.r, exp)

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pbt_mq.config.experiment import Experiment
-from pbt_mq.core.failed import FailedEvent
+from pbt_mq.core.failed import decode_event
 from pbt_mq.core.keys import GROUP, Keys
-from pbt_mq.core.protocol import ProtocolError, ReadyEvent
+from pbt_mq.core.protocol import ProtocolError
 from pbt_mq.state.finish import fail_member
 from pbt_mq.state.recovery import dead_letter
 
@@ -59,7 +59,7 @@ class EventErrors:
         log.error("%s: event %s: %s; dead-lettered", exp, entry_id, reason)
         self.dead_letter(k, entry_id, fields, reason)
         try:
-            ev = (FailedEvent if b"failed" in fields else ReadyEvent).decode(fields.get(b"msg"))
+            ev = decode_event(fields)
             fail_member(self.r, config(), exp, ev.member, ev.seq, f"its ready event was dead-lettered: {reason}")
         except ProtocolError:
             pass

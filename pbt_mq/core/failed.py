@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbt_mq.core.protocol import _float, _opt_key, _pack, _segment_fields, _shallow, _str, _unpack
+from pbt_mq.core.protocol import ReadyEvent, _float, _opt_key, _pack, _segment_fields, _shallow, _str, _unpack
 
 MAX_ERROR = 4000  # characters of traceback kept (its end: where it raised)
 
@@ -49,5 +49,19 @@ class FailedEvent:
 
     def stream_fields(self) -> dict[str, object]:
         """The events stream entry: plain copies for redis-cli and tools, the message in ``msg``."""
-        return {"member": self.member, "seq": self.seq, "step": self.step, "score": "nan", "failed": 1,
+        return {"member": self.member, "seq": self.seq, "step": self.step, "score": "nan", FAILED_FIELD: 1,
                 "msg": self.encode()}
+
+
+FAILED_FIELD = "failed"  # the plain field that marks an events entry as a FailedEvent
+
+
+def is_failed(fields: dict[bytes, bytes]) -> bool:
+    """Is this events stream entry a failed segment (not a ready one)?"""
+    return FAILED_FIELD.encode() in fields
+
+
+def decode_event(fields: dict[bytes, bytes]) -> ReadyEvent | FailedEvent:
+    """The one decoder of an events stream entry: its ``msg`` as the type its plain fields say.
+    Raises ProtocolError (from the message's own validation) for anything else."""
+    return (FailedEvent if is_failed(fields) else ReadyEvent).decode(fields.get(b"msg"))

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import redis
 
 from pbt_mq.config.experiment import Experiment
+from pbt_mq.core.failed import is_failed
 from pbt_mq.core.hooks import Hook
 from pbt_mq.core.ids import entry_ms, now_ms
 from pbt_mq.core.keys import Keys
@@ -235,7 +236,7 @@ class Sender:
             if sent + lost and time.monotonic() >= until:
                 break
             try:
-                if which == "events" and b"failed" in fields:
+                if which == "events" and is_failed(fields):
                     pass  # a failed segment (worker.on_failure = replace): no metrics to send
                 elif which == "events":
                     ev = ReadyEvent.decode(fields[b"msg"])

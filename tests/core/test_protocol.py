@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pbt_mq.core.failed import FailedEvent, decode_event, is_failed
 from pbt_mq.core.protocol import (
     MAX_MESSAGE_BYTES,
     SCHEMA_VERSION,
@@ -401,3 +402,16 @@ def test_checkpoint_keys_accepted(key: str):
 def test_checkpoint_keys_refused(key: str):
     with pytest.raises(ProtocolError, match=r"^ckpt\.key: must be a relative key"):
         CheckpointRef.from_wire({"key": key, "sha256": SHA, "size": 0}, "ckpt")
+
+
+def test_one_decoder_reads_an_events_entry_as_the_type_its_fields_say():
+    ev = ready()
+    fields = {b"member": b"m", b"seq": b"3", b"msg": ev.encode()}
+    assert not is_failed(fields) and decode_event(fields) == ev
+    bad = FailedEvent("exp", "m0", 3, 12, {"lr": 0.1}, "Traceback ...", start_key=REF.key)
+    entry = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in bad.stream_fields().items()}
+    assert is_failed(entry) and decode_event(entry) == bad
+    with pytest.raises(ProtocolError):  # a ready message under the failed marker is refused, not misread
+        decode_event({b"failed": b"1", b"msg": ev.encode()})
+    with pytest.raises(ProtocolError):
+        decode_event({b"member": b"m"})  # no message at all
