@@ -61,11 +61,11 @@ def redis_url(redis_server: str) -> str:
 
 def worker_database(url: str) -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... (unset without xdist)
-    if not worker.startswith("gw"):
-        return url
+    if not worker.startswith("gw") or not os.environ.get("PBT_TEST_REDIS_URL"):
+        return url  # no xdist, or a server of this worker's own (redis_server started it)
     n = 10 + int(worker[2:])
     if n > 15:
-        pytest.fail("at most 6 xdist workers: each takes one of Redis's databases 10-15")
+        pytest.fail("at most 6 xdist workers on one PBT_TEST_REDIS_URL: each takes one of its databases 10-15")
     return urlunsplit(urlsplit(url)._replace(path=f"/{n}"))
 
 

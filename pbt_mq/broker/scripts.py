@@ -67,3 +67,8 @@ def set_state_if(r: Any, meta_key: str, expected: str, new: str, reason: str, no
 def claim_segment(r: Any, member_key: str, meta_key: str, job_id: str, worker: str, now_ms: int) -> str:
     """"ok", or why a worker must skip this job (claim_segment.lua)."""
     return text(call(r, "claim_segment", [member_key, meta_key], [job_id, worker, now_ms]))
+
+
+def move_aside(r: Any, key: str, aside: str, expected: str) -> str:
+    """Move ``key`` to ``aside`` if it holds another type than ``expected``: the type moved, or ''."""
+    return text(call(r, "move_aside", [key, aside], [expected]))

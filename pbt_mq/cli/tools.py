@@ -66,8 +66,9 @@ def add_study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per arm for every task but the toy (default 5, rising 12; quick 1)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(study_run.ALL)} (default: all)")
-    p.add_argument("--arms", default=None, help="comma-separated arm labels to run, e.g. 'PB2' (each task's "
-                   "baselines always run: random search, vanilla PBT or the fixed population; default: every arm)")
+    p.add_argument("--arms", action="append", default=None, metavar="LABEL",
+                   help="run only this arm, e.g. PB2 or 'PBT, ttest' (repeat for more); each task's baselines always "
+                        "run (random search, vanilla PBT or the fixed population) and tasks without it are skipped")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on one experiment after this many seconds")
     p.set_defaults(fn=study_run.run)
 

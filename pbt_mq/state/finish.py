@@ -58,6 +58,8 @@ def complete_if_all_finished(r: Any, cfg: Experiment, exp: str, finished: int) -
         pipe.hmget(k.member(m), "state", "error")
     members = [Member.pick(("state", "error"), row) for row in pipe.execute()]
     states = [h.state for h in members]
+    if any(s is None or not s.ended for s in states):
+        return  # the count ran ahead of the members (a hash rewritten by hand): their states decide
     n_failed = states.count(MemberState.FAILED)
     if n_failed == len(states):
         set_state_if(r, k.meta, ExperimentState.RUNNING, ExperimentState.FAILED,

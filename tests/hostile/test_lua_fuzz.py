@@ -65,6 +65,8 @@ SCRIPTS = [
     Script("move_job", [("rq:queue:pbt@w1", "list"), ("rq:queue:pbt", "list"), (K.member("m001"), "hash")],
            lambda rng: [rng.choice(["job-1", "job-2"]), "pbt"]),
     Script("take_job", [("rq:queue:pbt@w1", "list"), ("rq:queue:pbt", "list")], lambda rng: ["rq:job:"]),
+    Script("move_aside", [(K.member("m001"), "hash"), (f"{K.prefix}:quarantine:member:m001:1", "hash")],
+           lambda rng: [rng.choice(["hash", "zset", "stream", "list"])]),
 ]
 
 
@@ -119,3 +121,14 @@ def test_a_script_answers_any_record_and_fails_only_on_a_key_of_another_type(scr
         except redis.exceptions.ResponseError as e:
             assert "WRONGTYPE" in str(e) and "wrong" in hows, (trial, hows, args, str(e))
     assert replied >= 200, replied  # most trials held keys of the right type and must have answered
+
+
+def test_move_aside_moves_only_a_key_of_another_type_once(r):
+    key, aside = K.member("m001"), f"{K.prefix}:quarantine:member:m001:1"
+    r.hset(key, "state", "running")
+    assert call(r, "move_aside", [key, aside], ["hash"]) == b"" and r.type(key) == b"hash"  # as it should be
+    r.delete(key)
+    r.set(key, "junk")
+    assert call(r, "move_aside", [key, aside], ["hash"]) == b"string"
+    assert r.get(aside) == b"junk" and not r.exists(key)
+    assert call(r, "move_aside", [key, aside], ["hash"]) == b""  # a second arbiter: nothing left to move

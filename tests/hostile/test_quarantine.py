@@ -11,8 +11,10 @@ import time
 import pytest
 from helpers import PAPER_INIT_4, launch, pbt, status
 
-from pbt_mq.control.quarantine import expected_type
+from pbt_mq.control.quarantine import expected_type, repair
 from pbt_mq.core.keys import EXPERIMENTS, Keys
+from pbt_mq.core.model import Action, Lineage
+from pbt_mq.state.experiment import load_config
 
 SLOW = ("population.size=4", PAPER_INIT_4, "trainable_args.delay_s=0.05", "stop.steps=48")
 
@@ -90,3 +92,27 @@ def test_pbt_list_says_which_experiment_holds_a_key_of_another_type(redis_url, r
     lines = res.stdout.splitlines()
     assert lines[0].startswith("e-broken  ?  no score yet  unreadable: pbt:{e-broken}:meta: WRONGTYPE"), lines
     assert lines[1].startswith("e-fine  running  best q=0.5 (m000, step None)"), lines
+
+
+def test_a_member_that_had_ended_keeps_its_end_and_a_moved_meta_fails_the_experiment(redis_url, r, tmp_path):
+    """The review's cases: the count of finished members never runs ahead (no early "done"), and an
+    experiment whose record is gone says so instead of vanishing."""
+    exp = launch(redis_url, f"file://{tmp_path / 'ckpt'}", "population.size=3")
+    cfg = load_config(r, exp)
+    k = Keys(exp)
+    r.xadd(k.lineage, Lineage.fields(member="m000", seq=5, action=Action.DONE, ops=[]))
+    r.hset(k.member("m000"), mapping={"state": "done"})
+    r.hset(k.meta, "finished", 1)
+    for m in ("m000", "m001"):
+        r.delete(k.member(m))
+        r.set(k.member(m), "junk")
+    assert repair(r, exp, cfg) >= 2
+    assert r.hget(k.member("m000"), "state") == b"done" and r.hget(k.member("m001"), "state") == b"failed"
+    assert int(r.hget(k.meta, "finished")) == 2 and r.hget(k.meta, "state") == b"running"  # m002 still to go
+    assert repair(r, exp, cfg) == 0  # nothing left to move: a second pass (or arbiter) changes nothing
+    r.delete(k.meta)
+    r.set(k.meta, "junk")
+    repair(r, exp, cfg)
+    assert r.hget(k.meta, "state") == b"failed" and b"moved aside to" in r.hget(k.meta, "reason")
+    line = pbt("list", "--redis", redis_url).stdout
+    assert line.startswith(f"{exp}  failed  ") and "cannot go on without its record" in line, line

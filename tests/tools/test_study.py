@@ -243,4 +243,5 @@ def test_an_unknown_arm_is_one_line_and_runs_nothing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pbt_mq", "study", "--arms", "PB3", "-o", str(tmp_path / "s")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("pbt study: error: --arms: unknown arm 'PB3'; known: ")
+    assert "PBT, ttest; " in res.stderr  # labels hold commas: one label per --arms
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

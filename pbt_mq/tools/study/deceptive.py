@@ -308,7 +308,8 @@ def deceptive_targets(arms: dict[str, list[Run]], sol: Schedules) -> list[str]:
         out.append(f"- (info) deceptive: arms with a lower median regret than vanilla PBT: "
                    f"{', '.join(f'{a} ({med[a]:.4g})' for a in better) or 'none'}")
         halves = {a: halving(rs, arms[VANILLA]) for a, rs in arms.items() if a not in (VANILLA, RANDOM, SYNCH)}
-        if halves:
+        halves = {a: h for a, h in halves.items() if not math.isnan(h[0])}  # (no pairs, or vanilla at the optimum)
+        if halves:  # the best arm by its mean, then its own paired interval: read it as the best case
             best = min(halves, key=lambda a: halves[a][0])
             ratio, lo, hi, wins, n = halves[best]
             out.append(verdict(hi <= 0.5, f"deceptive: a non-greedy option ends with at most half of vanilla PBT's "

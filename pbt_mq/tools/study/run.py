@@ -68,11 +68,16 @@ def run(a: argparse.Namespace) -> int:
     if a.seeds:
         scale = dataclasses.replace(scale, seeds=a.seeds, rising_seeds=a.seeds)
     if a.arms:
-        wanted = tuple(x.strip() for x in a.arms.split(",") if x.strip())
-        known = {arm.label for arm in (*deceptive.ARMS, *rising.ARMS, *(x for task in PAIRED for x in task.arms))}
+        wanted = tuple(x.strip() for x in a.arms if x.strip())
+        armed = {"rising": rising.ARMS, "deceptive": deceptive.ARMS, **{task.name: task.arms for task in PAIRED}}
+        known = {arm.label for arms in armed.values() for arm in arms}
         if not wanted or set(wanted) - known:
             print(f"pbt study: error: --arms: unknown arm {sorted(set(wanted) - known or {''})[0]!r}; "
-                  f"known: {', '.join(sorted(known))}", file=sys.stderr)
+                  f"known: {'; '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        chosen = [n for n in chosen if n in armed and set(wanted) & {arm.label for arm in armed[n]}]
+        if not chosen:
+            print("pbt study: error: --arms: no chosen task has those arms", file=sys.stderr)
             return 2
         scale = dataclasses.replace(scale, arms=wanted)
     out = Path(a.out).resolve()
@@ -96,5 +101,5 @@ def command_line(a: argparse.Namespace, chosen: Sequence[str]) -> str:
     """The command that reproduces this report, for its header."""
     parts = ["pbt study", "--quick" if a.quick else "", f"-o {a.out}",
              f"--only {','.join(chosen)}" if set(chosen) != set(ALL) else "",
-             f"--seeds {a.seeds}" if a.seeds else "", f"--arms '{a.arms}'" if a.arms else "", f"--workers {a.workers}" if a.workers != 2 else ""]
+             f"--seeds {a.seeds}" if a.seeds else "", " ".join(f"--arms '{x}'" for x in a.arms or ()), f"--workers {a.workers}" if a.workers != 2 else ""]
     return " ".join(p for p in parts if p)
