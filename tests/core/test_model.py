@@ -104,6 +104,7 @@ def test_lua_scripts_write_only_known_fields_and_states():
              "none", "rank", "random", "strict", "stale job (member is ", "experiment is ", " with job ", ")",
              "-inf", "+inf", "(", "1", "", "XRANGE", "XTRIM", "MINID", "COUNT", "-", "+", "XADD", "*", "msg", "published", "superseded", "ended",
              "HGETALL", "LPOP",
+             "TYPE", "RENAME",  # move_aside.lua: a key of another type moved aside
              "%S+", "%.17g", " ",  # decide.lua's exploit.window: split on spaces, format as Python's rules.window
              "bad", "seq"}  # decide.lua's reply to a seq that is no number
     unknown = set()
