@@ -26,6 +26,22 @@ def worker_id(i: int) -> str:
     return f"local-w{i}"
 
 
+def import_root(file: Path, trainable: str) -> Path | None:
+    """The directory a trainable's module path starts from, found from its experiment file upwards
+    (``workers.toy:Toy`` beside ``workers/toy.toml``: the folder holding ``workers/``), or None."""
+    top = trainable.split(":", 1)[0].split(".", 1)[0]
+    for d in file.resolve().parents:
+        if (d / top).is_dir() or (d / f"{top}.py").is_file():
+            return d
+    return None
+
+
+def on_pythonpath(root: Path | None) -> None:
+    """Put ``root`` first on the PYTHONPATH of the processes this one starts from now on (its workers)."""
+    if root is not None:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+
+
 def spawn(role: str, args: list[str], logfile: Path) -> subprocess.Popen:
     with open(logfile, "ab") as out:  # appended: a resumed run keeps the previous one's log
         return subprocess.Popen(

@@ -32,7 +32,7 @@ from pbt_mq.observe.stats import experiment_stats, format_stats
 from pbt_mq.observe.status import format_status
 from pbt_mq.state.experiment import launch, pause, status, unpause
 from pbt_mq.store.open import open_store
-from pbt_mq.tools.fleet import daemons
+from pbt_mq.tools.fleet import daemons, import_root, on_pythonpath
 from pbt_mq.tools.report import outputs, summary
 from pbt_mq.tools.resume import forget_dead_fleet, recover, unfinished
 from pbt_mq.tools.workdir import WorkDirError, has_state, relocate, serve_in_place, shown
@@ -52,6 +52,8 @@ def run_local(
 ) -> int:
     """Run ``file`` in ``workdir``, or with ``resume`` (an experiment id, or ALL) continue what is unfinished there."""
     cfg = load_file(file, list(overrides)) if file else None  # a broken file fails before anything starts
+    if cfg is not None:  # its workers find the trainable in the file's project, whatever the current directory
+        on_pythonpath(import_root(Path(file), cfg.trainable))
     wd = Path(workdir).resolve()
     if cfg is None and not has_state(wd):
         raise WorkDirError(f"nothing to resume: {shown(wd)} holds no saved pbt local state (see --dir)")

@@ -16,6 +16,7 @@ from helpers import ROOT, TOY, lineage_counts
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.ids import member_ids
 from pbt_mq.state.experiment import status
+from pbt_mq.tools.fleet import import_root
 from pbt_mq.tools.workdir import PORT_FILE, serve_workdir
 
 SLOW = ["--set", "trainable_args.delay_s=0.3"]  # ~8 s a run: time to interrupt it mid-way
@@ -206,3 +207,15 @@ def test_ctrl_c_pauses_a_new_run_leaves_it_paused_and_resume_finishes_it(tmp_pat
     assert [line.split()[1] for line in ls.stdout.splitlines()] == ["done", "done"], ls.stdout
     again = pbt(tmp_path, "local", "--resume", "--dir", str(wd), "--quiet")
     assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_example_runs_from_any_directory_though_it_is_no_installed_package(tmp_path):
+    """workers/ is a folder of the checkout (issue 25): `pbt local` puts the folder that holds a
+    trainable's top package, found from the experiment file upwards, on its workers' PYTHONPATH."""
+    assert import_root(ROOT / "workers" / "toy.toml", "workers.toy:Toy") == ROOT
+    assert import_root(tmp_path / "exp.toml", "nosuchpackage_xyz.mod:T") is None
+    e = {k: v for k, v in env().items() if k != "PYTHONPATH"}  # as a user's shell in another directory
+    res = subprocess.run([sys.executable, "-m", "pbt_mq", "local", TOY, "--quiet", "--dir", str(tmp_path / "wd"),
+                          "--set", "population.size=2", "--set", "stop.steps=12"], capture_output=True, text=True,
+                         cwd=tmp_path, env=e, timeout=180)
+    assert res.returncode == 0 and "done (all members finished)" in res.stdout, res.stdout + res.stderr

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from pbt_mq.broker.connect import connect
 from pbt_mq.core.model import ExperimentState
-from pbt_mq.tools.fleet import fleet
+from pbt_mq.tools.fleet import fleet, on_pythonpath
 from pbt_mq.tools.study import deceptive, rising
 from pbt_mq.tools.study.deceptive import deceptive_study
 from pbt_mq.tools.study.lm import CHARLM
@@ -63,7 +62,7 @@ def run(a: argparse.Namespace) -> int:
               "git clone the project and pip install -e . from it", file=sys.stderr)
         return 2
     # its workers import the examples' trainables (workers.x:Y) from the checkout, wherever it is run from
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(EXAMPLES.parent), os.environ.get("PYTHONPATH")) if p)
+    on_pythonpath(EXAMPLES.parent)
     scale = QUICK if a.quick else FULL
     if a.seeds:
         scale = dataclasses.replace(scale, seeds=a.seeds, rising_seeds=a.seeds)
