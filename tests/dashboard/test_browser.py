@@ -62,6 +62,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> An
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def attrs(browser: Any, selector: str, name: str) -> list[str]:
+    """``name`` of every element ``selector`` finds, read in one script: the page redraws its tables
+    between two WebDriver calls, so an element found by one may be stale for the next."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.getAttribute(arguments[1]))",
+        selector, name)
+
+
+def texts(browser: Any, selector: str) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText)", selector)
+
+
 def click(browser: Any, selector: str) -> None:
     """Click what ``selector`` finds; the page redraws its tables, so a found element may go stale."""
     wait_for(f"a click on {selector}", lambda: browser.find_element("css selector", selector).click() or True)
@@ -82,22 +95,22 @@ def test_the_page_follows_a_live_fleet(fleet, redis_url, tmp_path, browser):
         [cookie] = [c for c in browser.get_cookies() if c["name"] == "pbt_dashboard"]
         assert cookie["httpOnly"] and "pbt_dashboard" not in js("return document.cookie")  # scripts cannot read it
 
-        row = wait_for("the running experiment in the list", lambda: browser.find_elements(
-            "css selector", f'#experiments tr[data-experiment="{exp}"]'))
-        assert "running" in row[0].text
+        wait_for("the running experiment in the list", lambda: "running" in " ".join(
+            texts(browser, f'#experiments tr[data-experiment="{exp}"]')))
         click(browser, f'#experiments tr[data-experiment="{exp}"]')  # (the newest running one also opens by itself)
-        wait_for("the member ids", lambda: [e.get_attribute("data-member") for e in browser.find_elements(
-            "css selector", "#members tbody tr")] == ["m000", "m001", "m002", "m003"])
-        points = wait_for("score points for every member", lambda: (
-            (p := js("return window.pbtDashboard.scorePoints()")) and len(p) == 4 and min(p.values()) >= 2 and p))
-        canvas = browser.find_element("css selector", "#score-chart")
-        assert int(canvas.get_attribute("data-points")) == sum(points.values())
+        wait_for("the member ids", lambda: attrs(browser, "#members tbody tr", "data-member")
+                 == ["m000", "m001", "m002", "m003"])
+        wait_for("score points for every member", lambda: (
+            (p := js("return window.pbtDashboard.scorePoints()")) and len(p) == 4 and min(p.values()) >= 2))
+        # what the chart drew is what it was given (both read in one script, between two renders)
+        drawn, given = js("return [document.querySelector('#score-chart').getAttribute('data-points'),"
+                          " Object.values(window.pbtDashboard.scorePoints()).reduce((a, b) => a + b, 0)]")
+        assert int(drawn) == given, (drawn, given)
         wait_for("the schedules of h0 and h1", lambda: len(js("return Object.keys(window.pbtDashboard.charts.hparams)")) == 2)
-        lanes = browser.find_elements("css selector", "#lineage text.lane-label")
-        assert [e.get_attribute("data-member") for e in lanes] == ["m000", "m001", "m002", "m003"]
+        wait_for("a lineage lane per member", lambda: attrs(browser, "#lineage text.lane-label", "data-member")
+                 == ["m000", "m001", "m002", "m003"])
         wait_for("both workers, healthy", lambda: sorted(
-            e.text.split()[0] for e in browser.find_elements("css selector", "#workers tbody tr")
-            if " ok " in f" {e.text} ") == ["w1", "w2"])
+            t.split()[0] for t in texts(browser, "#workers tbody tr") if "ok" in t.split()) == ["w1", "w2"])
 
         # a new segment's score appears without a reload
         js("window.__same_page = true")
@@ -113,7 +126,7 @@ def test_the_page_follows_a_live_fleet(fleet, redis_url, tmp_path, browser):
         wait_for("m002 selected", lambda: browser.current_url.endswith(f"#/{exp}/m002"))
         wait_for("m002's ancestry drawn", lambda: js(
             "return window.pbtDashboard.charts.score.data.datasets.some(d => d.label === 'ancestry of m002')"))
-        assert "selected" in browser.find_element("css selector", '#members tr[data-member="m002"]').get_attribute("class")
+        wait_for("m002's row marked", lambda: "selected" in " ".join(attrs(browser, '#members tr[data-member="m002"]', "class")))
         assert browser.find_elements("css selector", "#lineage path[stroke='#000']")
 
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -133,9 +146,8 @@ def test_a_tracker_that_cannot_start_is_said_on_the_page(fleet, redis_url, tmp_p
     dash = Dashboard(tmp_path / "logs", "--redis", redis_url)
     try:
         browser.get(f"{dash.url}#/{exp}")
-        said = wait_for("the tracking problem in the summary", lambda: browser.find_elements(
-            "css selector", "#summary #tracking-problem"))
-        assert said[0].text.startswith("tracking: not tracked: mlflow"), said[0].text
+        said = wait_for("the tracking problem in the summary", lambda: texts(browser, "#summary #tracking-problem"))
+        assert said[0].startswith("tracking: not tracked: mlflow"), said[0]
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
     finally:
