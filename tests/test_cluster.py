@@ -62,6 +62,20 @@ def ids_on_distinct_nodes(cluster: RedisClusterNodes, n: int) -> list[str]:
     return list(chosen.values())
 
 
+def serve_until_done(cluster: RedisClusterNodes, tmp_path: Path, exp: str) -> str:
+    """Two workers and an arbiter on the cluster until ``exp`` ends; their logs."""
+    fleet = Fleet(cluster.url, tmp_path / "logs")
+    try:
+        for name in ("w1", "w2"):
+            fleet.start("worker", name, "--heartbeat-s", "0.5")
+        fleet.start("arbiter", "a1")
+        res = pbt("wait", exp, "--timeout", "240", "--redis", cluster.url, timeout=260)
+        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
+    finally:
+        fleet.stop()
+    return fleet.all_logs()
+
+
 def test_connect_recognises_a_cluster_node(rc):
     assert isinstance(rc, ClusterClient)
     assert len(rc.get_primaries()) == 3
@@ -174,18 +188,9 @@ def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: li
 
 def test_a_loop_api_experiment_on_a_cluster(cluster, rc, tmp_path: Path):
     """The loop API changes nothing on the wire: a plain function's experiment runs on a cluster too."""
-    fleet = Fleet(cluster.url, tmp_path / "logs")
-    try:
-        exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:toy", "population.size=4",
-                     PAPER_INIT_4)
-        for name in ("w1", "w2"):
-            fleet.start("worker", name, "--heartbeat-s", "0.5")
-        fleet.start("arbiter", "a1")
-        res = pbt("wait", exp, "--timeout", "240", "--redis", cluster.url, timeout=260)
-        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
-    finally:
-        fleet.stop()
-    assert "Traceback" not in fleet.all_logs()
+    exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "trainable=tests.loops:toy", "population.size=4",
+                 PAPER_INIT_4)
+    assert "Traceback" not in serve_until_done(cluster, tmp_path, exp)
     assert max(lineage_counts(rc, exp).values()) == 1 and max(event_counts(rc, exp).values()) == 1
     assert [rec for rec in records(rc, exp) if rec.action == "exploit"]
 
@@ -299,3 +304,16 @@ def test_keys_of_another_type_are_moved_aside_on_a_cluster(cluster, rc, tmp_path
     aside = sorted(key.decode() for key in rc.scan_iter(match=f"{k.prefix}:quarantine:*"))
     assert [a.rsplit(":", 1)[0] for a in aside] == [f"{k.prefix}:quarantine:events", f"{k.prefix}:quarantine:member:m002"]
     assert "Traceback" not in fleet.log("a1") + fleet.log("w1")
+
+
+def test_a_population_larger_than_the_fleet_continues_from_memory_on_a_cluster(cluster, rc, tmp_path: Path):
+    """Issue 27 on a cluster: the job's home field lives in its tagged hash, take_job.lua runs per
+    experiment queue with every key in the experiment's slot, and the workers' caches serve most starts."""
+    from pbt_mq.observe.stats import experiment_stats
+
+    exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "population.size=8", "population.initial=[]",
+                 "stop.steps=48", "trainable_args.delay_s=0.02")
+    logs = serve_until_done(cluster, tmp_path, exp)
+    st = experiment_stats(rc, exp)
+    assert st["starts"].get("fresh") == 8 and st["no_download_fraction"] >= 0.8, st
+    assert "Traceback" not in logs

@@ -6,6 +6,8 @@ import os
 import random
 import signal
 
+import torch
+
 from workers.toy import Toy
 
 
@@ -75,3 +77,18 @@ class KillsItsWorker(Toy):
         if _first_segment_of_the_paper_member(self):
             os.kill(os.getpid(), signal.SIGKILL)
         super().train(steps)
+
+
+class Padded(Toy):
+    """The toy with ``pad_kb`` KB of extra state in every checkpoint (a model of some size)."""
+
+    def setup(self, pad_kb: int = 24, **args) -> None:
+        super().setup(**args)
+        self.pad = torch.zeros(pad_kb * 256, dtype=torch.float32)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pad": self.pad.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pad = state["pad"].clone()

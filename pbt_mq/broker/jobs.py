@@ -41,6 +41,8 @@ REFUSED = b"PBT-REFUSED:"  # never the start of msgpack job data (an array)
 QUEUE_PREFIX = Queue.redis_queue_namespace_prefix  # "rq:queue:"
 RESULT_TTL_S = 5  # a finished segment's job hash and result: the lineage holds what it meant
 FAILURE_TTL_S = 7 * 86400
+AFFINITY_WINDOW = 64  # queued jobs a worker looks at for one whose start checkpoint it holds
+HOME_FIELD = "pbt_home"  # in a job's hash: the worker holding its start checkpoint (take_job.lua)
 
 
 def queue_key(name: str) -> str:
@@ -205,11 +207,15 @@ def queue_for(r: Any, name: str, exp: str | None = None) -> Queue:
     return Queue(name, connection=r, serializer=MsgpackSerializer, job_class=SegmentJob)
 
 
-def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str) -> None:
-    """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue."""
+def enqueue(pipe: Any, queue: Queue, job_id: str, payload: bytes, timeout_s: int, description: str,
+            home: str = "") -> None:
+    """Queue a segment job inside ``pipe`` (already in MULTI): its hash and its place in the queue;
+    ``home``: the worker that holds its start checkpoint (see ``take_job``)."""
     job = queue.create_job(SEGMENT_FUNC, args=[payload], job_id=job_id, timeout=timeout_s, result_ttl=RESULT_TTL_S,
                            failure_ttl=FAILURE_TTL_S, description=description)
     queue.enqueue_job(job, pipeline=pipe)
+    if home:
+        pipe.hset(job.key, HOME_FIELD, home)
 
 
 def intermediate_key(queue: Queue) -> str:
@@ -261,25 +267,33 @@ def make_worker(r: Any, queue: str, own_queue: str, name: str, exception_handler
 # queues and job hashes stay RQ's.
 
 
-def take_job(r: Any, queue_names: list[str], timeout_s: float) -> tuple[Job, bytes, bool] | None:
+def take_job(r: Any, queue_names: list[str], timeout_s: float, worker: str = "",
+             affinity_wait_ms: int = 0) -> tuple[Job, bytes, bool] | None:
     """The next segment job from the first non-empty of ``queue_names`` (on a Redis Cluster from any
     running experiment's queue of those names), waiting up to ``timeout_s``: the job, its payload,
     checked as RQ would run it (see ``segment_of``), and whether it had to wait for one; or None.
-    One round trip when a job is waiting."""
+    One round trip when a job is waiting.
+
+    ``worker`` and ``affinity_wait_ms`` > 0: of the first ``AFFINITY_WINDOW`` queued jobs, one homed
+    at this worker (it holds the start checkpoint) is taken first, and a job is passed over for at
+    most ``affinity_wait_ms`` (take_job.lua). A worker never waits for its own: with none queued it
+    takes the first job homed nowhere, else the head."""
+    argv = [worker, AFFINITY_WINDOW, affinity_wait_ms] if worker and affinity_wait_ms > 0 else []
     if is_cluster(r):
         deadline, waited = time.monotonic() + timeout_s, False
         while True:
             for key in running_queue_keys(r, queue_names):
-                job_id = r.lpop(key)
-                if job_id is not None:
-                    jid = job_id.decode()
-                    return (*_checked(r, jid, r.hgetall(TaggedSegmentJob.key_for(jid))), waited)
+                prefix = f"{TaggedSegmentJob.redis_job_namespace_prefix}{{{key[key.index('{') + 1 : key.rindex('}')]}}}"
+                got = call_script(r, "take_job", [key], [prefix, *argv])
+                if got:
+                    jid = got[0].decode()
+                    return (*_checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True))), waited)
             if time.monotonic() >= deadline:
                 return None
             waited = True
             time.sleep(POLL_S)
     keys = [queue_key(q) for q in queue_names]
-    got = call_script(r, "take_job", keys, [SegmentJob.redis_job_namespace_prefix])
+    got = call_script(r, "take_job", keys, [SegmentJob.redis_job_namespace_prefix, *argv])
     if got:
         jid = got[0].decode()
         return (*_checked(r, jid, dict(zip(got[1][::2], got[1][1::2], strict=True))), False)

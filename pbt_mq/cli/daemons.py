@@ -40,6 +40,12 @@ def build_worker_parser() -> argparse.ArgumentParser:
                type=int)
     env_option(p, "--live-models", env="PBT_LIVE_MODELS", type=int, choices=(0, 1),
                help="keep the last trained model live for a warm next segment (1) or not (0)")
+    env_option(p, "--cache-mb", env="PBT_CACHE_MB", type=int, metavar="MB",
+               help="host memory for checkpoints this worker wrote or read, so segments starting from them need no"
+                    " download; 0 = off (unset: min(4096, the host's memory / 8))")
+    env_option(p, "--affinity-wait-ms", env="PBT_AFFINITY_WAIT_MS", type=int, metavar="MS",
+               help="take queued segments whose start checkpoint this worker holds first, passing others over for at"
+                    " most this long; 0 = plain first-in, first-out")
     env_option(p, "--grace-s", env="PBT_GRACE_S", type=float,
                help="on SIGTERM/SIGINT/SIGUSR1: finish the segment in flight within this long, else abandon it to the"
                     " reaper; set it below your orchestrator's kill timeout")
@@ -72,7 +78,8 @@ def run_worker(a: argparse.Namespace) -> int:
     tracking = TrackingHook(r, a.id or default_worker_id(a.device), BACKENDS)
     hooks.add(tracking)
     try:
-        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks, a.grace_s)
+        serve(r, a.queue, a.device, a.id, a.burst, a.heartbeat_s, a.max_jobs, a.live_models, hooks, a.grace_s,
+              cache_mb=a.cache_mb, affinity_wait_ms=a.affinity_wait_ms)
     finally:
         tracking.close()
     return EXIT_OK

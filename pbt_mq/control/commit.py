@@ -16,7 +16,7 @@ from pbt_mq.broker.pipes import Replies
 from pbt_mq.broker.scripts import set_state_if
 from pbt_mq.config.experiment import Experiment
 from pbt_mq.control.decide import DUPLICATE, WAITING, Plan
-from pbt_mq.control.routing import Queues, homes
+from pbt_mq.control.routing import Queues, Route, routes
 from pbt_mq.control.synch import park, unpark
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import GROUP, Keys
@@ -65,19 +65,19 @@ class Committer:
         """One MULTI/EXEC of every decision's writes and XACK (``pipe`` is WATCHing its members);
         returns, per decision, the meta's count of finished members after a "done"."""
         k = Keys(exp)
-        home = homes(self.r, self.queues, cfg, exp, [(ev, plan.action) for _, ev, plan in decided])
+        route = routes(self.r, self.queues, cfg, exp, [(ev, plan.action, plan.home) for _, ev, plan in decided])
         pipe.multi()
         replies = Replies(pipe)
         for i, (entry_id, ev, plan) in enumerate(decided):
             if plan.action != DUPLICATE:
-                self._write(pipe, cfg, ev, plan, home.get(ev.member), entry_id)
+                self._write(pipe, cfg, ev, plan, route.get(ev.member, Route()), entry_id)
                 if plan.action == Action.DONE:
                     replies.name(f"finished {i}")
             pipe.xack(k.events, GROUP, entry_id)
         got = replies.execute()
         return [got.get(f"finished {i}") for i in range(len(decided))]
 
-    def _write(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, home: str | None, entry_id: bytes) -> None:
+    def _write(self, pipe: Any, cfg: Experiment, ev: ReadyEvent, plan: Plan, route: Route, entry_id: bytes) -> None:
         """A decision's writes; when it is "done", the last command is the finished count's HINCRBY."""
         k = Keys(ev.experiment)
         cmd = plan.cmd
@@ -102,7 +102,8 @@ class Committer:
         pipe.hset(k.parents, ev.checkpoint.key, ev.start_key or "")
         pipe.xadd(k.lineage, _lineage_fields(lineage_record(ev, plan)))
         if cmd:
-            enqueue_segment(pipe, self.queues.get(cfg, cmd.experiment, home), cfg, cmd, member=member)
+            enqueue_segment(pipe, self.queues.get(cfg, cmd.experiment, route.queue), cfg, cmd, member=member,
+                            home=route.home)
         else:
             pipe.hset(k.member(ev.member), mapping=Member.fields(**member))
             pipe.zrem(k.reached, ev.member)  # a member that is done holds no board back

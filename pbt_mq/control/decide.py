@@ -47,6 +47,7 @@ class Plan:
     objectives: list[float] | None = None  # several metrics: the member's value of each
     window: str | None = None  # exploit.window > 1: the window of the checkpoint its next segment starts from
     windows: dict[str, list[float]] | None = None  # ttest: the windows it compared (for the lineage record)
+    home: str = ""  # the worker that wrote the next segment's start checkpoint (control.routing)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Decider:
         mode = (self.exploit.lua or "none") if ranked and not python else "none"
         u = rng.random() if mode != "none" else 0.0  # the draw the exploit rule takes first
         record = ScoredCheckpoint(ev.checkpoint.key, ev.checkpoint.sha256, ev.checkpoint.size, ev.step, ev.hparams,
-                                  ev.train_s)
+                                  ev.train_s, ev.worker)
         board, at = self.ready_point(ev)
         return Prepared([k.member(ev.member), k.scores, k.ckpts, k.meta, self.board_key(k, at), k.boards, k.reached,
                          k.windows], [
@@ -202,10 +203,10 @@ class Decider:
                                      start=CheckpointRef(d.key, d.sha256, d.size), parent_step=d.step, train_s=train_s,
                                      **common, **self.cfg.first_target(d.step))
                 return Plan(Action.EXPLOIT.value, cmd, score, ops=ops, snapshot=reply.board, facts=facts,
-                            window=reply.donor_window if windowed else None, **board)
+                            window=reply.donor_window if windowed else None, home=d.worker, **board)
         cmd = SegmentCommand(step=ev.step, hparams=dict(ev.hparams), why=Why.CONTINUE.value, start=ev.checkpoint,
                              train_s=ev.train_s, **common, **self.cfg.first_target(ev.step))
         # a donor is declined when it had already finished (copying it would end this member too)
         # or has no scored checkpoint any more (its latest score was not finite)
         return Plan(Action.CONTINUE.value, cmd, score, snapshot=reply.board, declined_donor=reply.donor or None,
-                    facts=facts, window=reply.own_window if windowed else None, **board)
+                    facts=facts, window=reply.own_window if windowed else None, home=ev.worker, **board)

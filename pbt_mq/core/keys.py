@@ -60,7 +60,8 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
                                        written once (HSETNX): one run per member, whoever sends
     pbt:experiments             ZSET   experiment id -> created time (ms); global index
     pbt:worker:{ID}             HASH   core.model.Heartbeat (expires 3 beats after it dies): host, pid, device,
-                                       queue, current, beat_ms, segments, warm, cold, overhead_ms
+                                       queue, current, beat_ms, segments, warm, cold, cached, cache_bytes,
+                                       cache_limit, overhead_ms
     pbt:workers                 ZSET   worker id -> last heartbeat (ms)
     pbt:dead                    STREAM core.model.DeadLetter (jobs refused by workers): reason, source, entry,
                                        raw, worker
@@ -68,8 +69,10 @@ against those records by ``tests/core/test_model.py``, so they cannot go stale::
 The arbiters' consumer group on every events stream is ``arbiters``. RQ's own keys
 (``rq:queue:pbt``, ``rq:job:...``) hold queued segments; job ids are ``EXP_M_SEQ`` so a
 redelivered decision can never queue a second copy. ``rq:queue:pbt@{ID}`` is worker ID's own
-queue (it reads it before the shared one): continuing segments of the members it holds live,
-sent there when no one waits in the shared queue.
+queue (it reads it before the shared one): segments whose start checkpoint it holds, sent there
+when it is idle and no one waits in the shared queue. A job's hash may carry two fields of ours:
+``pbt_home`` (the worker holding its start checkpoint, which takes it first) and
+``pbt_passed_ms`` (when another worker first passed it over; see ``broker/lua/take_job.lua``).
 
 On a Redis Cluster (recognised when connecting) the RQ keys a decision writes move into the
 experiment's slot too (``broker.cluster``): ``rq:queue:pbt:{EXP}`` (one queue per experiment;

@@ -268,7 +268,7 @@ class Lineage(Record):
     windows: dict[str, list[float]] | None = _f("json", "exploit.rule = ttest: the windows of scores it compared, "
                                                         "member -> [score, ...] (JSON)")
     timings: dict[str, float] | None = _f("json", "the segment's seconds from its ready event: load, train, eval, "
-                                                  "save, wait, and 1 for how it started: warm, cold or fresh (JSON)")
+                                                  "save, wait, and 1 for how it started: warm, cached, cold or fresh (JSON)")
     id: str = ""  # the stream entry id, set by ``from_entry``
 
     @classmethod
@@ -302,6 +302,9 @@ class Heartbeat(Record):
     segments: int = _f(int, "segments it finished", 0)
     warm: int = _f(int, "of them, continued on the live model", 0)
     cold: int = _f(int, "of them, loaded from the store", 0)
+    cached: int = _f(int, "of them, loaded from a checkpoint it held in memory (no download)", 0)
+    cache_bytes: int = _f(int, "bytes of checkpoints it holds in memory now", 0)
+    cache_limit: int = _f(int, "the most it may hold (PBT_CACHE_MB; 0: no cache)", 0)
     overhead_ms: float | None = _f(float, "pbt-mq's mean time per segment on this worker besides load, train, "
                                           "evaluate and save (taking the job, claiming, publishing)")
 
@@ -345,11 +348,14 @@ class ScoredCheckpoint:
     step: int
     hparams: dict[str, Any]
     train_s: float | None = None  # the training time the checkpoint embodies (absent from release 1's)
+    worker: str = ""  # the worker that wrote it, and may hold it in memory (absent before the cache)
 
     def to_json(self) -> str:
         d = {"key": self.key, "sha256": self.sha256, "size": self.size, "step": self.step, "hparams": self.hparams}
         if self.train_s is not None:
             d["train_s"] = self.train_s
+        if self.worker:
+            d["worker"] = self.worker
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -367,8 +373,9 @@ class ScoredCheckpoint:
     def from_json(cls, raw: bytes | str) -> ScoredCheckpoint:
         d = json.loads(raw)
         train_s = d.get("train_s")
+        worker = d.get("worker")
         return cls(str(d["key"]), str(d["sha256"]), int(d["size"]), int(d["step"]), dict(d.get("hparams") or {}),
-                   None if train_s is None else float(train_s))
+                   None if train_s is None else float(train_s), worker if isinstance(worker, str) else "")
 
 
 RECORDS: tuple[type[Record], ...] = (Meta, Member, Lineage, Heartbeat, DeadLetter, TrackingState)

@@ -71,6 +71,17 @@ class CheckpointRef:
         return cls(key, sha, size)
 
 
+# A ready event's ``timings_s``: seconds per phase, and 1.0 under how the segment started.
+PHASES = ("build", "load", "train", "eval", "save")  # build: constructing a trainable; load: its start checkpoint
+STARTS = ("warm", "cached", "cold", "fresh", "recovered")  # warm: the live model; cached: host memory; cold: downloaded
+NO_DOWNLOAD = ("warm", "cached")  # a continuing segment that started without a download
+
+
+def start_kind(timings: dict[str, float]) -> str:
+    """How a segment started, from its timings ("?" for none known)."""
+    return next((h for h in STARTS if h in timings), "?")
+
+
 @dataclass(frozen=True)
 class ReadyEvent:
     """A member finished a segment: its score and the checkpoint it wrote."""

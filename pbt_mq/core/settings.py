@@ -140,6 +140,12 @@ TABLE: tuple[Setting, ...] = (
             "on SIGTERM, SIGINT or SIGUSR1 a worker finishes its segment within this long, else abandons it to the"
             " reaper"),
     Setting("PBT_LIVE_MODELS", _number(int, 0, 1), 1, "0 or 1", "keep the last trained model live for a warm next segment"),
+    Setting("PBT_CACHE_MB", _number(int, 0, 1 << 24), None, "an integer >= 0 (MiB; 0: off)",
+            "host memory a worker keeps checkpoints it wrote or read in, for segments that start from them without a"
+            " download (unset: min(4096, the host's memory / 8))"),
+    Setting("PBT_AFFINITY_WAIT_MS", _number(int, 0), 30_000, "an integer >= 0 (ms; 0: plain FIFO)",
+            "how long a queued segment may be passed over for the worker holding its start checkpoint; a worker"
+            " takes its own segments first from the first 64 queued"),
     Setting("PBT_TRAINABLES", _prefixes, None, "comma-separated module names, e.g. workers,mypkg.train",
             "the only modules pbt-worker imports trainables from (unset: any)"),
     Setting("PBT_TENSORBOARD_DIR", _text, None, "a directory", "write per-member TensorBoard scalars under DIR/EXP/MEMBER"),

@@ -23,12 +23,14 @@ pbt-arbiter::
 
 pbt-worker::
 
-    pbt_segments_total{experiment,start}    counter    segments trained; start = warm|cold|fresh|recovered
+    pbt_segments_total{experiment,start}    counter    segments trained; start = warm|cached|cold|fresh|recovered
+                                                       (warm and cached: no download; see worker.cache)
     pbt_steps_total{experiment}             counter    training steps
-    pbt_segment_seconds{phase}              histogram  load|train|eval|save per segment, wait = ready -> start
+    pbt_segment_seconds{phase}              histogram  build (constructing a trainable)|load (its start
+                                                       checkpoint)|train|eval|save per segment, wait = ready -> start
     pbt_checkpoint_bytes_total{direction}   counter    save|load
     pbt_checkpoint_seconds{direction}       histogram  save (serialize+hash+upload, overlapped ones too),
-                                                       load (download+verify+torch.load)
+                                                       load (download+verify+decode; not a cache hit)
     pbt_queue_depth{queue}                  gauge      its own queue
 
 TensorBoard (the ``tensorboard`` extra: tensorboardX): a worker started with ``--tensorboard-dir DIR`` writes every ``evaluate()``
@@ -54,6 +56,7 @@ from pbt_mq.core.hooks import Hook
 from pbt_mq.core.ids import member_ids
 from pbt_mq.core.keys import GROUP, WORKERS, Keys
 from pbt_mq.core.model import Member, Meta
+from pbt_mq.core.protocol import PHASES, start_kind
 from pbt_mq.observe.tbx import EventFiles
 from pbt_mq.state.experiment import running_experiments
 
@@ -62,7 +65,6 @@ log = logging.getLogger(__name__)
 STALE_MS = 6000
 LAG_CAP = 10_000
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-STARTS = ("warm", "cold", "fresh", "recovered")
 
 
 def _prometheus() -> Any:
@@ -116,10 +118,9 @@ class PrometheusHook(Hook):
 
     def segment_done(self, cmd: Any, event: Any) -> None:
         t = event.timings_s
-        start = next((h for h in STARTS if h in t), "?")
-        self.segments.labels(cmd.experiment, start).inc()
+        self.segments.labels(cmd.experiment, start_kind(t)).inc()
         self.steps.labels(cmd.experiment).inc(max(0, event.step - cmd.step))
-        for phase in ("load", "train", "eval", "save", "wait"):
+        for phase in (*PHASES, "wait"):
             if phase in t:
                 self.phase.labels(phase).observe(t[phase])
 

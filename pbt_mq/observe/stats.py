@@ -10,7 +10,7 @@ from typing import Any
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import Keys
 from pbt_mq.core.model import Lineage, Meta
-from pbt_mq.core.protocol import ProtocolError, ReadyEvent
+from pbt_mq.core.protocol import NO_DOWNLOAD, PHASES, STARTS, ProtocolError, ReadyEvent, start_kind
 from pbt_mq.state.lineage import records
 
 
@@ -42,14 +42,15 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
     evs = segment_timings(r, exp, lineage)
     actions = Counter(str(rec.action) for rec in lineage)
     waits = [t["wait"] for t in evs if "wait" in t]
-    phases = {p: sum(t.get(p, 0.0) for t in evs) for p in ("load", "train", "eval", "save")}
+    phases = {p: sum(t.get(p, 0.0) for t in evs) for p in PHASES}
     busy = sum(phases.values())
-    kinds = Counter(next((h for h in ("warm", "cold", "fresh") if h in t), "?") for t in evs)
+    kinds = Counter(start_kind(t) for t in evs)
     span_s = 0.0
     if len(lineage) > 1:
         span_s = (entry_ms(lineage[-1].id) - entry_ms(lineage[0].id)) / 1000
     idle = _idle_fraction(r, exp, lineage, busy)
-    continuing = kinds["warm"] + kinds["cold"]
+    continuing = kinds["warm"] + kinds["cached"] + kinds["cold"]
+    no_download = sum(kinds[k] for k in NO_DOWNLOAD)
     return {
         "segments": len(evs),
         "decisions": len(lineage),
@@ -65,6 +66,7 @@ def experiment_stats(r: Any, exp: str) -> dict[str, Any]:
         "train_fraction_of_segment": phases["train"] / busy if busy else None,
         "starts": dict(kinds),
         "warm_fraction": kinds["warm"] / continuing if continuing else None,
+        "no_download_fraction": no_download / continuing if continuing else None,
         "workers": len({rec.worker for rec in lineage if rec.worker}),
         "worker_idle_fraction": idle,
     }
@@ -91,9 +93,19 @@ def format_stats(exp: str, st: dict[str, Any]) -> str:
         f"  decisions/s over the run:         {dps:.1f}" if dps else "  decisions/s over the run:         -",
         f"  ready -> next segment start (s):  p50 {w['p50'] * 1000:.1f} ms  p99 {w['p99'] * 1000:.1f} ms  (n={w['n']})",
         "  segment time (s):                 " + "  ".join(f"{p} {v:.2f}" for p, v in ph.items()),
-        f"  starts: {st['starts']}  warm fraction of continuing segments: {st['warm_fraction']}",
+        f"  starts: {_starts(st['starts'])}",
+        f"  continuing segments that started without a download: {_share(st.get('no_download_fraction'))}"
+        " (warm: the live model; cached: this worker's memory)",
     ]
     if st.get("worker_idle_fraction") is not None:
         lines.append(f"  workers: {st['workers']}, idle {st['worker_idle_fraction']:.1%} of the time from launch to the "
                      "last event (waiting for work, e.g. for a synchronous round)")
     return "\n".join(lines)
+
+
+def _starts(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {kinds[k]}" for k in (*STARTS, "?") if kinds.get(k)) or "-"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"

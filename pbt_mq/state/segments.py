@@ -13,9 +13,9 @@ from pbt_mq.core.protocol import SegmentCommand
 
 
 def enqueue_segment(pipe: Any, queue: Any, cfg: Experiment, cmd: SegmentCommand, suffix: str = "",
-                    member: dict[str, Any] | None = None) -> str:
+                    member: dict[str, Any] | None = None, home: str = "") -> str:
     """Queue ``cmd`` inside ``pipe`` (already in MULTI) and make it the member's current job;
-    ``member``: more Member fields for the same HSET.
+    ``member``: more Member fields for the same HSET; ``home``: the worker holding its start checkpoint.
 
     The member hash keeps the job id and the encoded command, so a reaper can queue the very
     same segment again if the worker running it dies, and a stale copy can recognise itself.
@@ -27,5 +27,5 @@ def enqueue_segment(pipe: Any, queue: Any, cfg: Experiment, cmd: SegmentCommand,
                                              "job": jid, "cmd": wire, "queued_ms": now_ms(), "queue": queue.name}))
     pipe.hdel(mkey, "limbo_ms")
     enqueue(pipe, queue, jid, wire, cfg.worker.segment_timeout_s,
-            f"{cmd.experiment} {cmd.member} seq={cmd.seq} step={cmd.step} ({cmd.why})")
+            f"{cmd.experiment} {cmd.member} seq={cmd.seq} step={cmd.step} ({cmd.why})", home)
     return jid

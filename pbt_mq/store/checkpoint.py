@@ -90,7 +90,17 @@ def load(store: Store, ref: CheckpointRef, map_location: str = "cpu", legacy_ok:
     ``torch.load(weights_only=True)``; otherwise only this format loads, and a pickle is refused."""
     if legacy_ok and is_legacy(ref.key):
         return retrying(lambda: _load_legacy(store, ref, map_location), f"download {ref.key}")
-    buf = retrying(lambda: store.fetch_bytes(ref), f"download {ref.key}")
+    return decode(fetch(store, ref), ref, map_location)
+
+
+def fetch(store: Store, ref: CheckpointRef) -> memoryview:
+    """``ref``'s bytes of this format, downloaded (retrying while the store is unreachable) and verified."""
+    return retrying(lambda: store.fetch_bytes(ref), f"download {ref.key}")
+
+
+def decode(buf: Any, ref: CheckpointRef, map_location: str = "cpu") -> Any:
+    """Verified bytes of this format (``fetch``, or a worker's cache) to the checkpoint, safely: the
+    tensors view ``buf`` on the CPU."""
     try:
         return format_read.decode(buf, f"checkpoint {ref.key}", map_location)
     except FormatError as exc:

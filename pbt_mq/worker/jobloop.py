@@ -1,7 +1,8 @@
 """pbt-worker's job loop: take a segment job, run it, let its hash expire; stop when asked.
 
 RQ's jobs and queues, without RQ's worker loop: taking a job is one round trip (take_job.lua:
-the worker's own queue first, then the shared one, and the job's hash), and its EXPIRE rides
+the worker's own queue first, then the shared one, and the job's hash; of the shared queue's
+first jobs, one whose start checkpoint this worker holds first), and its EXPIRE rides
 with the segment's last write (``broker.jobs``), where RQ's SimpleWorker spent about a dozen
 round trips of bookkeeping per job. With the runtime's claim (one round trip, the announce
 with it), the upload's registration and the publish (one script each), a segment costs five. Nothing of exactly-once rests on
@@ -32,8 +33,9 @@ POP_S = 1.0  # longest wait for a job before the stop flag is looked at again
 
 class JobLoop:
     def __init__(self, r: Any, rt: Runtime, queues: list[str], stop: StopPolicy, burst: bool = False,
-                 max_jobs: int | None = None) -> None:
+                 max_jobs: int | None = None, affinity_wait_ms: int = 0) -> None:
         self.r, self.rt, self.queues, self.stop = r, rt, queues, stop
+        self.affinity_wait_ms = affinity_wait_ms
         self.burst, self.max_jobs = burst, max_jobs
         self.jobs = 0
 
@@ -42,7 +44,7 @@ class JobLoop:
         while not self.stop.requested and (self.max_jobs is None or self.jobs < self.max_jobs):
             t0 = time.perf_counter()
             try:
-                taken = take_job(self.r, self.queues, POP_S)
+                taken = take_job(self.r, self.queues, POP_S, self.rt.worker_id, self.affinity_wait_ms)
                 backoff = 0.1
             except UnreadableJob as exc:
                 self.jobs += 1

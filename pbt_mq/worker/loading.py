@@ -1,6 +1,8 @@
-"""Where a segment's trainable comes from: warm (the live model), cold (a checkpoint loaded into
-the live object), fresh (constructed), or recovered (its start checkpoint was bad: the best good
-one in the population instead, or a fresh start)."""
+"""Where a segment's trainable comes from: warm (the live model), cached (a checkpoint this worker
+holds in memory, ``worker.cache``, loaded into the live object: no download), cold (downloaded),
+fresh (constructed), or recovered (its start checkpoint was bad: the best good one in the
+population instead, or a fresh start). Construction is timed apart from loading (``build_s``): a
+first segment's imports and data are not a checkpoint's download."""
 
 from __future__ import annotations
 
@@ -18,14 +20,23 @@ from pbt_mq.core.model import Member
 from pbt_mq.core.protocol import CheckpointRef, SegmentCommand
 from pbt_mq.state.recovery import donors, quarantine
 from pbt_mq.store import checkpoint
-from pbt_mq.store.base import ChecksumError, MissingObject, Store
+from pbt_mq.store.base import ChecksumError, MissingObject, Store, new_buffer
 from pbt_mq.store.checkpoint import UnsafeCheckpoint
+from pbt_mq.worker.cache import CheckpointCache
 from pbt_mq.worker.loop import Calls, is_function
 from pbt_mq.worker.trainable import import_trainable
 from pbt_mq.worker.uploads import await_upload
 
 log = logging.getLogger(__name__)
 BAD = (ChecksumError, MissingObject, UnsafeCheckpoint)
+
+
+def copy_of(data: Any) -> memoryview:
+    """A private copy of a buffer (an optimizer's ``load_state_dict`` keeps the CPU tensors it is given)."""
+    view = memoryview(data)
+    out = new_buffer(view.nbytes)
+    out[:] = view
+    return out
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,10 @@ class Live:
 
 
 class Loader:
-    def __init__(self, r: Any, device: str, hooks: Hooks) -> None:
+    def __init__(self, r: Any, device: str, hooks: Hooks, cache: CheckpointCache | None = None) -> None:
         self.legacy = False
+        self.cache = cache if cache is not None else CheckpointCache(0)
+        self.build_s = 0.0  # of the last obtain(): constructing a trainable (imports, data, weights)
         self.r = r
         self.device = device
         self.hooks = hooks
@@ -54,9 +67,10 @@ class Loader:
 
     def obtain(self, cfg: Experiment, cmd: SegmentCommand, store: Store, live: Live | None,
                legacy: bool = False) -> tuple[Any, str, Start]:
-        """The trainable to train and where its state came from: warm, cold, fresh or recovered.
+        """The trainable to train and where its state came from: warm, cached, cold, fresh or recovered.
         ``legacy``: the experiment predates this checkpoint format (its ``.pt`` objects load)."""
         self.legacy = legacy
+        self.build_s = 0.0
         self.calls.reassign(cmd)
         self.charge_misuse()
         if live is not None and not self.calls.usable(live.trainable):
@@ -67,11 +81,11 @@ class Loader:
             return self.construct(cfg, cmd), "fresh", Start(0, None)
         trainable = live.trainable if live is not None else self.construct(cfg, cmd)
         try:
-            state = self.load(store, cmd.start, cmd.experiment)
+            state, source = self.load(store, cmd.start, cmd.experiment)
         except BAD as exc:
             return self._recover(cfg, cmd, store, trainable, exc)
         trainable.load_state_dict(state["state"])
-        return trainable, "cold", Start(cmd.step, cmd.start.key)
+        return trainable, source, Start(cmd.step, cmd.start.key)
 
     def _recover(self, cfg: Experiment, cmd: SegmentCommand, store: Store, trainable: Any,
                  exc: Exception) -> tuple[Any, str, Start]:
@@ -84,7 +98,7 @@ class Loader:
             if ref.key in bad:
                 continue
             try:
-                state = self.load(store, ref, cmd.experiment)
+                state, _ = self.load(store, ref, cmd.experiment)
             except BAD as again:
                 bad.add(ref.key)
                 quarantine(self.r, cmd.experiment, ref.key, str(again))
@@ -95,16 +109,31 @@ class Loader:
         log.warning("%s %s: no good checkpoint left; starting afresh", cmd.experiment, cmd.member)
         return self.construct(cfg, cmd), "recovered", Start(0, None)
 
-    def load(self, store: Store, ref: CheckpointRef, exp: str) -> Any:
-        """Download and verify; a checkpoint still being uploaded (overlap_upload) is waited for."""
+    def load(self, store: Store, ref: CheckpointRef, exp: str) -> tuple[Any, str]:
+        """``ref``'s checkpoint and where it came from: "cached" (this worker's memory, verified) or
+        "cold" (downloaded and verified; kept in the cache). A checkpoint still being uploaded
+        (overlap_upload) is waited for."""
+        legacy = self.legacy and checkpoint.is_legacy(ref.key)
+        if not legacy:
+            held = self.cache.get(ref)
+            if held is not None:  # decoded from a copy: a trainable may keep the tensors and train them in place
+                return checkpoint.decode(copy_of(held) if self.device == "cpu" else held, ref, self.device), "cached"
         t0 = time.perf_counter()
         try:
-            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
+            state = self._download(store, ref, legacy)
         except MissingObject:
             await_upload(self.r, exp, ref.key)  # and once more even if it was not marked: it may just have landed
-            state = checkpoint.load(store, ref, map_location=self.device, legacy_ok=self.legacy)
+            state = self._download(store, ref, legacy)
         if self.hooks:
             self.hooks.checkpoint_loaded(exp, ref.size, time.perf_counter() - t0)
+        return state, "cold"
+
+    def _download(self, store: Store, ref: CheckpointRef, legacy: bool) -> Any:
+        if legacy:
+            return checkpoint.load(store, ref, map_location=self.device, legacy_ok=True)
+        data = checkpoint.fetch(store, ref)
+        state = checkpoint.decode(data, ref, self.device)
+        self.cache.put(ref.key, data, ref.sha256)  # decoded first: a refused object is not kept
         return state
 
     def charge_misuse(self) -> None:
@@ -116,7 +145,15 @@ class Loader:
                 self.r.hset(Keys(exp).member(member), mapping=Member.fields(error=text[-4000:]))
 
     def construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
-        """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first)."""
+        """A new trainable for the member, seeded as every replay seeds it (``torch.manual_seed`` first);
+        the time it takes counts as ``build_s``."""
+        t0 = time.perf_counter()
+        try:
+            return self._construct(cfg, cmd)
+        finally:
+            self.build_s += time.perf_counter() - t0
+
+    def _construct(self, cfg: Experiment, cmd: SegmentCommand) -> Any:
         cls = import_trainable(cfg.trainable, self.trainables)
         if is_function(cls):  # the loop API: a call of the function, seeded as it starts
             call = self.calls.start(cls, cmd.experiment, cfg.seed, cfg.metrics or cfg.metric, cfg.trainable_args, cmd)

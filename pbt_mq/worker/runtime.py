@@ -2,8 +2,9 @@
 
 A worker process keeps the last model it trained *live*: when the next segment continues
 that member from the checkpoint this worker just wrote, nothing is downloaded or rebuilt.
-Otherwise the live object is reused and only its state is loaded (``worker.loading``), so an
-exploit costs one verified download and no re-import or re-init.
+Otherwise the live object is reused and only its state is loaded (``worker.loading``): from the
+checkpoints this worker wrote or read, kept in host memory (``worker.cache``), or with one
+verified download; never a re-import or re-init.
 
 A segment: claim it (claim_segment.lua: only the member's current job runs), obtain the
 trainable, ``apply`` the hyperparameters, ``train`` to the target, ``evaluate``, save the
@@ -32,13 +33,14 @@ from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import Keys, worker_key
 from pbt_mq.core.model import Member, Meta
-from pbt_mq.core.protocol import CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
+from pbt_mq.core.protocol import PHASES, CheckpointRef, ReadyEvent, SegmentCommand, checkpoint_key
 from pbt_mq.state.experiment import load_config
 from pbt_mq.state.failure import give_up
 from pbt_mq.state.segments import enqueue_segment
 from pbt_mq.store import checkpoint
 from pbt_mq.store.base import Store
 from pbt_mq.store.open import open_store
+from pbt_mq.worker.cache import CheckpointCache
 from pbt_mq.worker.loading import Live, Loader
 from pbt_mq.worker.loop import FunctionTrainable, user_frame
 from pbt_mq.worker.uploads import Uploads
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Per-process worker state; set once by ``pbt-worker`` before it takes jobs."""
 
-    def __init__(self, r: Any, worker_id: str, device: str = "cpu", live_models: int = 1, hooks: Hooks | None = None):
+    def __init__(self, r: Any, worker_id: str, device: str = "cpu", live_models: int = 1, hooks: Hooks | None = None,
+                 cache_bytes: int = 0):
         self.r = r
         self.worker_id = worker_id
         self.device = device
@@ -65,7 +68,8 @@ class Runtime:
         self.last_phases_s = 0.0  # load + train + eval + save of the last segment
         self.overhead_s = 0.0  # pbt-mq's time per published segment besides those, summed (worker.jobloop)
         self.hooks = hooks or Hooks()
-        self.loader = Loader(r, device, self.hooks)
+        self.cache = CheckpointCache(cache_bytes)  # 0: off
+        self.loader = Loader(r, device, self.hooks, self.cache)
         self.uploads = Uploads(r, self.hooks)
         self.pending: tuple | None = None  # an overlapped upload waiting for its event to go out
 
@@ -125,7 +129,7 @@ class Runtime:
             raise
         finally:
             self.current = ""
-        self.last_phases_s = sum(event.timings_s.get(p, 0.0) for p in ("load", "train", "eval", "save"))
+        self.last_phases_s = sum(event.timings_s.get(p, 0.0) for p in PHASES)
         if cmd.ready_ms:
             event.timings_s["wait"] = max(0.0, (started_ms - cmd.ready_ms) / 1000)
         pending, self.pending = self.pending, None
@@ -168,10 +172,18 @@ class Runtime:
                              checkpoint.extension(self.schemas[cmd.experiment]))
         state = {"state": trainable.state_dict(), "step": step, "hparams": dict(cmd.hparams), "member": cmd.member}
         self.r.zadd(Keys(cmd.experiment).uploading, {key: now_ms()})  # before the upload: GC sees every object
-        if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
+        cached = self.cache.limit_bytes and not checkpoint.is_legacy(key)
+        if cfg.worker.overlap_upload or cached:  # a copy: kept, and uploaded later or now
             data, sha256, size = checkpoint.serialize(state, key)
             ref = CheckpointRef(key, sha256, size)
-            self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
+            if cached:
+                self._keep(cmd, start.key, key, data, sha256)
+            if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
+                self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
+            else:
+                checkpoint.upload(store, key, data, sha256)
+                if self.hooks:
+                    self.hooks.checkpoint_saved(cmd.experiment, ref.size, time.perf_counter() - t3)
         else:
             ref = checkpoint.save(store, key, state)
             if self.hooks:
@@ -183,11 +195,20 @@ class Runtime:
         event = ReadyEvent(
             experiment=cmd.experiment, member=cmd.member, seq=cmd.seq, step=step, score=clean[cfg.metric],
             checkpoint=ref, hparams=dict(cmd.hparams), metrics=clean, worker=self.worker_id,
-            timings_s={"load": load, "train": train, "eval": t3 - t2 + after, "save": t4 - t3, how: 1.0},
+            timings_s={"build": self.loader.build_s, "load": max(0.0, load - self.loader.build_s), "train": train,
+                       "eval": t3 - t2 + after, "save": t4 - t3, how: 1.0},
             train_s=cmd.train_s + train, start_step=start.step, start_key=start.key,
         )
         ReadyEvent.decode(event.encode())  # an event the arbiter would reject fails here, as a segment failure
         return event
+
+    def _keep(self, cmd: SegmentCommand, start_key: str | None, key: str, data: Any, sha256: str) -> None:
+        """Cache the member's new checkpoint, and make the one it started from the first to go: only an
+        exploit copying this member before its new score was decided still needs it. So a worker cycling
+        through more members than its cache holds evicts stale checkpoints, not the next member's."""
+        if start_key and start_key.startswith(f"{cmd.experiment}/{cmd.member}/"):
+            self.cache.demote(start_key)
+        self.cache.put(key, data, sha256)
 
     @staticmethod
     def _advance(trainable: Any, cmd: SegmentCommand, start: int) -> int:
@@ -213,6 +234,7 @@ class Runtime:
 
     def _drop(self, k: Keys, key: str, uploaded: bool) -> None:
         """Delete a checkpoint no event will ever name (the garbage collector never sees it)."""
+        self.cache.discard(key)
         try:
             if uploaded:
                 self.store(self.store_url(k.experiment)).delete(key)

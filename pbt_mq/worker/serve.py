@@ -28,6 +28,7 @@ from pbt_mq.core.hooks import Hooks
 from pbt_mq.core.ids import now_ms
 from pbt_mq.core.keys import DEFAULT_QUEUE, WORKERS, private_queue, worker_key
 from pbt_mq.core.model import Heartbeat
+from pbt_mq.worker.cache import default_limit_bytes as default_cache_bytes
 from pbt_mq.worker.jobloop import JobLoop
 from pbt_mq.worker.runtime import Runtime
 from pbt_mq.worker.stopping import StopPolicy
@@ -53,7 +54,8 @@ class HeartbeatThread(threading.Thread):
         pipe.hset(key, mapping=Heartbeat.fields(
             host=socket.gethostname(), pid=os.getpid(), device=self.rt.device, queue=self.queue,
             current=self.rt.current, beat_ms=now_ms(), segments=self.rt.stats["segments"],
-            warm=self.rt.stats["warm"], cold=self.rt.stats["cold"],
+            warm=self.rt.stats["warm"], cold=self.rt.stats["cold"], cached=self.rt.stats["cached"],
+            cache_bytes=self.rt.cache.bytes, cache_limit=self.rt.cache.limit_bytes,
             overhead_ms=1000 * self.rt.overhead_s / max(1, self.rt.stats["segments"]),
         ))
         pipe.pexpire(key, int(self.interval_s * 3000))
@@ -116,8 +118,12 @@ def claim_worker_id(r: Any, worker_id: str, queue: str) -> None:
 
 def serve(r: Any, queue: str = DEFAULT_QUEUE, device: str = "cpu", worker_id: str | None = None,
           burst: bool = False, heartbeat_s: float = 2.0, max_jobs: int | None = None, live_models: int = 1,
-          hooks: Hooks | None = None, grace_s: float = 25.0, signals: bool = True) -> Runtime:
-    rt = Runtime(r, worker_id or default_worker_id(device), device, live_models, hooks)
+          hooks: Hooks | None = None, grace_s: float = 25.0, signals: bool = True, cache_mb: int | None = None,
+          affinity_wait_ms: int = 30_000) -> Runtime:
+    """Serve segments until stopped; ``cache_mb``: host memory for checkpoints (None: ``worker.cache``'s
+    default, 0: none); ``affinity_wait_ms``: see ``broker.jobs.take_job``."""
+    cache_bytes = default_cache_bytes() if cache_mb is None else cache_mb << 20
+    rt = Runtime(r, worker_id or default_worker_id(device), device, live_models, hooks, cache_bytes)
     stop = StopPolicy(grace_s, lambda: rt.in_flight, reachable=probe(r))
     if signals:
         stop.install()
@@ -127,7 +133,7 @@ def serve(r: Any, queue: str = DEFAULT_QUEUE, device: str = "cpu", worker_id: st
     hb.start()
     own = private_queue(queue, rt.worker_id)
     try:
-        JobLoop(r, rt, [queue] if is_cluster(r) else [own, queue], stop, burst, max_jobs).run()
+        JobLoop(r, rt, [queue] if is_cluster(r) else [own, queue], stop, burst, max_jobs, affinity_wait_ms).run()
     finally:
         rt.loader.calls.close()  # a function's call (the loop API) sees run.done and returns
         rt.uploads.wait()  # an overlapped upload in flight lands before the worker goes

@@ -254,3 +254,47 @@ def test_take_job_reads_the_own_queue_first_and_checks_what_it_takes(r: redis.Re
     r.rpush("rq:queue:tj", "gone-job-id")
     with pytest.raises(UnreadableJob, match="its hash is gone"):
         take_job(r, ["tj"], 0.1)
+
+
+def _queue_homed(r: redis.Redis, name: str, jobs: list[tuple[str, str]]) -> None:
+    """Queue segment jobs (id, home) in this order, as the arbiter does."""
+    from pbt_mq.broker.jobs import enqueue, queue_for
+
+    pipe = r.pipeline(transaction=True)
+    pipe.multi()
+    for jid, home in jobs:
+        enqueue(pipe, queue_for(r, name), jid, b"\x93\x01\x02\x03", 60, "segment", home=home)
+    pipe.execute()
+
+
+def test_a_worker_takes_the_segments_it_holds_first_and_passes_others_over_only_for_a_while(r: redis.Redis):
+    """take_job.lua's affinity: w1 passes over jobs homed at w2 (stamped), never a job homed nowhere."""
+    from pbt_mq.broker.jobs import HOME_FIELD, take_job
+
+    _queue_homed(r, "aff", [("a_m000_1", "w2"), ("a_m001_1", "w2"), ("a_m002_1", "w1"), ("a_m003_1", ""),
+                            ("a_m004_1", "w1")])
+    order = [take_job(r, ["aff"], 0.1, "w1", 60_000)[0].id for _ in range(3)]
+    assert order == ["a_m002_1", "a_m003_1", "a_m004_1"]  # its own, then the one homed nowhere, in queue order
+    assert r.hget("rq:job:a_m002_1", HOME_FIELD) == b"w1"
+    stamped = [r.hget(f"rq:job:a_m00{i}_1", "pbt_passed_ms") for i in (0, 1)]
+    assert all(stamped)  # passed over, with Redis's clock
+    # w2 takes its own; with nothing of its own left, w1 takes the head even if homed elsewhere
+    assert take_job(r, ["aff"], 0.1, "w2", 60_000)[0].id == "a_m000_1"
+    assert take_job(r, ["aff"], 0.1, "w1", 60_000)[0].id == "a_m001_1"
+    assert take_job(r, ["aff"], 0.1, "w1", 60_000) is None
+
+
+def test_a_job_passed_over_too_long_is_taken_first_by_anyone(r: redis.Redis):
+    from pbt_mq.broker.jobs import take_job
+
+    _queue_homed(r, "aff2", [("b_m000_1", "w2"), ("b_m001_1", "w1"), ("b_m002_1", "w1")])
+    assert take_job(r, ["aff2"], 0.1, "w1", 10_000)[0].id == "b_m001_1"  # b_m000_1 passed over now
+    assert take_job(r, ["aff2"], 0.1, "w1", 10_000)[0].id == "b_m002_1"  # within the wait: passed again
+    _queue_homed(r, "aff2", [("b_m003_1", "w1")])
+    r.hset("rq:job:b_m000_1", "pbt_passed_ms", 0)  # first passed over long ago (w2 is dead, say)
+    assert take_job(r, ["aff2"], 0.1, "w1", 10_000)[0].id == "b_m000_1"
+    # no worker id, or a wait of 0: plain first-in, first-out, as workers of the previous release take
+    _queue_homed(r, "aff3", [("c_m000_1", "w2"), ("c_m001_1", "w1")])
+    assert take_job(r, ["aff3"], 0.1)[0].id == "c_m000_1"
+    _queue_homed(r, "aff3", [("c_m002_1", "w2")])
+    assert take_job(r, ["aff3"], 0.1, "w1", 0)[0].id == "c_m001_1"

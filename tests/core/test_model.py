@@ -105,6 +105,8 @@ def test_lua_scripts_write_only_known_fields_and_states():
              "-inf", "+inf", "(", "1", "", "XRANGE", "XTRIM", "MINID", "COUNT", "-", "+", "XADD", "*", "msg", "published", "superseded", "ended",
              "HGETALL", "LPOP",
              "TYPE", "RENAME",  # move_aside.lua: a key of another type moved aside
+             "LRANGE", "TIME", "HSETNX", "hash", "pbt_home", "pbt_passed_ms",  # take_job.lua's affinity
+             "string", "table",  # Lua's own type names
              "%S+", "%.17g", " ",  # decide.lua's exploit.window: split on spaces, format as Python's rules.window
              "bad", "seq"}  # decide.lua's reply to a seq that is no number
     unknown = set()

@@ -64,7 +64,9 @@ SCRIPTS = [
            lambda rng: ["1-0", "2-0", "2-1", json.dumps([{"member": "m001"}])]),
     Script("move_job", [("rq:queue:pbt@w1", "list"), ("rq:queue:pbt", "list"), (K.member("m001"), "hash")],
            lambda rng: [rng.choice(["job-1", "job-2"]), "pbt"]),
-    Script("take_job", [("rq:queue:pbt@w1", "list"), ("rq:queue:pbt", "list")], lambda rng: ["rq:job:"]),
+    Script("take_job", [("rq:queue:pbt@w1", "list"), ("rq:queue:pbt", "list")],
+           lambda rng: rng.choice([["rq:job:"], ["rq:job:", rng.choice(["w1", "w2", ""]), rng.choice([0, 1, 2, 64]),
+                                                 rng.choice([0, 1, 30_000, garbage(rng)])]])),
     Script("move_aside", [(K.member("m001"), "hash"), (f"{K.prefix}:quarantine:member:m001:1", "hash")],
            lambda rng: [rng.choice(["hash", "zset", "stream", "list"])]),
 ]
@@ -94,8 +96,10 @@ def write(r: redis.Redis, key: str, kind: str, rng: random.Random) -> str:
         r.rpush(key, *[rng.choice(["job-1", "job-2", garbage(rng)]) for _ in range(rng.randint(1, 4))])
         for job in set(r.lrange(key, 0, -1)) if key.startswith("rq:queue:") else ():
             r.delete(b"rq:job:" + job)
-            if rng.random() < 0.5:
-                r.hset(b"rq:job:" + job, mapping={"status": garbage(rng), garbage(rng): garbage(rng)})
+            if rng.random() < 0.5:  # with take_job.lua's affinity fields, sometimes
+                r.hset(b"rq:job:" + job, mapping={"status": garbage(rng), garbage(rng): garbage(rng)}
+                       | {f: rng.choice(["w1", "w2", "", "0", "1700000000000", garbage(rng)])
+                          for f in ("pbt_home", "pbt_passed_ms") if rng.random() < 0.6})
             elif rng.random() < 0.2:
                 r.set(b"rq:job:" + job, garbage(rng))
                 how = "wrong"
