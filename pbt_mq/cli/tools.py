@@ -47,11 +47,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", action="store_true",
                    help="what watching costs: --control's figures with no page and with --clients pages of one"
                         " `pbt dashboard` open (needs the dashboard extra)")
+    p.add_argument("--pbt-cost", metavar="FILE", default=None,
+                   help="what PBT costs in wall time: `pbt local FILE` end to end, as is and with exploit and explore"
+                        " off, alternating (--repeat runs each, --workers workers)")
     p.add_argument("--clients", type=int, default=4, help="with --dashboard: open pages (default 4)")
     p.add_argument("--all", action="store_true", help="data, control and fleet")
     p.add_argument("--populations", default="16,256,4096", help="with --control or --dashboard: population sizes")
     p.add_argument("--replicas", default="1,2,4", help="with --control: arbiter replica counts")
-    p.add_argument("--workers", type=int, default=2, help="with --fleet: pbt-worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="with --fleet or --pbt-cost: pbt-worker processes (default 2)")
     p.add_argument("--model-mb", type=float, default=50.0, help="with --fleet: the model's state size")
     p.add_argument("--redis", default=None,
                    help="with --control: a Redis it may write bench experiments to (env PBT_REDIS_URL if set;"

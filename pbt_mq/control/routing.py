@@ -1,8 +1,7 @@
 """Where a decided segment goes: the shared queue, or (warm routing) the worker holding its model;
 and which worker holds its start checkpoint (its job's home, ``broker.jobs.take_job``).
 
-A segment goes to the private queue of the worker that wrote its start checkpoint (a continuing
-member's: it holds the member live; an exploit's donor's: it holds the checkpoint in memory)
+A continuing segment goes to the private queue of the worker that holds the member live
 (``QUEUE@ID``, read before the shared one) when nothing waits in the shared queue (a warm start
 never jumps a queue of others) and that worker is alive on this queue, idle (or still finishing
 this very segment) and has nothing in its own queue; one member per worker. It is one read
@@ -58,8 +57,11 @@ class Route:
 def routes(r: Any, queues: Queues, cfg: Experiment, exp: str, decided: list[tuple[ReadyEvent, str, str]]) -> dict[str, Route]:
     """member -> where its next segment goes (``decided``: (event, action, the worker that wrote the
     next start checkpoint)); one round trip."""
-    homed = [(ev, home) for ev, action, home in decided if action in (Action.CONTINUE, Action.EXPLOIT) and home]
-    out = {ev.member: Route(home=home) for ev, home in homed}
+    out = {ev.member: Route(home=home) for ev, action, home in decided
+           if action in (Action.CONTINUE, Action.EXPLOIT) and home}
+    # only a continuing member goes to a private queue: sending an exploit to its donor's worker would
+    # gather the copies of the best members on one worker, whose members then fall behind in steps
+    homed = [(ev, home) for ev, action, home in decided if action == Action.CONTINUE and home == ev.worker]
     if not homed or is_cluster(r):
         return out
     fields = Heartbeat.names("queue", "current")
@@ -76,7 +78,7 @@ def routes(r: Any, queues: Queues, cfg: Experiment, exp: str, decided: list[tupl
 
 def _warm(cfg: Experiment, exp: str, homed: list[tuple[ReadyEvent, str]], got: list[Any],
           fields: tuple[str, ...]) -> dict[str, Route]:
-    """The members sent to the private queue of the idle worker holding their start (nothing waits in the shared one)."""
+    """The continuing members sent to the private queue of their idle worker (nothing waits in the shared one)."""
     waiting, *rows = got
     if waiting or any(x is _NOTHING for x in rows):
         return {}
@@ -84,7 +86,7 @@ def _warm(cfg: Experiment, exp: str, homed: list[tuple[ReadyEvent, str]], got: l
     taken: set[str] = set()
     for (ev, home), row, own in zip(homed, rows[::2], rows[1::2], strict=True):
         beat = Heartbeat.pick(fields, row)
-        idle = beat.current == "" or (home == ev.worker and beat.current == f"{exp}/{ev.member}/{ev.seq}")
+        idle = beat.current in ("", f"{exp}/{ev.member}/{ev.seq}")
         if beat.queue == cfg.queue and idle and not own and home not in taken:
             out[ev.member] = Route(private_queue(cfg.queue, home), home)
             taken.add(home)

@@ -204,14 +204,14 @@ def trend_text(xs: list[float], up: bool) -> Text:
 def workers_table(snap: dict[str, Any]) -> Table:
     tab = Table(box=None, pad_edge=False, header_style="bold", title_justify="left",
                 title=f"workers (stale after {snap['stale_s']:g}s without a heartbeat)")
-    for col in ("worker", "health", "last beat", "device", "segment", "segments", "warm/cold"):
+    for col in ("worker", "health", "last beat", "device", "segment", "segments", "warm/cached/cold"):
         tab.add_column(col, no_wrap=True)
     for w in snap["workers"]:
         style = {"ok": "green", "stale": "bold yellow", "gone": "bold red"}[w["health"]]
         tab.add_row(
             Text(w["id"]), Text(w["health"].upper() if w["health"] != "ok" else "ok", style=style),
             f"{w['age_s']:.1f}s ago", Text(str(w.get("device", "-"))), Text(str(w.get("current") or "-")),
-            str(w.get("segments", "-")), f"{w.get('warm', '-')}/{w.get('cold', '-')}",
+            str(w.get("segments", "-")), f"{w.get('warm', '-')}/{w.get('cached', '-')}/{w.get('cold', '-')}",
         )
     return tab
 

@@ -242,7 +242,7 @@
     $("#no-workers").hidden = ws.length > 0;
     setHTML($("#workers tbody"), ws.map((w) => `<tr data-worker="${esc(w.id)}"><td>${esc(w.id)}</td><td>${badge(w.health)}</td>
       <td>${w.age_s.toFixed(1)} s ago</td><td>${esc(w.device || "-")}</td><td>${esc(w.current || "-")}</td>
-      <td class="num">${esc(w.segments || "-")}</td><td>${esc(w.warm || "-")}/${esc(w.cold || "-")}</td></tr>`).join(""));
+      <td class="num">${esc(w.segments || "-")}</td><td>${esc(w.warm || "-")}/${esc(w.cached || "-")}/${esc(w.cold || "-")}</td></tr>`).join(""));
   }
 
   // ------------------------------------------------------------------ the model every chart draws

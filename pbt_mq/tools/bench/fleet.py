@@ -8,8 +8,10 @@ published. From that:
 * user time: the fraction of each worker's wall time (first segment start to last event)
   spent in train() and evaluate(); the rest is pbt-mq's (checkpoints, queueing, decisions);
 * warm: of the segments that continued a member, the fraction served from the live model;
+  no download: warm, or loaded from the checkpoints the worker holds in memory (``worker.cache``);
 * bytes per exploit: what the worker downloaded to start from a donor (the arbiter moves
-  none: it hands over a checkpoint reference, and the store makes no copy);
+  none: it hands over a checkpoint reference, and the store makes no copy; none when the
+  worker holds the donor's checkpoint);
 * segments/s: the whole fleet's rate, end to end;
 * overhead: pbt-mq's time per segment on a worker besides load, train, evaluate and save (taking
   the job, claiming it, publishing), as the workers measure it (their heartbeats' ``overhead_ms``).
@@ -30,7 +32,7 @@ from pbt_mq.config.parse import parse
 from pbt_mq.core.ids import entry_ms
 from pbt_mq.core.keys import WORKERS, Keys, worker_key
 from pbt_mq.core.model import Action, ExperimentState, Heartbeat, Meta
-from pbt_mq.core.protocol import ReadyEvent
+from pbt_mq.core.protocol import NO_DOWNLOAD, PHASES, ReadyEvent, start_kind
 from pbt_mq.state.experiment import launch
 from pbt_mq.state.lineage import records
 from pbt_mq.tools.fleet import fleet
@@ -106,29 +108,32 @@ def analyse(r: Any, exp: str) -> dict[str, Any]:
     actions = {(rec.member, rec.seq): rec.action for rec in records(r, exp)}
     spans: dict[str, list[float]] = {}
     user: dict[str, float] = {}
-    warm = cold = exploits = 0
+    warm = cached = cold = exploits = 0
     exploit_bytes = 0
     for published, ev in events:
         t = ev.timings_s
-        busy = sum(t.get(x, 0.0) for x in ("load", "train", "eval", "save"))
+        busy = sum(t.get(x, 0.0) for x in PHASES)
         lo_hi = spans.setdefault(ev.worker, [published - busy, published])
         lo_hi[0], lo_hi[1] = min(lo_hi[0], published - busy), max(lo_hi[1], published)
         user[ev.worker] = user.get(ev.worker, 0.0) + t.get("train", 0.0) + t.get("eval", 0.0)
         before = actions.get((ev.member, ev.seq - 1))
+        kind = start_kind(t)
         if before is Action.CONTINUE:
-            warm += int("warm" in t)
-            cold += int("warm" not in t)
+            warm += kind == "warm"
+            cached += kind == "cached"
+            cold += kind not in NO_DOWNLOAD
         elif before is Action.EXPLOIT:
             exploits += 1
-            exploit_bytes += _start_size(ev, events) if "warm" not in t else 0
+            exploit_bytes += _start_size(ev, events) if kind not in NO_DOWNLOAD else 0
     wall = sum(hi - lo for lo, hi in spans.values())
     first = min(lo for lo, _ in spans.values())
     last = max(hi for _, hi in spans.values())
     return {
         "segments": len(events),
         "user_fraction": sum(user.values()) / wall if wall else 0.0,
-        "warm_fraction": warm / (warm + cold) if warm + cold else 1.0,
-        "continuing": warm + cold,
+        "warm_fraction": warm / (warm + cached + cold) if warm + cached + cold else 1.0,
+        "no_download_fraction": (warm + cached) / (warm + cached + cold) if warm + cached + cold else 1.0,
+        "continuing": warm + cached + cold,
         "exploits": exploits,
         "mb_per_exploit": exploit_bytes / exploits / 1e6 if exploits else 0.0,
         "segments_per_s": len(events) / (last - first) if last > first else 0.0,
@@ -136,7 +141,7 @@ def analyse(r: Any, exp: str) -> dict[str, Any]:
 
 
 def _start_size(ev: ReadyEvent, events: list[tuple[float, ReadyEvent]]) -> int:
-    """Bytes of the checkpoint a segment started from (the donor's, after an exploit)."""
+    """Bytes of the checkpoint a segment downloaded to start from (the donor's, after an exploit)."""
     for _, other in events:
         if other.checkpoint.key == ev.start_key:
             return other.checkpoint.size
@@ -145,10 +150,11 @@ def _start_size(ev: ReadyEvent, events: list[tuple[float, ReadyEvent]]) -> int:
 
 def format_fleet(rows: list[dict[str, Any]]) -> str:
     out = (f"{'workers':>7} | {'pop':>4} | {'segment':>7} | {'model':>6} | {'upload':>7} | {'segments':>8} | {'user time':>9} | "
-           f"{'overhead':>8} | {'warm':>6} | {'MB/exploit':>10} | {'segments/s':>10}\n")
-    out += "-" * 117 + "\n"
+           f"{'overhead':>8} | {'warm':>6} | {'no download':>11} | {'MB/exploit':>10} | {'segments/s':>10}\n")
+    out += "-" * 131 + "\n"
     for x in rows:
         out += (f"{x['workers']:>7} | {x['population']:>4} | {x['segment_s']:>6g}s | {x['model_mb']:>4g}MB | {x['upload']:>7} | "
                 f"{x['segments']:>8} | {x['user_fraction']:>9.1%} | {x['overhead_ms']:>6.2f}ms | {x['warm_fraction']:>6.0%} | "
+                f"{x['no_download_fraction']:>11.0%} | "
                 f"{x['mb_per_exploit']:>10.1f} | {x['segments_per_s']:>10.1f}\n")
     return out

@@ -20,6 +20,7 @@ from pbt_mq.tools.bench.dashboard import format_dashboard, measure_dashboard
 from pbt_mq.tools.bench.data import format_table, measure
 from pbt_mq.tools.bench.fleet import format_fleet, measure_fleet
 from pbt_mq.tools.bench.memory import format_memory, measure_memory
+from pbt_mq.tools.bench.pbtcost import format_pbt_cost, measure_pbt_cost
 from pbt_mq.tools.redis_server import private_redis
 
 
@@ -100,9 +101,17 @@ def run_data(a: argparse.Namespace) -> dict[str, Any]:
     return {"store": url, "repeat": repeat, "part_size_mb": PART_SIZE / 2**20, "data_plane": rows}
 
 
+def run_pbt_cost(a: argparse.Namespace) -> dict[str, Any]:
+    if not Path(a.pbt_cost).is_file():
+        raise StoreError(f"--pbt-cost {a.pbt_cost}: no such experiment file")
+    if a.workers < 1 or a.repeat < 1:
+        raise StoreError("--workers and --repeat must be at least 1")
+    return measure_pbt_cost(a.pbt_cost, a.workers, 1 if a.quick else a.repeat)
+
+
 def run(a: argparse.Namespace) -> int:
     parts = {"data": a.data or a.all, "control": a.control or a.all, "fleet": a.fleet or a.all,
-             "dashboard": a.dashboard}
+             "dashboard": a.dashboard, "pbt_cost": bool(a.pbt_cost)}
     if not any(parts.values()):
         parts["data"] = True
     out: dict[str, Any] = {}
@@ -128,6 +137,10 @@ def run(a: argparse.Namespace) -> int:
             sys.stdout.write("\ndashboard: one arbiter deciding synthetic events (as --control), with no page and with"
                              " N pages of one `pbt dashboard` open on the experiment, alternating\n")
             sys.stdout.write(format_dashboard(out["dashboard"]))
+    if parts["pbt_cost"]:
+        out["pbt_cost"] = run_pbt_cost(a)
+        if not a.json:
+            sys.stdout.write("\n" + format_pbt_cost(out["pbt_cost"]))
     if a.json:
         print(json.dumps(out, indent=2))
     return 0
