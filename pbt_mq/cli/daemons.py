@@ -41,7 +41,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     env_option(p, "--live-models", env="PBT_LIVE_MODELS", type=int, choices=(0, 1),
                help="keep the last trained model live for a warm next segment (1) or not (0)")
     env_option(p, "--cache-mb", env="PBT_CACHE_MB", type=int, metavar="MB",
-               help="host memory for checkpoints this worker wrote or read, so segments starting from them need no"
+               help="host memory for checkpoints this worker wrote, so segments starting from them need no"
                     " download; 0 = off (unset: min(4096, the host's memory / 8))")
     env_option(p, "--affinity-wait-ms", env="PBT_AFFINITY_WAIT_MS", type=int, metavar="MS",
                help="take queued segments whose start checkpoint this worker holds first, passing others over for at"

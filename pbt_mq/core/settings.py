@@ -141,7 +141,7 @@ TABLE: tuple[Setting, ...] = (
             " reaper"),
     Setting("PBT_LIVE_MODELS", _number(int, 0, 1), 1, "0 or 1", "keep the last trained model live for a warm next segment"),
     Setting("PBT_CACHE_MB", _number(int, 0, 1 << 24), None, "an integer >= 0 (MiB; 0: off)",
-            "host memory a worker keeps checkpoints it wrote or read in, for segments that start from them without a"
+            "host memory a worker keeps the checkpoints it wrote in, for segments that start from them without a"
             " download (unset: min(4096, the host's memory / 8))"),
     Setting("PBT_AFFINITY_WAIT_MS", _number(int, 0), 30_000, "an integer >= 0 (ms; 0: plain FIFO)",
             "how long a queued segment may be passed over for the worker holding its start checkpoint; a worker"

@@ -1,4 +1,4 @@
-"""Checkpoints this worker wrote or downloaded, kept in host memory for the next segment that starts
+"""Checkpoints this worker wrote, kept in host memory for the next segment that starts
 from one of them: a population larger than the fleet then continues without a download.
 
 Bounded in bytes (``PBT_CACHE_MB``), least recently used first out. An entry is the object's exact

@@ -111,8 +111,7 @@ class Loader:
 
     def load(self, store: Store, ref: CheckpointRef, exp: str) -> tuple[Any, str]:
         """``ref``'s checkpoint and where it came from: "cached" (this worker's memory, verified) or
-        "cold" (downloaded and verified; kept in the cache). A checkpoint still being uploaded
-        (overlap_upload) is waited for."""
+        "cold" (downloaded and verified). A checkpoint still being uploaded (overlap_upload) is waited for."""
         legacy = self.legacy and checkpoint.is_legacy(ref.key)
         if not legacy:
             held = self.cache.get(ref)
@@ -131,10 +130,10 @@ class Loader:
     def _download(self, store: Store, ref: CheckpointRef, legacy: bool) -> Any:
         if legacy:
             return checkpoint.load(store, ref, map_location=self.device, legacy_ok=True)
-        data = checkpoint.fetch(store, ref)
-        state = checkpoint.decode(data, ref, self.device)
-        self.cache.put(ref.key, data, ref.sha256)  # decoded first: a refused object is not kept
-        return state
+        # not cached: the download buffer is reused by the next download once the trainable has copied
+        # what it needs (first-touching fresh memory costs as much as hashing it), and what a worker
+        # downloads (a donor's checkpoint) is held by the worker that wrote it
+        return checkpoint.decode(checkpoint.fetch(store, ref), ref, self.device)
 
     def charge_misuse(self) -> None:
         """A call that went on after its run was done (the loop API) is said on the member it served, where

@@ -3,7 +3,7 @@
 A worker process keeps the last model it trained *live*: when the next segment continues
 that member from the checkpoint this worker just wrote, nothing is downloaded or rebuilt.
 Otherwise the live object is reused and only its state is loaded (``worker.loading``): from the
-checkpoints this worker wrote or read, kept in host memory (``worker.cache``), or with one
+checkpoints this worker wrote, kept in host memory (``worker.cache``), or with one
 verified download; never a re-import or re-init.
 
 A segment: claim it (claim_segment.lua: only the member's current job runs), obtain the

@@ -115,6 +115,25 @@ def test_fleet_bench_quick_runs_real_workers(tmp_path):
     first = rows[0]
     assert first["segments"] >= 6 and 0 < first["user_fraction"] <= 1 and 0 <= first["warm_fraction"] <= 1
     assert first["segments_per_s"] > 0 and 4 <= rows[1]["segments"] <= 20  # an exploit skips ahead
+    assert all(0 <= x["no_download_fraction"] <= 1 for x in rows)
+
+
+def test_pbt_cost_bench_runs_pbt_local_both_ways(tmp_path):
+    """``--pbt-cost FILE``: `pbt local FILE` as is and with exploit and explore off, each run's stats read back."""
+    res = subprocess.run(
+        [sys.executable, "-m", "pbt_mq", "bench", "--pbt-cost", "workers/toy.toml", "--quick", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)["pbt_cost"]
+    fixed, pbt = out["arms"]
+    assert (fixed["arm"], pbt["arm"], fixed["runs"], pbt["runs"]) == ("fixed population", "PBT", 1, 1)
+    assert fixed["exploits"] == 0 < pbt["exploits"]  # the paper's two members: the worse one copies the better
+    assert out["ratio"] == pbt["median_wall_s"] / fixed["median_wall_s"] > 0
+    assert 0 <= pbt["no_download"] <= 1 and pbt["phases_s"]["build"] > 0
+    bad = subprocess.run([sys.executable, "-m", "pbt_mq", "bench", "--pbt-cost", str(tmp_path / "nope.toml")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode != 0 and "no such experiment file" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bench_dashboard_quick_json(redis_url: str) -> None:
