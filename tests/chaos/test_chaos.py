@@ -8,7 +8,6 @@ best member's lineage present and verified, and no traceback in any daemon's log
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from helpers import pbt
 from report import RESULTS
 
 from pbt_mq.core.keys import GROUP, Keys
-from pbt_mq.core.protocol import ReadyEvent
+from pbt_mq.core.protocol import ReadyEvent, SegmentCommand
 from pbt_mq.state.lineage import ancestry, records
 from pbt_mq.store.open import open_store
 
@@ -59,7 +58,7 @@ def lineage_len(r, exp: str) -> int:
 
 
 def check_invariants(r, exp: str, store_url: str, fleet, fault: str, injected: int, recovery_s,
-                     corrupted: str = "") -> dict:
+                     corrupted: frozenset[str] = frozenset()) -> dict:
     res = pbt("wait", exp, "--timeout", "180", "--redis", fleet.redis_url, timeout=200)
     k = Keys(exp)
     states = {m: r.hgetall(k.member(m)) for m in (f"m{i:03d}" for i in range(POP))}
@@ -82,7 +81,7 @@ def check_invariants(r, exp: str, store_url: str, fleet, fault: str, injected: i
     refs = {ev.checkpoint.key: ev.checkpoint for ev in (ReadyEvent.decode(f[b"msg"]) for _, f in r.xrange(k.events))}
     store = open_store(store_url)
     for rec in chain:
-        if rec.ckpt_key == corrupted:  # what we broke on purpose (a segment used it while still good)
+        if rec.ckpt_key in corrupted:  # what we broke on purpose (a segment used it while still good)
             continue
         with store.fetch_verified(refs[rec.ckpt_key]):
             pass
@@ -181,16 +180,33 @@ def test_s3_unreachable_for_15_s(chaos_fleet, chaos_redis, s3_proxy, seed):
 def test_corrupt_checkpoint(chaos_fleet, chaos_redis, s3_proxy, s3_endpoint, seed):
     import io
 
-    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "corrupt", "--live-models", "0")  # every segment downloads its start
+    # every segment downloads its start: no live model, no checkpoint cache
+    r, exp, store = begin(chaos_fleet, chaos_redis, s3_proxy, seed, "corrupt", "--live-models", "0", "--cache-mb", "0")
     k = Keys(exp)
-    # corrupt the best member's scored checkpoint: the next exploit or continue from it must notice
-    best = r.zrevrange(k.scores, 0, 0)[0]
-    key = json.loads(r.hget(k.ckpts, best))["key"]
     raw = open_store(store.replace(str(s3_proxy.port), s3_endpoint.rsplit(":", 1)[1]))
     garbage = b"\x00" * 128
-    raw.client.minio.remove_object(raw.bucket, raw.name(key))
-    raw.client.minio.put_object(raw.bucket, raw.name(key), io.BytesIO(garbage), len(garbage))
+    workers = [chaos_fleet.procs[w] for w in ("w1", "w2")]
+
+    def queued_starts() -> set[str]:
+        cmds = [SegmentCommand.decode(h[b"cmd"]) for h in (r.hgetall(k.member(f"m{i:03d}")) for i in range(POP))
+                if h.get(b"state") == b"queued" and h.get(b"cmd")]
+        return {c.start.key for c in cmds if c.start is not None}
+
+    # with the workers stopped, replace the start checkpoint of every queued segment by garbage: each of
+    # those segments must download it when the workers go on, so the corruption is found, not raced past
+    for proc in workers:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        keys = wait_until(queued_starts, 20)
+        for key in keys or ():
+            raw.client.minio.remove_object(raw.bucket, raw.name(key))
+            raw.client.minio.put_object(raw.bucket, raw.name(key), io.BytesIO(garbage), len(garbage))
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGCONT)
+    assert keys, chaos_fleet.all_logs()
     corrupted = time.time()
-    recovered = wait_until(lambda: any(b"bad checkpoint" in f[b"reason"] for _, f in r.xrange(k.dead)), 120)
-    check_invariants(r, exp, store, chaos_fleet, "checkpoint corrupted in the store", 1,
-                     time.time() - corrupted if recovered else None, corrupted=key)
+    recovered = wait_until(lambda: any(b"bad checkpoint" in f[b"reason"] for _, f in r.xrange(k.dead)), 60)
+    assert recovered, f"no worker noticed the corrupted {sorted(keys)}\n{chaos_fleet.all_logs()}"
+    check_invariants(r, exp, store, chaos_fleet, "checkpoints corrupted in the store", len(keys),
+                     time.time() - corrupted, corrupted=frozenset(keys))
