@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pbt_mq.core import settings
 from pbt_mq.tools.redis_server import die_with_parent, private_redis
+from pbt_mq.worker.cache import default_limit_bytes as default_cache_bytes
 
 ARBITER = "local-arbiter"  # the arbiter's consumer name: a restarted one takes over its pending events
 
@@ -75,8 +77,11 @@ def daemons(url: str, wd: Path, workers: int, keep_events: bool = False) -> Iter
         procs.append(spawn("arbiter", ["--redis", url, "--name", ARBITER, "--claim-idle-ms", "5000", *keep],
                            wd / "logs" / "arbiter.log"))
         threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription
+        # the workers share this host: its default checkpoint cache, split between them (unless set)
+        cache = [] if settings.read_if_set("PBT_CACHE_MB") is not None else [
+            "--cache-mb", str(max(1, (default_cache_bytes() // workers) >> 20))]
         for i in range(workers):
-            args = ["--redis", url, "--id", worker_id(i), "--threads", threads]
+            args = ["--redis", url, "--id", worker_id(i), "--threads", threads, *cache]
             procs.append(spawn("worker", args, wd / "logs" / f"worker-{i}.log"))
         yield procs
     finally:

@@ -116,7 +116,7 @@ class Loader:
         if not legacy:
             held = self.cache.get(ref)
             if held is not None:  # decoded from a copy: a trainable may keep the tensors and train them in place
-                return checkpoint.decode(copy_of(held) if self.device == "cpu" else held, ref, self.device), "cached"
+                return checkpoint.decode(copy_of(held), ref, self.device), "cached"
         t0 = time.perf_counter()
         try:
             state = self._download(store, ref, legacy)

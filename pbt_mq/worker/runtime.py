@@ -72,6 +72,7 @@ class Runtime:
         self.loader = Loader(r, device, self.hooks, self.cache)
         self.uploads = Uploads(r, self.hooks)
         self.pending: tuple | None = None  # an overlapped upload waiting for its event to go out
+        self.keep: tuple | None = None  # the new checkpoint to cache once its event is out
 
     def store(self, url: str) -> Store:
         if url not in self.stores:
@@ -120,7 +121,7 @@ class Runtime:
             self.stats["skipped"] += 1
             return {"skipped": claim}
         self.current = current
-        self.pending = None
+        self.pending = self.keep = None
         try:
             event = self._train(cfg, cmd)
         except Exception as exc:
@@ -137,11 +138,15 @@ class Runtime:
         if outcome != "published":
             log.warning("%s %s seq=%d: %s; result dropped", cmd.experiment, cmd.member, cmd.seq,
                         "a requeued copy owns the member now" if outcome == "superseded" else "the experiment ended")
+            self.keep = None
             self._drop(k, event.checkpoint.key, uploaded=pending is None)
             self.stats[outcome] += 1
             return {"skipped": outcome}
         if pending is not None:
             self.uploads.start(*pending)
+        if self.keep is not None:
+            self._keep(*self.keep)
+            self.keep = None
         self.stats["segments"] += 1
         if self.hooks:
             self.hooks.segment_done(cmd, event)
@@ -176,8 +181,8 @@ class Runtime:
         if cfg.worker.overlap_upload or cached:  # a copy: kept, and uploaded later or now
             data, sha256, size = checkpoint.serialize(state, key)
             ref = CheckpointRef(key, sha256, size)
-            if cached:
-                self._keep(cmd, start.key, key, data, sha256)
+            if cached:  # kept once published: a failed or dropped segment's checkpoint is never named
+                self.keep = (cmd, start.key, key, data, sha256)
             if cfg.worker.overlap_upload:  # uploaded by run() once the event is out (uploads.py)
                 self.pending = (store, cmd.experiment, key, data, sha256, time.perf_counter() - t3)
             else:
@@ -234,7 +239,6 @@ class Runtime:
 
     def _drop(self, k: Keys, key: str, uploaded: bool) -> None:
         """Delete a checkpoint no event will ever name (the garbage collector never sees it)."""
-        self.cache.discard(key)
         try:
             if uploaded:
                 self.store(self.store_url(k.experiment)).delete(key)

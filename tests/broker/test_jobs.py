@@ -296,5 +296,5 @@ def test_a_job_passed_over_too_long_is_taken_first_by_anyone(r: redis.Redis):
     # no worker id, or a wait of 0: plain first-in, first-out, as workers of the previous release take
     _queue_homed(r, "aff3", [("c_m000_1", "w2"), ("c_m001_1", "w1")])
     assert take_job(r, ["aff3"], 0.1)[0].id == "c_m000_1"
-    _queue_homed(r, "aff3", [("c_m002_1", "w2")])
-    assert take_job(r, ["aff3"], 0.1, "w1", 0)[0].id == "c_m001_1"
+    _queue_homed(r, "aff4", [("d_m000_1", "w2"), ("d_m001_1", "w1")])
+    assert take_job(r, ["aff4"], 0.1, "w1", 0)[0].id == "d_m000_1"

@@ -106,7 +106,7 @@ def test_lua_scripts_write_only_known_fields_and_states():
              "HGETALL", "LPOP",
              "TYPE", "RENAME",  # move_aside.lua: a key of another type moved aside
              "LRANGE", "TIME", "HSETNX", "hash", "pbt_home", "pbt_passed_ms",  # take_job.lua's affinity
-             "string", "table",  # Lua's own type names
+             "string", "table", "WRONGTYPE",  # Lua's type names; Redis's error for a key of another type
              "%S+", "%.17g", " ",  # decide.lua's exploit.window: split on spaces, format as Python's rules.window
              "bad", "seq"}  # decide.lua's reply to a seq that is no number
     unknown = set()

@@ -8,8 +8,8 @@ import time
 
 from helpers import launch, pbt
 
-from pbt_mq.core.keys import worker_key
-from pbt_mq.core.model import Heartbeat, Lineage
+from pbt_mq.core.keys import Keys, worker_key
+from pbt_mq.core.model import Heartbeat, Lineage, Meta
 from pbt_mq.observe.stats import experiment_stats
 from pbt_mq.state.lineage import records
 
@@ -32,7 +32,7 @@ def start_kinds(recs: list[Lineage], action: str) -> list[str]:
 
 def test_a_population_larger_than_the_fleet_continues_without_downloads(fleet, redis_url, r, s3_url):
     for w in ("w1", "w2"):
-        fleet.start("worker", w)
+        fleet.start("worker", w, "--heartbeat-s", "0.2")
     fleet.start("arbiter", "a1")
     # 8 members on 2 workers, a real S3 store, exploits on; segments of 20 ms, so the queue is never empty
     exp = launch(redis_url, s3_url, "population.size=8", "population.initial=[]", "stop.steps=64",
@@ -44,6 +44,7 @@ def test_a_population_larger_than_the_fleet_continues_without_downloads(fleet, r
     recs = records(r, exp)
     exploits = start_kinds(recs, "exploit")
     assert exploits and exploits.count("cold") <= len(exploits) / 2, exploits  # the donor's worker holds it
+    time.sleep(0.5)  # a beat after the last segment
     out = pbt("stats", exp, "--redis", redis_url).stdout
     assert "build " in out and "continuing segments that started without a download: " in out, out
     beats = {w: Heartbeat.read(r, worker_key(w)) for w in ("w1", "w2")}
@@ -60,9 +61,12 @@ def test_a_workers_cache_stays_within_its_bound_under_a_hundred_members(fleet, r
                  "trainable_args.pad_kb=64", "population.size=100", "population.initial=[]", "stop.steps=12")
     seen: list[Heartbeat] = []
     deadline = time.monotonic() + 150
-    while pbt("wait", exp, "--timeout", "0.2", "--redis", redis_url).returncode != 0:
+    while not ((st := Meta.read(r, Keys(exp).meta, "state").state) is not None and st.ended):
         seen.append(Heartbeat.read(r, worker_key("w1")))
         assert time.monotonic() < deadline, fleet.all_logs()
+        time.sleep(0.02)
+    time.sleep(0.2)  # a beat after the last segment: the cache still holds what it held
+    seen.append(Heartbeat.read(r, worker_key("w1")))
     assert max(b.cache_bytes for b in seen) <= limit == seen[-1].cache_limit
     assert max(b.cache_bytes for b in seen) > limit // 2  # it was used, up to its bound
     st = experiment_stats(r, exp)

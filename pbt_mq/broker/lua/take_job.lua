@@ -18,28 +18,32 @@ local prefix, me = ARGV[1], ARGV[2] or ''
 local window = tonumber(ARGV[3] or '') or 1
 local wait_ms = tonumber(ARGV[4] or '') or 0
 
+-- A job hash of another type reads as missing (its job is refused by the worker); any other error
+-- (a cluster slot moving) is raised before anything leaves the queue, so no job is lost to it.
+local function read(cmd, key, name)
+  local v
+  if name then v = redis.pcall(cmd, key, name) else v = redis.pcall(cmd, key) end
+  if type(v) == 'table' and v.err then
+    if string.find(v.err, 'WRONGTYPE', 1, true) then return nil end
+    return error(v.err)
+  end
+  return v
+end
+
 local function field(key, name)
-  local v = redis.pcall('HGET', key, name)
+  local v = read('HGET', key, name)
   if type(v) == 'string' then return v end
   return nil
 end
 
-local function taken(queue, id)
-  local ok = redis.pcall('HGETALL', prefix .. id)
-  if type(ok) ~= 'table' or ok.err then ok = {} end
-  return {id, ok}
-end
-
 for _, queue in ipairs(KEYS) do
-  if me == '' or window <= 1 then
-    local id = redis.call('LPOP', queue)
-    if id then return taken(queue, id) end
-  else
-    local ids = redis.call('LRANGE', queue, 0, window - 1)
-    if #ids > 0 then
+  local ids = redis.call('LRANGE', queue, 0, math.max(window, 1) - 1)
+  if #ids > 0 then
+    local pick = 1
+    if me ~= '' and window > 1 then
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      local pick = nil
+      pick = nil
       for i, id in ipairs(ids) do
         local key = prefix .. id
         local home = field(key, 'pbt_home')
@@ -52,9 +56,10 @@ for _, queue in ipairs(KEYS) do
         local key = prefix .. ids[i]
         if redis.call('TYPE', key).ok == 'hash' then redis.call('HSETNX', key, 'pbt_passed_ms', now) end
       end
-      redis.call('LREM', queue, 1, ids[pick])
-      return taken(queue, ids[pick])
     end
+    local job = read('HGETALL', prefix .. ids[pick]) or {}
+    redis.call('LREM', queue, 1, ids[pick])
+    return {ids[pick], job}
   end
 end
 return nil
