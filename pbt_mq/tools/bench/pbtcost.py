@@ -67,8 +67,9 @@ def measure_pbt_cost(file: str, workers: int, repeat: int, timeout_s: float = 18
 
 
 def format_pbt_cost(out: dict[str, Any]) -> str:
-    text = (f"what PBT costs: `pbt local {out['file']} --workers {out['workers']}` end to end, {out['repeat']} runs"
-            " per arm, alternating\n")
+    runs = f"{out['repeat']} run{'s' if out['repeat'] != 1 else ''}"
+    text = (f"what PBT costs: `pbt local {out['file']} --workers {out['workers']}` end to end, {runs} per arm,"
+            " alternating\n")
     text += (f"{'arm':>16} | {'median wall s':>13} | {'runs (s)':>30} | {'exploits':>8} | {'no download (worst run)':>23} |"
              " segment phases, median of runs (s)\n")
     text += "-" * 140 + "\n"
