@@ -88,8 +88,10 @@ def test_overlapped_uploads_lose_nothing(fleet, redis_url, r, s3_url):
 def test_a_download_waits_for_an_upload_in_flight(r):
     k = Keys("exp-x")
     r.zadd(k.uploading, {"exp-x/m000/1.pt": 1})
-    threading.Timer(0.2, lambda: r.zrem(k.uploading, "exp-x/m000/1.pt")).start()
+    landed = threading.Timer(0.2, lambda: r.zrem(k.uploading, "exp-x/m000/1.pt"))
+    landed.start()
     assert await_upload(r, "exp-x", "exp-x/m000/1.pt") is True
+    landed.join()  # its reply read before the fixture closes the connection
     assert r.zscore(k.uploading, "exp-x/m000/1.pt") is None
     assert await_upload(r, "exp-x", "exp-x/m000/2.pt") is False  # not uploading: really missing
 
