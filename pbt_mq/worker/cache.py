@@ -2,9 +2,10 @@
 from one of them: a population larger than the fleet then continues without a download.
 
 Bounded in bytes (``PBT_CACHE_MB``), least recently used first out. An entry is the object's exact
-bytes as the store holds them, and a hit is verified as a download is (sha256 and size against the
-checkpoint's reference) before it is decoded: a trainable that kept the decoded tensors and changed
-them in place, or a bit flip in host memory, costs a download, never a wrong model.
+bytes as the store holds them, kept once the segment's event is published; a hit is verified as a
+download is (sha256 and size against the checkpoint's reference) and decoded from a copy (the
+loader's), so a trainable that keeps the decoded tensors and trains them in place cannot change it,
+and a bit flip in host memory costs a download, never a wrong model.
 """
 
 from __future__ import annotations
