@@ -62,12 +62,12 @@ def ids_on_distinct_nodes(cluster: RedisClusterNodes, n: int) -> list[str]:
     return list(chosen.values())
 
 
-def serve_until_done(cluster: RedisClusterNodes, tmp_path: Path, exp: str) -> str:
+def serve_until_done(cluster: RedisClusterNodes, tmp_path: Path, exp: str, *worker_args: str) -> str:
     """Two workers and an arbiter on the cluster until ``exp`` ends; their logs."""
     fleet = Fleet(cluster.url, tmp_path / "logs")
     try:
         for name in ("w1", "w2"):
-            fleet.start("worker", name, "--heartbeat-s", "0.5")
+            fleet.start("worker", name, "--heartbeat-s", "0.5", *worker_args)
         fleet.start("arbiter", "a1")
         res = pbt("wait", exp, "--timeout", "240", "--redis", cluster.url, timeout=260)
         assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{fleet.all_logs()}"
@@ -313,7 +313,7 @@ def test_a_population_larger_than_the_fleet_continues_from_memory_on_a_cluster(c
 
     exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", "population.size=8", "population.initial=[]",
                  "stop.steps=48", "trainable_args.delay_s=0.02")
-    logs = serve_until_done(cluster, tmp_path, exp)
+    logs = serve_until_done(cluster, tmp_path, exp, "--affinity-wait-ms", "30000")
     st = experiment_stats(rc, exp)
     assert st["starts"].get("fresh") == 8 and st["no_download_fraction"] >= 0.8, st
     assert "Traceback" not in logs

@@ -45,6 +45,11 @@ AFFINITY_WINDOW = 64  # queued jobs a worker looks at for one whose start checkp
 HOME_FIELD = "pbt_home"  # in a job's hash: the worker holding its start checkpoint (take_job.lua)
 
 
+def experiment_of(queue_key: str) -> str:
+    """The experiment of a cluster queue key, ``rq:queue:BASE:{EXP}`` (its hash tag)."""
+    return queue_key[queue_key.index("{") + 1 : queue_key.rindex("}")]
+
+
 def queue_key(name: str) -> str:
     """The Redis list of a queue named ``name``."""
     return QUEUE_PREFIX + name
@@ -188,7 +193,7 @@ class ExperimentQueue(Queue):
                                                 serializer=serializer, death_penalty_class=death_penalty_class)
                 if found is not None:
                     job, queue = found
-                    queue.redis_queues_keys = f"rq:queues:{{{key[key.index('{') + 1 : key.index('}')]}}}"
+                    queue.redis_queues_keys = f"rq:queues:{{{experiment_of(key)}}}"
                     return job, queue
             if timeout is None or time.monotonic() >= deadline:
                 if timeout is not None:
@@ -283,7 +288,7 @@ def take_job(r: Any, queue_names: list[str], timeout_s: float, worker: str = "",
         deadline, waited = time.monotonic() + timeout_s, False
         while True:
             for key in running_queue_keys(r, queue_names):
-                prefix = f"{TaggedSegmentJob.redis_job_namespace_prefix}{{{key[key.index('{') + 1 : key.rindex('}')]}}}"
+                prefix = f"{TaggedSegmentJob.redis_job_namespace_prefix}{{{experiment_of(key)}}}"
                 got = call_script(r, "take_job", [key], [prefix, *argv])
                 if got:
                     jid = got[0].decode()

@@ -32,7 +32,7 @@ def start_kinds(recs: list[Lineage], action: str) -> list[str]:
 
 def test_a_population_larger_than_the_fleet_continues_without_downloads(fleet, redis_url, r, s3_url):
     for w in ("w1", "w2"):
-        fleet.start("worker", w, "--heartbeat-s", "0.2")
+        fleet.start("worker", w, "--heartbeat-s", "0.2", "--affinity-wait-ms", "30000")
     fleet.start("arbiter", "a1")
     # 8 members on 2 workers, a real S3 store, exploits on; segments of 20 ms, so the queue is never empty
     exp = launch(redis_url, s3_url, "population.size=8", "population.initial=[]", "stop.steps=64",
