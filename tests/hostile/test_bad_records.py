@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import redis
 from helpers import PAPER_INIT_4, launch, pbt, status
 
 from pbt_mq.core.keys import WORKERS, Keys, worker_key
@@ -43,7 +44,22 @@ def test_garbage_in_member_hashes_fails_only_that_member(fleet, redis_url, r, tm
     k = Keys(bad)
     wait_for(lambda: r.hget(k.member("m002"), "seq") not in (None, b"0"))
     r.hset(k.member("m002"), "seq", "abc")  # the reaper read it as int; decide.lua compared it with a number
-    r.hset(k.member("m003"), "state", "bogus")  # no state this release knows
+    # no state this release knows, written while m003 waits in the queue (WATCHed: a running member's publish
+    # would overwrite it, and the member would end "done" with nothing to report)
+    def bogus_while_queued() -> bool:
+        with r.pipeline() as pipe:
+            try:
+                pipe.watch(k.member("m003"))
+                if pipe.hget(k.member("m003"), "state") != b"queued":
+                    return False
+                pipe.multi()
+                pipe.hset(k.member("m003"), "state", "bogus")
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    wait_for(bogus_while_queued)
     wait(fleet, redis_url, other)
     wait(fleet, redis_url, bad)
     assert all(p.poll() is None for p in fleet.procs.values()), fleet.all_logs()  # nothing died
