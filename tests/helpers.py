@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import redis
 
-from pbt_mq.core.ids import entry_ms
+from pbt_mq.core.ids import entry_ms, member_ids
 from pbt_mq.core.keys import Keys
-from pbt_mq.core.model import Action, Lineage
+from pbt_mq.core.model import Action, Lineage, Member
 from pbt_mq.state.lineage import records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +137,36 @@ def subpopulation_errors(recs: list[Lineage], periods: tuple[int, ...], ready_st
         if not (q == 0 or q >= p):
             bad.append(f"{rec.member} (period {p}) copied {rec.parent} (period {q})")
     return bad
+
+
+SEGMENTS, STEPS = 3, 10  # write_history's shape
+
+
+def write_history(r, exp: str, population: int, seed: int = 0) -> dict[str, float]:
+    """SEGMENTS segments per member, round by round; from the second round on, a tenth of the members
+    copy a random member's checkpoint (an exploit). Returns each member's last score."""
+    rng, k = random.Random(seed), Keys(exp)
+    members = member_ids(population)
+    ckpt: dict[str, str] = {}
+    score: dict[str, float] = {}
+    for seg in range(SEGMENTS):
+        pipe = r.pipeline(transaction=False)
+        for m in members:
+            start = ckpt.get(m, "")
+            action = Action.CONTINUE
+            parent = ""
+            if seg and rng.random() < 0.1:
+                parent = rng.choice(members)
+                start, action = ckpt[parent], Action.EXPLOIT
+            score[m] = rng.uniform(0, 1) + seg
+            key = f"{exp}/{m}/{seg}"
+            rec = Lineage(member=m, seq=seg, start_step=seg * STEPS, step=(seg + 1) * STEPS, score=score[m],
+                          action=action, start_key=start, ckpt_key=key, hparams={"h0": rng.random(), "h1": rng.random()},
+                          parent=parent, parent_step=seg * STEPS if parent else None, worker="w1")
+            pipe.xadd(k.lineage, rec.encode())
+            ckpt[m] = key
+            if seg == SEGMENTS - 1:
+                pipe.hset(k.member(m), mapping=Member.fields(score=score[m], scored_step=(seg + 1) * STEPS))
+                pipe.zadd(k.scores, {m: score[m]})
+        pipe.execute()
+    return score

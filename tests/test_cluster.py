@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import PAPER_INIT_4, TOY, early_decisions, event_counts, launch, lineage_counts, pbt, status
+from helpers import (
+    PAPER_INIT_4,
+    SEGMENTS,
+    TOY,
+    early_decisions,
+    event_counts,
+    launch,
+    lineage_counts,
+    pbt,
+    status,
+    write_history,
+)
 from redis.crc import key_slot
 from services import Dashboard, Fleet, RedisClusterNodes, redis_binary, unavailable
 
@@ -24,6 +35,7 @@ from pbt_mq.broker.connect import connect
 from pbt_mq.broker.jobs import TaggedSegmentJob
 from pbt_mq.config.parse import load_file
 from pbt_mq.core.keys import Keys
+from pbt_mq.dashboard.bands import LARGE_POPULATION, TOP_LINES
 from pbt_mq.state.experiment import launch as launch_in_process
 from pbt_mq.state.lineage import records
 
@@ -182,6 +194,28 @@ def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: li
             assert get(f"/api/experiments/{exp}")["decisions"] == want
             assert get(f"/api/experiments/{exp}/members/{st['best']['member']}/lineage")["segments"]
         assert isinstance(get("/api/workers")["workers"], list)  # a global key: read on a cluster too (fleet stopped)
+    finally:
+        dash.stop()
+
+
+def test_a_large_population_is_shown_as_bands_on_a_cluster(cluster, rc, tmp_path: Path):
+    """Issue 26: above LARGE_POPULATION members the dashboard's bands and best lines, read from a cluster."""
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        unavailable("no starlette/uvicorn for pbt dashboard: pip install 'pbt-mq[dashboard]'")
+    size = LARGE_POPULATION + 1
+    exp = launch(cluster.url, f"file://{tmp_path / 'ckpt'}", f"population.size={size}")
+    score = write_history(rc, exp, size)
+    dash = Dashboard(tmp_path / "logs", "--redis", cluster.url)
+    try:
+        url = f"{dash.url.rstrip('/')}/api/experiments/{exp}"
+        deadline, doc = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and doc.get("decisions") != SEGMENTS * size:
+            with urllib.request.urlopen(url, timeout=30) as res:
+                doc = json.loads(res.read())
+            time.sleep(0.2)
+        assert doc["large"]["bands"]["n"] == [size] * SEGMENTS
+        assert doc["large"]["top"] == sorted(score, key=lambda m: -score[m])[:TOP_LINES]
+        assert {n["m"] for n in doc["large"]["nodes"]} >= set(doc["large"]["top"])
     finally:
         dash.stop()
 

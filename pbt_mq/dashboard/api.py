@@ -4,8 +4,9 @@ Every answer comes from the cached views of ``data.Board``; Redis is read in a w
 never on the event loop, and at the pace ``data`` allows whatever the number of requests.
 
     GET /api/experiments                          the newest experiments: state, best, progress, age
-    GET /api/experiments/{exp}                    summary and members (``pbt status --json`` and more)
-    GET /api/experiments/{exp}/members            the members table
+    GET /api/experiments/{exp}                    summary and members (``pbt status --json`` and more; above
+                                                  bands.LARGE_POPULATION the best rows and ``large``: bands)
+    GET /api/experiments/{exp}/members            every member
     GET /api/experiments/{exp}/lineage            lineage nodes ?after=N&limit=L (see ``follow``)
     GET /api/experiments/{exp}/members/{m}/lineage  m's newest checkpoint's ancestry (``pbt lineage --json``)
     GET /api/experiments/{exp}/stream             text/event-stream: a frame per change, ids = node cursor
@@ -98,7 +99,7 @@ async def members(request: Request) -> Response:
     view = await _view(request)
     snap = _snapshot(view)
     return json_response({"experiment": view.exp, "metric": snap["metric"], "mode": snap["mode"],
-                          "best": snap["best"], "members": snap["members"]})
+                          "best": snap["best"], "members": view.all_members or snap["members"]})
 
 
 @answer

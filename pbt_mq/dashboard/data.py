@@ -33,6 +33,7 @@ from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, leaders, member_ids, 
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState, Member, Meta
 from pbt_mq.core.space import CategoricalSpace, FloatSpace
+from pbt_mq.dashboard.bands import LARGE_POPULATION, TOP_LINES, Bands, top_rows
 from pbt_mq.dashboard.follow import LineageLog
 from pbt_mq.observe.top import workers
 from pbt_mq.state.experiment import UnknownExperiment, load_config, metric_value, status
@@ -109,6 +110,9 @@ class ExperimentView:
         self.error: str | None = None
         self.events_seen: tuple[float, int] | None = None  # (monotonic s, events added) at the last refresh
         self.events_per_s: float | None = None
+        self.bands = Bands()
+        self.banded = 0  # nodes added to the bands so far
+        self.all_members: list[dict[str, Any]] = []  # every member (the snapshot may hold only the best)
 
     def refresh(self) -> None:
         """Read what changed, unless another request just did (then return at once with its result)."""
@@ -154,13 +158,19 @@ class ExperimentView:
         now = now_ms()
         fleet = self.board.workers()
         health = {w["id"]: w["health"] for w in fleet}
+        counts: dict[str, int] = {}
         for m in st["members"]:
+            counts[m["state"]] = counts.get(m["state"], 0) + 1
             m["last_exploit"] = self.log.last_exploit.get(m["id"])
             m["worker_health"] = health.get(m["worker"], "gone") if m["worker"] else ""
             m["flag"] = m["state"] == "running" and m["worker_health"] != "ok"
         created = meta.created_ms or now
+        self.all_members = st["members"]
+        space = spaces(cfg)
         return {
             **st,
+            **self._large(st, space),
+            "counts": counts,  # members per state, over all of them (the page's one source)
             "name": cfg.name,
             "created_ms": created,
             "done_ms": meta.done_ms,
@@ -168,7 +178,7 @@ class ExperimentView:
             "progress": progress(cfg, st["state"], [m["scored_step"] for m in st["members"]], st["finished"]),
             "stop_steps": cfg.stop.steps,
             "ready_steps": cfg.ready.steps,
-            "hparam_spaces": spaces(cfg),
+            "hparam_spaces": space,
             "exploit_rule": cfg.exploit.rule,
             "explore_rule": cfg.explore.rule,
             "decisions": len(self.log.nodes),
@@ -181,8 +191,25 @@ class ExperimentView:
             "updated_ms": now,
         }
 
+    def _large(self, st: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Above LARGE_POPULATION members: the best rows only, and a ``large`` part with the bands and
+        the nodes of the best TOP_LINES members (``dashboard.bands``); nothing at or below it."""
+        if len(st["members"]) <= LARGE_POPULATION:
+            return {}
+        for node in self.log.nodes[self.banded:]:
+            self.bands.add(node, space)
+        self.banded = len(self.log.nodes)
+        rows = top_rows(st["members"], st["mode"] == "max")
+        best = [m["id"] for m in rows[:TOP_LINES] if m.get("score") is not None]
+        nodes = [{k: v for k, v in n.items() if k not in ("o", "w")} for n in self.log.subset(best)]
+        return {"members": rows, "large": {"bands": self.bands.summary(), "top": best, "nodes": nodes,
+                                           "rows": len(rows), "threshold": LARGE_POPULATION}}
+
     def frame(self, cursor: int, limit: int = BATCH) -> tuple[str, int]:
-        """The page's update from node ``cursor`` on: the shared snapshot JSON and the new nodes."""
+        """The page's update from node ``cursor`` on: the shared snapshot JSON and the new nodes (none for
+        a large population: its snapshot carries the nodes the page draws)."""
+        if "large" in self.snapshot:
+            cursor, limit = len(self.log.nodes), 0
         nodes = self.log.since(cursor, limit)
         nxt = max(cursor, 0) + len(nodes)
         text = (f'{{"generation":{self.generation},"snapshot":{self.snapshot_json},"from":{max(cursor, 0)},'

@@ -42,6 +42,7 @@ class LineageLog:
         self.recs: list[Lineage] = []  # the records, less the board snapshot (the largest field)
         self.node_of: dict[str, int] = {}  # checkpoint key -> the node that wrote it
         self.latest: dict[str, int] = {}  # member -> its newest node with a checkpoint
+        self.by_member: dict[str, list[int]] = {}  # member -> its nodes, oldest first
         self.last_exploit: dict[str, dict[str, Any]] = {}
         self.actions: Counter[str] = Counter()
         self.recent: deque[int] = deque()  # entry times (ms) inside the rate window
@@ -81,6 +82,7 @@ class LineageLog:
             node["o"] = list(rec.ops or [])
             self.last_exploit[rec.member] = {"parent": rec.parent, "step": rec.step, "parent_step": rec.parent_step or 0}
         self.nodes.append(node)
+        self.by_member.setdefault(rec.member, []).append(i)
         self.recs.append(dataclasses.replace(rec, snapshot=None))
         if rec.ckpt_key:
             self.node_of[rec.ckpt_key] = i
@@ -97,6 +99,23 @@ class LineageLog:
 
     def since(self, cursor: int, limit: int) -> list[dict[str, Any]]:
         return self.nodes[max(cursor, 0): max(cursor, 0) + limit]
+
+    def subset(self, members: list[str]) -> list[dict[str, Any]]:
+        """The nodes of ``members`` and every node their newest checkpoints descend from, in index order:
+        what a large population's page draws (its node ids stay the global ones, so ``p`` still points)."""
+        keep: set[int] = set()
+        walked: set[int] = set()
+        for m in members:
+            for i in self.by_member.get(m, ()):
+                keep.add(i)
+                if self.nodes[i]["p"] >= 0:
+                    keep.add(self.nodes[i]["p"])  # where it started from: an exploit's donor point
+            i = self.latest.get(m, -1)
+            while i >= 0 and i not in walked:  # its newest checkpoint's ancestry, across other members' lanes
+                walked.add(i)
+                i = self.nodes[i]["p"]
+        keep |= walked
+        return [self.nodes[i] for i in sorted(keep)]
 
     def ancestry(self, member: str) -> dict[str, Any] | None:
         """``pbt lineage --json``'s segments and phases for ``member``'s newest checkpoint (None: none yet)."""

@@ -8,44 +8,14 @@ Manager never downloads anything. Without them the test skips on a laptop and fa
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from helpers import PAPER_INIT_4, launch, pbt
-from services import Dashboard, unavailable
+from services import Dashboard
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TOKEN = "browser-test-token-0123456789"
-
-
-@pytest.fixture
-def browser(tmp_path) -> Iterator[Any]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        unavailable(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
-    for mod in ("selenium", "starlette", "uvicorn"):
-        if importlib.util.find_spec(mod) is None:
-            unavailable(f"no {mod}: pip install 'pbt-mq[dashboard,test]'")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1400"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:

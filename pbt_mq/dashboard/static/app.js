@@ -13,6 +13,7 @@
   const D = window.pbtDashboard = {
     exp: null, snapshot: null, nodes: [], selected: null, source: null, frames: 0, error: null,
     experiments: [], charts: { score: null, hparams: {} }, drawnNodes: -1, drawnSelection: null,
+    frameBytes: 0, maxFrameBytes: 0, // the size of the stream's updates (a large population's stay bounded)
     // for tools and tests: what the score chart holds, per member (points with a score)
     scorePoints() {
       const out = {};
@@ -93,6 +94,7 @@
     try {
       const doc = await getJSON("api/experiments");
       D.experiments = doc.experiments;
+      D.listed = true;
       $("#redis").textContent = `Redis ${doc.redis}`;
       if (!D.source) setConn("live", true);
       renderExperiments();
@@ -109,7 +111,7 @@
 
   function renderExperiments() {
     const body = $("#experiments tbody");
-    $("#no-experiments").hidden = D.experiments.length > 0;
+    $("#no-experiments").hidden = !D.listed || D.experiments.length > 0; // not before the first answer
     const html = D.experiments.map((e) => {
       const best = e.best ? `${esc(e.best.member)} ${esc(e.metric)}=${fmtScore(e.best.score)}` : "-";
       const age = e.state === "running" ? `${ago(e.age_s)} ago`
@@ -145,7 +147,11 @@
   // a dropped connection (Last-Event-ID); after a refused one (e.g. 503) we try again ourselves.
   function connect(exp) {
     const source = D.source = new EventSource(`api/experiments/${encodeURIComponent(exp)}/stream?since=${D.nodes.length}`);
-    source.addEventListener("frame", (ev) => onFrame(JSON.parse(ev.data)));
+    source.addEventListener("frame", (ev) => {
+      D.frameBytes = ev.data.length;
+      D.maxFrameBytes = Math.max(D.maxFrameBytes, D.frameBytes);
+      onFrame(JSON.parse(ev.data));
+    });
     source.onopen = () => setConn("live", true);
     source.onerror = () => {
       setConn("reconnecting…", false);
@@ -157,8 +163,13 @@
   }
 
   function onFrame(f) {
-    if (f.from !== D.nodes.length) D.nodes.length = Math.min(D.nodes.length, f.from); // never happens; keeps ids = indices
-    for (const n of f.nodes) D.nodes.push(n);
+    if (f.snapshot.large) { // a large population: its snapshot holds the nodes drawn (the best members')
+      D.nodes = f.snapshot.large.nodes;
+      D.drawnNodes = -1;
+    } else {
+      if (f.from !== D.nodes.length) D.nodes.length = Math.min(D.nodes.length, f.from); // never happens; keeps ids = indices
+      for (const n of f.nodes) D.nodes.push(n);
+    }
     D.snapshot = f.snapshot;
     D.error = f.error;
     D.frames += 1;
@@ -189,8 +200,7 @@
 
   function renderSummary() {
     const s = D.snapshot;
-    const counts = {};
-    for (const m of s.members) counts[m.state] = (counts[m.state] || 0) + 1;
+    const counts = s.counts || {};
     const a = s.actions || {};
     const best = s.best ? `<b>${esc(s.best.member)}</b> ${esc(s.metric)} = <b>${fmtScore(s.best.score)}</b> at step ${s.best.step}` : "no score yet";
     const rate = (v) => (v === null || v === undefined ? "-" : v.toFixed(1));
@@ -231,6 +241,9 @@
         <td>${badge(m.state)}</td><td class="num">${m.step}</td><td class="num">${fmtScore(m.score)}</td>
         <td class="hp">${hp}</td><td>${worker}</td><td>${exploitText(m.last_exploit)}</td></tr>`;
     }).join("");
+    const note = $("#members-note");
+    note.hidden = !s.large;
+    if (s.large) note.textContent = `${s.members.length} of ${s.population} members listed: the best by ${s.metric}, then any failing; the charts show every segment as bands and the best ${s.large.top.length} as lines. Every member: pbt status ${s.experiment} --json`;
     if (!setHTML($("#members tbody"), html)) return;
     $("#members tbody").querySelectorAll(".swatch").forEach((el) => {
       Object.assign(el.style, { display: "inline-block", width: "9px", height: "9px", marginRight: "5px", borderRadius: "2px", background: el.dataset.color });
@@ -248,6 +261,9 @@
   // ------------------------------------------------------------------ the model every chart draws
   function buildModel(focus) {
     const nodes = D.nodes;
+    const large = D.snapshot.large || null;
+    const index = large ? new Map(nodes.map((n) => [n.i, n])) : null;
+    const at = (i) => (i < 0 ? null : (index ? index.get(i) : nodes[i]) || null); // a large population holds a subset
     const byMember = new Map();
     for (const n of nodes) {
       if (!byMember.has(n.m)) byMember.set(n.m, []);
@@ -258,13 +274,14 @@
       let cur = [...own].reverse().find((n) => !noScore(n));
       const chain = [];
       const seen = new Set();
-      while (cur && !seen.has(cur.i)) { seen.add(cur.i); chain.push(cur); cur = cur.p >= 0 ? nodes[cur.p] : null; }
+      while (cur && !seen.has(cur.i)) { seen.add(cur.i); chain.push(cur); cur = at(cur.p); }
       return chain.reverse();
     };
     const surviving = new Set();
     for (const m of byMember.keys()) for (const n of chainOf(m)) surviving.add(n.i);
     const maxStep = nodes.reduce((acc, n) => Math.max(acc, n.b), D.snapshot.stop_steps || 1);
-    return { nodes, byMember, focus, chain: focus ? chainOf(focus) : [], surviving, maxStep };
+    const lines = large ? large.top : [...byMember.keys()].sort(); // the members drawn as lines
+    return { nodes, at, large, lines, byMember, focus, chain: focus ? chainOf(focus) : [], surviving, maxStep };
   }
 
   // A member's score curve: each segment drawn from the state it started from (after an exploit,
@@ -276,8 +293,8 @@
       if (noScore(n)) continue;
       if (n.p >= 0 && (!prev || n.p !== prev.i)) {
         if (prev) out.push({ x: prev.b, y: null });
-        const src = model.nodes[n.p];
-        if (src.y !== null) out.push({ x: n.a, y: src.y, start: true });
+        const src = model.at(n.p);
+        if (src && src.y !== null) out.push({ x: n.a, y: src.y, start: true });
       }
       out.push({ x: n.b, y: n.y });
       prev = n;
@@ -319,15 +336,25 @@
     };
   }
 
+  // A large population's bands: 10-90 % and 25-75 % of every segment that ended at a step, and the median.
+  function bandSets(steps, q) {
+    const pts = (k) => steps.map((x, i) => ({ x, y: q[k][i] }));
+    const fill = (k, color, to) => ({ label: k, pbtRole: "band", data: pts(k), borderWidth: 0, pointRadius: 0,
+      backgroundColor: color, fill: to, borderColor: "transparent" });
+    return [fill("p10", "rgba(31,119,180,0.12)", false), fill("p90", "rgba(31,119,180,0.12)", "-1"),
+      fill("p25", "rgba(31,119,180,0.22)", false), fill("p75", "rgba(31,119,180,0.22)", "-1"),
+      { label: "median", pbtRole: "band", data: pts("p50"), borderColor: "#1f77b4", borderDash: [4, 3], borderWidth: 1.5, pointRadius: 0 }];
+  }
+
   function renderScore(model) {
     const metric = D.snapshot.metric;
-    const datasets = [...model.byMember.keys()].sort().map((m) => ({
+    const datasets = model.lines.map((m) => ({
       label: m, pbtMember: m, data: scoreSeries(model, m), ...lineStyle(m, model.focus),
       pointRadius: (ctx) => (ctx.raw && ctx.raw.start ? 0 : 1.6), // a dot per scored segment; none at a jump's start
     }));
-    const marks = model.nodes.filter((n) => n.p >= 0 && model.nodes[n.p].m !== n.m && model.nodes[n.p].y !== null)
+    const marks = model.nodes.filter((n) => { const src = model.at(n.p); return src && src.m !== n.m && src.y !== null; })
       .map((n) => {
-        const src = model.nodes[n.p];
+        const src = model.at(n.p);
         const decision = (model.byMember.get(n.m) || []).find((d) => d.q === n.q - 1);
         const ops = decision && decision.o && decision.o.length ? `; ${decision.o.join("; ")}` : "";
         const was = decision ? ` (it had ${fmtScore(decision.y)} at step ${decision.b})` : "";
@@ -338,22 +365,24 @@
     if (model.chain.length) {
       const pts = [];
       const first = model.chain[0];
-      if (first.p >= 0 && model.nodes[first.p].y !== null) pts.push({ x: first.a, y: model.nodes[first.p].y });
+      const from = model.at(first.p);
+      if (from && from.y !== null) pts.push({ x: first.a, y: from.y });
       for (const n of model.chain) pts.push({ x: n.b, y: n.y });
       datasets.push({ label: `ancestry of ${model.focus}`, pbtRole: "ancestry", data: pts, borderColor: "#000", backgroundColor: "#000",
         borderWidth: 2.5, pointRadius: 0, borderDash: [] });
     }
+    if (model.large) datasets.unshift(...bandSets(model.large.bands.steps, model.large.bands.score));
     let chart = D.charts.score;
     if (!chart) {
       const opts = baseOptions(`${metric} (${D.snapshot.mode})`);
-      opts.plugins.legend = { display: model.byMember.size <= 16, position: "right", labels: { boxWidth: 10, filter: (item, data) => !!data.datasets[item.datasetIndex].pbtMember },
+      opts.plugins.legend = { display: model.lines.length <= 16, position: "right", labels: { boxWidth: 10, filter: (item, data) => !!data.datasets[item.datasetIndex].pbtMember },
         onClick: (e, item, legend) => select(legend.chart.data.datasets[item.datasetIndex].pbtMember) };
       opts.plugins.tooltip.callbacks.label = (ctx) => (ctx.raw.text ? ctx.raw.text
         : `${ctx.dataset.label} step ${ctx.raw.x}: ${metric}=${fmtScore(ctx.raw.y)}`);
       chart = D.charts.score = new Chart($("#score-chart"), { type: "line", data: { datasets }, options: opts });
     } else {
       chart.data.datasets = datasets;
-      chart.options.plugins.legend.display = model.byMember.size <= 16;
+      chart.options.plugins.legend.display = model.lines.length <= 16;
       chart.update("none");
     }
     const total = Object.values(D.scorePoints()).reduce((x, y) => x + y, 0);
@@ -365,9 +394,11 @@
     const box = $("#hparam-charts");
     for (const name of Object.keys(spaces).sort()) {
       const sp = spaces[name];
-      const datasets = [...model.byMember.keys()].sort().map((m) => ({
+      const datasets = model.lines.map((m) => ({
         label: m, pbtMember: m, data: schedule(model, m, name), ...lineStyle(m, model.focus), pointRadius: 0,
       }));
+      const hb = model.large && model.large.bands.hparams[name];
+      if (hb) datasets.unshift(...bandSets(model.large.bands.steps, hb));
       if (model.chain.length) {
         const pts = [];
         for (const n of model.chain) { const v = numeric(name, (n.h || {})[name] ?? null); pts.push({ x: n.a, y: v }, { x: n.b, y: v }); }
@@ -399,7 +430,8 @@
   // ------------------------------------------------------------------ the lineage tree (SVG)
   function renderLineage(model) {
     const box = $("#lineage");
-    const members = memberIds();
+    // a large population: a lane per member drawn (the best, then the ancestors they copied)
+    const members = model.large ? [...new Set([...model.large.top, ...model.nodes.map((n) => n.m)])] : memberIds();
     const lane = new Map(members.map((m, i) => [m, i]));
     const laneH = Math.max(10, Math.min(24, Math.floor(300 / Math.max(members.length, 1))));
     const left = 46;
@@ -425,8 +457,8 @@
         const r = { m: n.m, a: n.a, b: n.b, end: n.i, alive, from: n.p };
         runs.push(r);
         last.set(n.m, r);
-        if (n.p >= 0 && model.nodes[n.p].m !== n.m) {
-          const src = model.nodes[n.p];
+        const src = model.at(n.p);
+        if (src && src.m !== n.m) {
           parts.push(`<line x1="${x(src.b)}" y1="${y(src.m)}" x2="${x(n.a)}" y2="${y(n.m)}" stroke="${alive ? colorOf(n.m) : EXTINCT}" stroke-width="1" marker-end="url(#arrow)"><title>${esc(n.m)} copies ${esc(src.m)} at step ${n.a}</title></line>`);
         }
       }
@@ -437,7 +469,7 @@
     if (model.chain.length) {
       let d = "";
       model.chain.forEach((n, i) => {
-        const src = n.p >= 0 ? model.nodes[n.p] : null;
+        const src = model.at(n.p);
         if (i === 0 || !src) d += `M${x(n.a)},${y(n.m)}`;
         else d += `L${x(n.a)},${y(n.m)}`;
         d += `L${x(n.b)},${y(n.m)}`;
