@@ -12,6 +12,7 @@ from typing import Any
 from pbt_mq.broker.connect import connect, redact
 from pbt_mq.cli.options import UsageError, env_option, log_option, state_options
 from pbt_mq.dashboard.auth import token_problem
+from pbt_mq.tools.workdir import follow_to_saved_state, live_dir_of, shown
 
 DEFAULT_PORT = 8265
 
@@ -47,7 +48,10 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
         from pbt_mq.dashboard import serve
     except ModuleNotFoundError as exc:
         raise ImportError(f"pbt dashboard needs {exc.name}: pip install 'pbt-mq[dashboard]'") from None
-    return serve.run(r, a.host, a.port, a.token, redact(url), a.stale_s, a.log_level)
+    d = live_dir_of(url)  # a live pbt local's server: when that run ends, show its saved state instead
+    on_board = None if d is None else (lambda board: follow_to_saved_state(
+        d, url, lambda new: board.switch(connect(new), f"{redact(new)} (the saved state of {shown(d)})")))
+    return serve.run(r, a.host, a.port, a.token, redact(url), a.stale_s, a.log_level, on_board)
 
 
 def register(sub: Any) -> None:

@@ -79,7 +79,7 @@ def answer(handler: Any) -> Any:
 @answer
 async def experiments(request: Request) -> Response:
     rows = await run_in_threadpool(_board(request).experiments)
-    return json_response({"experiments": rows, "redis": request.app.state.redis_label})
+    return json_response({"experiments": rows, "redis": _board(request).label})
 
 
 def _snapshot(view: ExperimentView) -> dict[str, Any]:
@@ -130,7 +130,7 @@ async def fleet(request: Request) -> Response:
 @answer
 async def health(request: Request) -> Response:
     await run_in_threadpool(_board(request).r.ping)
-    return json_response({"ok": True, "redis": request.app.state.redis_label})
+    return json_response({"ok": True, "redis": _board(request).label})
 
 
 @answer

@@ -230,8 +230,9 @@ class Board:
     """Every view of one Redis: the experiments list, the workers, one ``ExperimentView`` per
     experiment watched (the MAX_VIEWS most recent)."""
 
-    def __init__(self, r: Any, stale_s: float = 6.0) -> None:
+    def __init__(self, r: Any, stale_s: float = 6.0, label: str = "") -> None:
         self.r = r
+        self.label = label  # the Redis shown on the page (password redacted)
         self.stale_s = stale_s
         self.views: OrderedDict[str, ExperimentView] = OrderedDict()
         self.views_lock = threading.Lock()
@@ -239,6 +240,16 @@ class Board:
         self.ended_rows: dict[str, dict[str, Any]] = {}
         self.configs: dict[str, Experiment] = {}
         self.workers_pace, self.workers_rows = Paced(), []  # type: ignore[var-annotated]
+
+    def switch(self, r: Any, label: str) -> None:
+        """Read another Redis holding the same experiments from now on (a ``pbt local`` run that ended:
+        a copy of its saved state). The lineage is followed on from the last entry read, as before."""
+        with self.views_lock:
+            self.r, self.label = r, label
+            for v in self.views.values():
+                v.r = r
+                v.pace.due = 0.0
+        self.list_pace.due = self.workers_pace.due = 0.0
 
     def view(self, exp: str) -> ExperimentView:
         """The experiment's view, refreshed if due; UnknownExperiment if Redis has no such experiment."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from pbt_mq.dashboard.app import build_app
+from pbt_mq.dashboard.data import Board
 
 SHUTDOWN_GRACE_S = 2  # open event streams never end by themselves: cut them after this
 
@@ -34,9 +36,9 @@ def url_of(sock: socket.socket, host: str) -> str:
 
 
 def run(r: Any, host: str, port: int, token: str | None, redis_label: str, stale_s: float,
-        log_level: str | None) -> int:
+        log_level: str | None, on_board: Callable[[Board], None] | None = None) -> int:
     sock = bind(host, port)
-    app = build_app(r, token, redis_label, stale_s)
+    app = build_app(r, token, redis_label, stale_s, on_board)
     level = (log_level or "WARNING").lower()
     config = uvicorn.Config(app, log_level=level, access_log=level in ("debug", "info"), lifespan="off",
                             timeout_graceful_shutdown=SHUTDOWN_GRACE_S, server_header=False, proxy_headers=False)

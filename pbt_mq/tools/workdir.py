@@ -23,6 +23,7 @@ them. It says which, in one line on stderr.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import json
@@ -30,8 +31,9 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +236,11 @@ def serve_workdir(d: Path) -> Iterator[str]:
     url = live_url(d)
     if url:
         _say(f"reading the live pbt local in {shown(d)} ({url})")
-        yield url
+        _LIVE[url] = d
+        try:
+            yield url
+        finally:
+            _LIVE.pop(url, None)
         return
     if not has_aof(d):
         raise WorkDirError(f"{shown(d)}: no saved pbt local state there (no {AOF_FILE} or {AOF_DIR}/);"
@@ -243,6 +249,38 @@ def serve_workdir(d: Path) -> Iterator[str]:
     _say(f"reading the saved state of {shown(d)} (pbt local is not running there{stale})")
     with serve_snapshot(d) as url:
         yield url
+
+
+_LIVE: dict[str, Path] = {}  # URL -> work dir, for each live pbt local server this process reads now
+
+
+def live_dir_of(url: str) -> Path | None:
+    """The work dir whose live ``pbt local`` serves ``url`` (None: another Redis, or a saved copy)."""
+    return _LIVE.get(url)
+
+
+def follow_to_saved_state(d: Path, url: str, switch: Callable[[str], None], poll_s: float = 0.5) -> threading.Thread:
+    """For a reader that outlives the run it reads (``pbt dashboard --local``): once the live
+    ``pbt local`` at ``url`` has ended and released ``d``, serve a copy of its saved state and call
+    ``switch(new_url)``. The copy's server stops when this process exits."""
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+
+    def watch() -> None:
+        while live_url(d) == url or locked(d):  # running, or still writing its AOF
+            time.sleep(poll_s)
+        try:
+            new = stack.enter_context(serve_snapshot(d))
+        except WorkDirError as exc:
+            _say(f"the pbt local in {shown(d)} ended, and its saved state cannot be read: {exc}")
+            return
+        _say(f"the pbt local in {shown(d)} ended: reading its saved state now ({new})")
+        switch(new)
+        threading.Event().wait()  # this thread started the copy's server (its parent-death signal): it stays
+
+    thread = threading.Thread(target=watch, name="pbt-local-follower", daemon=True)
+    thread.start()
+    return thread
 
 
 def _say(line: str) -> None:

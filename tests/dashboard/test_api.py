@@ -314,6 +314,43 @@ def test_local_reads_a_pbt_local_work_dir_with_nothing_running(run, tmp_path):
     assert res.returncode == 2 and "not allowed with argument" in res.stderr
 
 
+def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path):
+    """Issue 26: attached to a live ``pbt local``, the dashboard reads the run's saved state once the run
+    ends (its own redis-server is gone), instead of answering 'Connection refused' from then on."""
+    wd = tmp_path / "wd"
+    local = subprocess.Popen([sys.executable, "-m", "pbt_mq", "local", str(ROOT / "workers" / "toy.toml"), "--quiet",
+                              "--dir", str(wd), "--set", "population.size=2", "--set", "stop.steps=40",
+                              "--set", "trainable_args.delay_s=0.3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    d = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (wd / "redis.port").is_file() and local.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        d = Dashboard(tmp_path / "logs", "--local", str(wd))
+        assert "reading the live pbt local" in d.log()
+        live = get_json(d.url, "/api/experiments")["experiments"]
+        assert [e["state"] for e in live] == ["running"], live
+        exp = live[0]["experiment"]
+        out, _ = local.communicate(timeout=180)
+        assert local.returncode == 0, out
+        deadline, doc = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and doc.get("state") != "done":
+            code, _, body = get(d.url, f"/api/experiments/{exp}")
+            doc = json.loads(body) if code == 200 else {}
+            time.sleep(0.3)
+        assert doc.get("state") == "done" and [m["id"] for m in doc["members"]] == ["m000", "m001"], doc
+        assert "the saved state of" in get_json(d.url, "/api/experiments")["redis"]
+        assert get_json(d.url, f"/api/experiments/{exp}/lineage")["total"] == doc["decisions"] > 0
+        assert "ended: reading its saved state now" in d.log() and "Traceback" not in d.log(), d.log()
+    finally:
+        if local.poll() is None:
+            local.kill()
+        if d is not None:
+            d.stop()
+
+
 def test_a_taken_port_or_an_unreachable_redis_is_one_line(run):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
