@@ -143,10 +143,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("PBT_CACHE_MB", _number(int, 0, 1 << 24), None, "an integer >= 0 (MiB; 0: off)",
             "host memory a worker keeps the checkpoints it wrote in, for segments that start from them without a"
             " download (unset: min(4096, the host's memory / 8))"),
-    Setting("PBT_AFFINITY_WAIT_MS", _number(int, 0), 0, "an integer >= 0 (ms; 0: plain FIFO)",
+    Setting("PBT_AFFINITY_WAIT_MS", _number(int, 0), 30_000, "an integer >= 0 (ms; 0: plain FIFO)",
             "how long a queued segment may be passed over for the worker holding its start checkpoint (a worker"
-            " takes its own segments first from the first 64 queued); off by default: it changed PBT's results"
-            " in the study"),
+            " takes its own segments first from the first 64 queued, and never idles for one)"),
     Setting("PBT_TRAINABLES", _prefixes, None, "comma-separated module names, e.g. workers,mypkg.train",
             "the only modules pbt-worker imports trainables from (unset: any)"),
     Setting("PBT_TENSORBOARD_DIR", _text, None, "a directory", "write per-member TensorBoard scalars under DIR/EXP/MEMBER"),
