@@ -156,7 +156,9 @@ def write_history(r, exp: str, population: int, seed: int = 0) -> dict[str, floa
             action = Action.CONTINUE
             parent = ""
             if seg and rng.random() < 0.1:
-                parent = rng.choice(members)
+                parent = m
+                while parent == m:
+                    parent = rng.choice(members)
                 start, action = ckpt[parent], Action.EXPLOIT
             score[m] = rng.uniform(0, 1) + seg
             key = f"{exp}/{m}/{seg}"

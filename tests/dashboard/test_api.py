@@ -7,6 +7,7 @@ The experiment lives in its own Redis database, so the other tests' FLUSHDB leav
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import http.client
 import importlib.util
@@ -193,6 +194,15 @@ def test_the_page_and_its_assets_are_served_from_the_package(run):
         code, _, body = get(run.open.url, f"/static/{asset}")
         assert code == 200 and len(body) > 1000, asset
         assert body == (STATIC / asset).read_bytes()
+    # compressed for a browser that asks (the chart library: 210 kB -> about 70 kB), the event stream never
+    code, hdrs, body = get(run.open.url, "/static/vendor/chart.umd.min.js", {"Accept-Encoding": "gzip"})
+    assert code == 200 and hdrs["content-encoding"] == "gzip", hdrs
+    assert gzip.decompress(body) == (STATIC / "vendor/chart.umd.min.js").read_bytes() and len(body) < 100_000
+    conn = http.client.HTTPConnection(urlsplit(run.open.url).hostname, urlsplit(run.open.url).port, timeout=30)
+    conn.request("GET", f"/api/experiments/{run.exp}/stream", headers={"Accept-Encoding": "gzip"})
+    res = conn.getresponse()
+    assert res.getheader("content-encoding") is None and res.readline().startswith(b"retry:")
+    conn.close()
     for own in ("index.html", "app.js", "app.css"):  # nothing is fetched from elsewhere
         urls = set(re.findall(r"https?://[^\s\"'`)]+", (STATIC / own).read_text()))
         assert urls <= {"http://www.w3.org/2000/svg"}, (own, urls)

@@ -138,6 +138,8 @@
     for (const c of [D.charts.score, ...Object.values(D.charts.hparams)]) if (c) c.destroy();
     D.charts = { score: null, hparams: {} };
     $("#hparam-charts").innerHTML = "";
+    delete $("#score-log").dataset.touched; // the next experiment's metric decides its scale again
+    $("#score-reset").hidden = true;
     $("#detail").hidden = true;
     renderExperiments();
     connect(exp);
@@ -336,14 +338,68 @@
     };
   }
 
+  // Zoom: drag a box on a chart to show only that range (x and y); double-click or "reset zoom" shows
+  // everything again. The range is kept in the chart's options, so live updates keep it.
+  function zoomable(chart, onChange) {
+    const canvas = chart.canvas;
+    Object.assign(canvas, { pbtChart: chart, pbtOnChange: onChange }); // a canvas is reused by the next experiment's chart
+    if (canvas.pbtZoomable) return;
+    canvas.pbtZoomable = true;
+    const box = canvas.parentElement.querySelector(".zoom-box");
+    let from = null;
+    const at = (ev) => { const r = canvas.getBoundingClientRect(); return { x: ev.clientX - r.left, y: ev.clientY - r.top }; };
+    canvas.addEventListener("mousedown", (ev) => { from = at(ev); });
+    canvas.addEventListener("mousemove", (ev) => {
+      if (!from || !box) return;
+      const to = at(ev);
+      Object.assign(box.style, { left: `${Math.min(from.x, to.x)}px`, top: `${Math.min(from.y, to.y)}px`,
+        width: `${Math.abs(to.x - from.x)}px`, height: `${Math.abs(to.y - from.y)}px` });
+      box.hidden = false;
+    });
+    window.addEventListener("mouseup", (ev) => {
+      if (!from) return;
+      const to = at(ev);
+      const start = from;
+      from = null;
+      if (box) box.hidden = true;
+      if (Math.abs(to.x - start.x) < 6 || Math.abs(to.y - start.y) < 6) return; // a click, not a drag
+      const { x, y } = canvas.pbtChart.scales;
+      zoomTo(canvas.pbtChart, [x.getValueForPixel(start.x), x.getValueForPixel(to.x)], [y.getValueForPixel(start.y), y.getValueForPixel(to.y)]);
+      canvas.pbtOnChange();
+    });
+    canvas.addEventListener("dblclick", () => { zoomTo(canvas.pbtChart, null, null); canvas.pbtOnChange(); });
+  }
+
+  function zoomTo(chart, xs, ys) {
+    const sx = chart.options.scales.x, sy = chart.options.scales.y;
+    chart.pbtZoomed = !!xs;
+    if (!chart.pbtHome) chart.pbtHome = { xmin: sx.min, xmax: sx.max, ymin: sy.min, ymax: sy.max };
+    const home = chart.pbtHome;
+    sx.min = xs ? Math.min(...xs) : home.xmin; sx.max = xs ? Math.max(...xs) : home.xmax;
+    sy.min = ys ? Math.min(...ys) : home.ymin; sy.max = ys ? Math.max(...ys) : home.ymax;
+    chart.update("none");
+  }
+
+  // The score axis: logarithmic when the user ticks it, or by default when the scores are positive and
+  // span more than two decades (a loss), linear otherwise.
+  function scoreScale(datasets) {
+    const box = $("#score-log");
+    if (!box.dataset.touched) {
+      const ys = datasets.flatMap((d) => d.data.map((p) => p.y)).filter((v) => typeof v === "number");
+      const lo = Math.min(...ys), hi = Math.max(...ys);
+      box.checked = ys.length > 0 && lo > 0 && hi / lo > 100;
+    }
+    return box.checked ? "logarithmic" : "linear";
+  }
+
   // A large population's bands: 10-90 % and 25-75 % of every segment that ended at a step, and the median.
   function bandSets(steps, q) {
     const pts = (k) => steps.map((x, i) => ({ x, y: q[k][i] }));
-    const fill = (k, color, to) => ({ label: k, pbtRole: "band", data: pts(k), borderWidth: 0, pointRadius: 0,
+    const fill = (k, color, to) => ({ label: k, pbtRole: "band", order: 10, data: pts(k), borderWidth: 0, pointRadius: 0,
       backgroundColor: color, fill: to, borderColor: "transparent" });
     return [fill("p10", "rgba(31,119,180,0.12)", false), fill("p90", "rgba(31,119,180,0.12)", "-1"),
       fill("p25", "rgba(31,119,180,0.22)", false), fill("p75", "rgba(31,119,180,0.22)", "-1"),
-      { label: "median", pbtRole: "band", data: pts("p50"), borderColor: "#1f77b4", borderDash: [4, 3], borderWidth: 1.5, pointRadius: 0 }];
+      { label: "median", pbtRole: "band", order: 9, data: pts("p50"), borderColor: "#1f77b4", borderDash: [4, 3], borderWidth: 1.5, pointRadius: 0 }];
   }
 
   function renderScore(model) {
@@ -360,7 +416,7 @@
         const was = decision ? ` (it had ${fmtScore(decision.y)} at step ${decision.b})` : "";
         return { x: n.a, y: src.y, text: `${n.m} ← ${src.m}'s checkpoint at step ${n.a}${was}${ops}` };
       });
-    datasets.push({ label: "exploit", pbtRole: "exploits", type: "scatter", data: marks, pointStyle: "triangle",
+    datasets.push({ label: "exploit", pbtRole: "exploits", type: "scatter", order: -2, data: marks, pointStyle: "triangle",
       pointRadius: 5, pointHoverRadius: 7, borderColor: "#1d2330", backgroundColor: "#ffffff", borderWidth: 1.2, showLine: false });
     if (model.chain.length) {
       const pts = [];
@@ -369,18 +425,23 @@
       if (from && from.y !== null) pts.push({ x: first.a, y: from.y });
       for (const n of model.chain) pts.push({ x: n.b, y: n.y });
       datasets.push({ label: `ancestry of ${model.focus}`, pbtRole: "ancestry", data: pts, borderColor: "#000", backgroundColor: "#000",
-        borderWidth: 2.5, pointRadius: 0, borderDash: [] });
+        borderWidth: 2.5, pointRadius: 0, borderDash: [], order: -1 }); // drawn over every member's line
     }
     if (model.large) datasets.unshift(...bandSets(model.large.bands.steps, model.large.bands.score));
     let chart = D.charts.score;
+    const yType = scoreScale(datasets);
     if (!chart) {
-      const opts = baseOptions(`${metric} (${D.snapshot.mode})`);
-      opts.plugins.legend = { display: model.lines.length <= 16, position: "right", labels: { boxWidth: 10, filter: (item, data) => !!data.datasets[item.datasetIndex].pbtMember },
-        onClick: (e, item, legend) => select(legend.chart.data.datasets[item.datasetIndex].pbtMember) };
+      const opts = baseOptions(`${metric} (${D.snapshot.mode})`, yType);
+      // the legend hides and shows a member's line (click a line or a table row to trace its ancestry)
+      opts.plugins.legend = { display: model.lines.length <= 16, position: "right", labels: { boxWidth: 10, filter: (item, data) => !!data.datasets[item.datasetIndex].pbtMember } };
       opts.plugins.tooltip.callbacks.label = (ctx) => (ctx.raw.text ? ctx.raw.text
         : `${ctx.dataset.label} step ${ctx.raw.x}: ${metric}=${fmtScore(ctx.raw.y)}`);
       chart = D.charts.score = new Chart($("#score-chart"), { type: "line", data: { datasets }, options: opts });
+      zoomable(chart, () => { $("#score-reset").hidden = !chart.pbtZoomed; });
     } else {
+      const hidden = new Set(chart.data.datasets.filter((d, i) => d.pbtMember && !chart.isDatasetVisible(i)).map((d) => d.pbtMember));
+      datasets.forEach((d) => { if (hidden.has(d.pbtMember)) d.hidden = true; }); // hidden in the legend: stays hidden
+      chart.options.scales.y.type = yType;
       chart.data.datasets = datasets;
       chart.options.plugins.legend.display = model.lines.length <= 16;
       chart.update("none");
@@ -402,12 +463,12 @@
       if (model.chain.length) {
         const pts = [];
         for (const n of model.chain) { const v = numeric(name, (n.h || {})[name] ?? null); pts.push({ x: n.a, y: v }, { x: n.b, y: v }); }
-        datasets.push({ label: `ancestry of ${model.focus}`, data: pts, borderColor: "#000", borderWidth: 2.5, pointRadius: 0 });
+        datasets.push({ label: `ancestry of ${model.focus}`, data: pts, borderColor: "#000", borderWidth: 2.5, pointRadius: 0, order: -1 });
       }
       let chart = D.charts.hparams[name];
       if (!chart) {
         const wrap = document.createElement("div");
-        wrap.innerHTML = `<h4>${esc(name)} <span class="muted small">${sp.type}${sp.log ? ", log" : ""}</span></h4><div class="chart"><canvas></canvas></div>`;
+        wrap.innerHTML = `<h4>${esc(name)} <span class="muted small">${sp.type}${sp.log ? ", log" : ""}</span></h4><div class="chart"><canvas></canvas><div class="zoom-box" hidden></div></div>`;
         box.appendChild(wrap);
         const opts = baseOptions("", sp.log ? "logarithmic" : "linear");
         if (sp.type === "categorical") {
@@ -420,6 +481,7 @@
           return `${ctx.dataset.label} step ${ctx.raw.x}: ${name}=${v}`;
         };
         chart = D.charts.hparams[name] = new Chart(wrap.querySelector("canvas"), { type: "line", data: { datasets }, options: opts });
+        zoomable(chart, () => {});
       } else {
         chart.data.datasets = datasets;
         chart.update("none");
@@ -499,6 +561,14 @@
     if (m && D.exp) select(m.dataset.member);
   });
   window.addEventListener("hashchange", route);
+  $("#score-log").addEventListener("change", (ev) => {
+    ev.target.dataset.touched = "1";
+    if (D.charts.score) { D.drawnNodes = -1; draw(); }
+  });
+  $("#score-reset").addEventListener("click", () => {
+    if (D.charts.score) zoomTo(D.charts.score, null, null);
+    $("#score-reset").hidden = true;
+  });
   window.addEventListener("resize", () => { if (D.snapshot) renderLineage(buildModel(D.drawnSelection)); });
 
   route();
