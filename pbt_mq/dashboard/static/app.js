@@ -75,7 +75,10 @@
     el.className = `conn ${live ? "live" : "down"}`;
   }
 
-  function banner(text) {
+  // One banner, from every source of trouble at once, so a list refresh that worked never wipes what
+  // the experiment's stream said (and the reverse).
+  function banner() {
+    const text = D.listError || D.streamError || (D.error ? `${D.error} (showing the last data read)` : "");
     const el = $("#banner");
     el.hidden = !text;
     el.textContent = text || "";
@@ -102,22 +105,27 @@
         const running = D.experiments.find((e) => e.state === "running");
         location.hash = `#/${encodeURIComponent((running || D.experiments[0]).experiment)}`;
       }
-      if (!D.error) banner("");
+      D.listError = null;
+      banner();
     } catch (err) {
       setConn("no answer", false);
-      banner(String(err.message || err));
+      D.listError = String(err.message || err);
+      banner();
     }
   }
 
   function renderExperiments() {
     const body = $("#experiments tbody");
     $("#no-experiments").hidden = !D.listed || D.experiments.length > 0; // not before the first answer
-    const html = D.experiments.map((e) => {
+    const html = D.experiments.map((row) => {
+      // the open experiment's row shows what its page shows: one source for progress and counts
+      const s = row.experiment === D.exp && D.snapshot ? D.snapshot : null;
+      const e = s ? { ...row, progress: s.progress, finished: s.finished, state: s.state || row.state } : row;
       const best = e.best ? `${esc(e.best.member)} ${esc(e.metric)}=${fmtScore(e.best.score)}` : "-";
       const age = e.state === "running" ? `${ago(e.age_s)} ago`
         : `${ago(e.age_s)} ago, ran ${ago(((e.done_ms || 0) - (e.created_ms || 0)) / 1000)}`;
       return `<tr data-experiment="${esc(e.experiment)}" class="${e.experiment === D.exp ? "selected" : ""}">
-        <td>${esc(e.experiment)}</td><td>${badge(e.state)}${e.reason ? ` <span class="muted">${esc(e.reason)}</span>` : ""}</td>
+        <td>${esc(e.experiment)}</td><td>${badge(e.state)}${e.reason ? ` <span class="muted reason" title="${esc(e.reason)}">${esc(e.reason)}</span>` : ""}</td>
         <td>${best}</td><td>${bar(e.progress)}</td><td class="num">${e.finished}/${e.population}</td><td>${age}</td></tr>`;
     }).join("");
     if (setHTML(body, html)) applyBars(body);
@@ -134,7 +142,7 @@
 
   function open(exp) {
     if (D.source) D.source.close();
-    Object.assign(D, { exp, snapshot: null, nodes: [], frames: 0, drawnNodes: -1, error: null });
+    Object.assign(D, { exp, snapshot: null, nodes: [], frames: 0, drawnNodes: -1, error: null, streamError: null });
     for (const c of [D.charts.score, ...Object.values(D.charts.hparams)]) if (c) c.destroy();
     D.charts = { score: null, hparams: {} };
     $("#hparam-charts").innerHTML = "";
@@ -160,7 +168,7 @@
       if (source.readyState !== EventSource.CLOSED) return;
       getJSON(`api/experiments/${encodeURIComponent(exp)}`)
         .then(() => setTimeout(() => { if (D.source === source) connect(exp); }, 3000))
-        .catch((err) => banner(String(err.message || err)));
+        .catch((err) => { if (D.source === source) { D.streamError = `${exp}: ${err.message || err}`; banner(); } });
     };
   }
 
@@ -175,7 +183,8 @@
     D.snapshot = f.snapshot;
     D.error = f.error;
     D.frames += 1;
-    banner(f.error ? `${f.error} (showing the last data read)` : "");
+    D.streamError = null;
+    banner();
     setConn(`live · updated ${new Date(f.snapshot.updated_ms).toLocaleTimeString()}`, !f.error);
     if (!D.pending) { D.pending = true; requestAnimationFrame(() => { D.pending = false; draw(); }); }
   }
@@ -188,6 +197,7 @@
       el.textContent = focus ? `${focus}${D.selected ? "" : " (the best member)"}` : "the best member";
     });
     renderSummary();
+    renderExperiments();
     renderMembers();
     renderWorkers();
     if (D.drawnNodes !== D.nodes.length || D.drawnSelection !== focus) {
