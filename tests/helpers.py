@@ -151,15 +151,16 @@ def write_history(r, exp: str, population: int, seed: int = 0) -> dict[str, floa
     score: dict[str, float] = {}
     for seg in range(SEGMENTS):
         pipe = r.pipeline(transaction=False)
+        before = dict(ckpt)  # this round starts from the last round's checkpoints
         for m in members:
-            start = ckpt.get(m, "")
+            start = before.get(m, "")
             action = Action.CONTINUE
             parent = ""
             if seg and rng.random() < 0.1:
                 parent = m
                 while parent == m:
                     parent = rng.choice(members)
-                start, action = ckpt[parent], Action.EXPLOIT
+                start, action = before[parent], Action.EXPLOIT
             score[m] = rng.uniform(0, 1) + seg
             key = f"{exp}/{m}/{seg}"
             rec = Lineage(member=m, seq=seg, start_step=seg * STEPS, step=(seg + 1) * STEPS, score=score[m],

@@ -194,6 +194,15 @@ def check_dashboard(cluster: RedisClusterNodes, rc: redis.RedisCluster, exps: li
             assert get(f"/api/experiments/{exp}")["decisions"] == want
             assert get(f"/api/experiments/{exp}/members/{st['best']['member']}/lineage")["segments"]
         assert isinstance(get("/api/workers")["workers"], list)  # a global key: read on a cluster too (fleet stopped)
+        # experiments side by side, whichever masters hold them: the page's summaries are pbt compare's
+        pair = exps[:2]
+        shown = get(f"/api/compare?exp={pair[0]}&exp={pair[1]}")
+        res = pbt("compare", *pair, "--json", "--redis", cluster.url)
+        assert res.returncode == 0, res.stderr
+        printed = json.loads(res.stdout)
+        assert [(e["experiment"], e["final"], e["segments"]) for e in shown["experiments"]] == [
+            (e["experiment"], e["final"], e["segments"]) for e in printed]
+        assert all(e["final"] == status(cluster.url, e["experiment"])["best"]["score"] for e in printed)
     finally:
         dash.stop()
 

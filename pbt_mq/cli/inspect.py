@@ -1,4 +1,4 @@
-"""``pbt lineage | export | replay | top | plot``: reading an experiment, and taking its result away."""
+"""``pbt lineage | export | replay | top | plot | compare``: reading an experiment, and taking its result away."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 from rich.console import Console
 
 from pbt_mq.broker.connect import connect
-from pbt_mq.cli.options import RAW_OUTPUT, env_option, state_options
+from pbt_mq.cli.options import RAW_OUTPUT, UsageError, env_option, state_options
 from pbt_mq.core import settings
 from pbt_mq.core.model import Action
-from pbt_mq.observe import plot, top
+from pbt_mq.observe import compare, plot, top
 from pbt_mq.observe.export import checkpoint_file, export, export_front
 from pbt_mq.observe.lineage import NoCheckpoint, explain, format_lineage, format_phases, phases, record_json, target
 from pbt_mq.observe.replay import load_exported, load_schedule, replay, same_state
@@ -240,9 +240,41 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiments", nargs="+", metavar="EXP")
+    p.add_argument("-o", "--out", default=None, help="also draw them: best against step and wall time, the final"
+                   " bests' schedules (.png, .svg, .pdf; needs the plot extra)")
+    p.add_argument("--json", action="store_true", help="each experiment's summary as JSON")
+    state_options(p)
+    p.set_defaults(fn=cmd_compare)
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    exps = list(dict.fromkeys(a.experiments))
+    if not 2 <= len(exps) <= compare.MAX_COMPARED:
+        raise UsageError(f"pbt compare: give 2 to {compare.MAX_COMPARED} different experiments, got {len(exps)}")
+    if a.out and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("pbt compare -o needs matplotlib: pip install 'pbt-mq[plot]'")
+    r = connect(a.redis)
+    summaries = [compare.collect(r, e) for e in exps]
+    problem = compare.comparable(summaries)
+    if problem:
+        raise UsageError(problem)
+    if a.json:
+        print(json.dumps([s.to_json() for s in summaries], indent=2))
+    else:
+        print(compare.table(summaries))
+    if a.out:
+        panels = compare.draw(summaries, a.out)
+        print(f"wrote {a.out}: panels {', '.join(panels)}", file=sys.stderr if a.json else sys.stdout)
+    return 0
+
+
 def register(sub: Any) -> None:
     add_top_arguments(sub.add_parser("top", help="live view: members, trends, last exploits, workers, events/s"))
     add_plot_arguments(sub.add_parser("plot", help="PNG report: score curves with exploits, schedules, lineage tree"))
+    add_compare_arguments(sub.add_parser("compare", help="experiments side by side: best against step and wall time,"
+                                         " final scores, the schedules found (-o: a figure)"))
     add_lineage_arguments(sub.add_parser("lineage", help="a member's ancestry and hyperparameter schedule"))
     add_export_arguments(sub.add_parser("export", help="the best checkpoint, its schedule and experiment file"))
     add_replay_arguments(sub.add_parser("replay", help="train one member along an exported schedule"))

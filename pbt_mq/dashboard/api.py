@@ -10,6 +10,7 @@ never on the event loop, and at the pace ``data`` allows whatever the number of 
     GET /api/experiments/{exp}/lineage            lineage nodes ?after=N&limit=L (see ``follow``)
     GET /api/experiments/{exp}/members/{m}/lineage  m's newest checkpoint's ancestry (``pbt lineage --json``)
     GET /api/experiments/{exp}/stream             text/event-stream: a frame per change, ids = node cursor
+    GET /api/compare?exp=A&exp=B                  ``pbt compare``: best per step and over time, finals, schedules
     GET /api/workers                              the fleet's heartbeats
     GET /api/health                               Redis answers
 """
@@ -30,6 +31,7 @@ from starlette.routing import Route
 
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.dashboard.data import BATCH, Board, ExperimentView, dumps
+from pbt_mq.observe.compare import MAX_COMPARED
 from pbt_mq.state.experiment import UnknownExperiment
 
 TICK_S = 0.5  # how often a stream looks for a newer snapshot (the view decides when Redis is read)
@@ -122,6 +124,15 @@ async def member_lineage(request: Request) -> Response:
 
 
 @answer
+async def compared(request: Request) -> Response:
+    exps = list(dict.fromkeys(request.query_params.getlist("exp")))
+    if not 2 <= len(exps) <= MAX_COMPARED:
+        raise ValueError(f"exp: give 2 to {MAX_COMPARED} different experiments (?exp=A&exp=B), got {len(exps)}")
+    doc = await run_in_threadpool(_board(request).compare, exps)
+    return json_response(doc)
+
+
+@answer
 async def fleet(request: Request) -> Response:
     rows = await run_in_threadpool(_board(request).workers)
     return json_response({"workers": rows, "stale_s": _board(request).stale_s})
@@ -181,6 +192,7 @@ ROUTES = [
     Route("/api/experiments/{exp}/lineage", lineage),
     Route("/api/experiments/{exp}/members/{member}/lineage", member_lineage),
     Route("/api/experiments/{exp}/stream", stream),
+    Route("/api/compare", compared),
     Route("/api/workers", fleet),
     Route("/api/health", health),
 ]

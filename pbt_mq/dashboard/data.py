@@ -35,6 +35,7 @@ from pbt_mq.core.model import ExperimentState, Member, Meta
 from pbt_mq.core.space import CategoricalSpace, FloatSpace
 from pbt_mq.dashboard.bands import LARGE_POPULATION, TOP_LINES, Bands, top_rows
 from pbt_mq.dashboard.follow import LineageLog
+from pbt_mq.observe.compare import comparable, summarize
 from pbt_mq.observe.top import workers
 from pbt_mq.state.experiment import UnknownExperiment, load_config, metric_value, status
 
@@ -266,6 +267,20 @@ class Board:
             self.views.move_to_end(exp)
         v.refresh()
         return v
+
+    def compare(self, exps: list[str]) -> dict[str, Any]:
+        """``pbt compare``'s summaries from the views' lineage (followed as for their pages); ``catching_up``
+        while any view is still reading its log, ``problem`` when they measure different metrics."""
+        out, catching_up = [], False
+        for exp in exps:
+            v = self.view(exp)
+            snap = v.snapshot
+            if not snap:
+                raise redis.ConnectionError(v.error or "no snapshot yet")
+            catching_up = catching_up or bool(snap["catching_up"])
+            out.append(summarize(list(v.log.recs), experiment=exp, name=snap["name"], metric=snap["metric"],
+                                 mode=snap["mode"], state=snap["state"] or "?", created_ms=snap["created_ms"]))
+        return {"experiments": [s.to_json() for s in out], "problem": comparable(out), "catching_up": catching_up}
 
     def workers(self) -> list[dict[str, Any]]:
         """The fleet's heartbeats (``pbt top``'s reader), shared by every view."""

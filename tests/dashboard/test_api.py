@@ -190,7 +190,7 @@ def test_the_page_and_its_assets_are_served_from_the_package(run):
     code, hdrs, body = get(run.open.url, "/")
     assert code == 200 and b'<script src="static/vendor/chart.umd.min.js">' in body
     assert "default-src 'self'" in hdrs["content-security-policy"] and hdrs["x-content-type-options"] == "nosniff"
-    for asset in ("index.html", "app.js", "app.css", "vendor/chart.umd.min.js"):
+    for asset in ("index.html", "app.js", "compare.js", "app.css", "vendor/chart.umd.min.js"):
         code, _, body = get(run.open.url, f"/static/{asset}")
         assert code == 200 and len(body) > 1000, asset
         assert body == (STATIC / asset).read_bytes()
@@ -203,7 +203,7 @@ def test_the_page_and_its_assets_are_served_from_the_package(run):
     res = conn.getresponse()
     assert res.getheader("content-encoding") is None and res.readline().startswith(b"retry:")
     conn.close()
-    for own in ("index.html", "app.js", "app.css"):  # nothing is fetched from elsewhere
+    for own in ("index.html", "app.js", "compare.js", "app.css"):  # nothing is fetched from elsewhere
         urls = set(re.findall(r"https?://[^\s\"'`)]+", (STATIC / own).read_text()))
         assert urls <= {"http://www.w3.org/2000/svg"}, (own, urls)
 

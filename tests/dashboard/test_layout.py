@@ -35,7 +35,7 @@ def test_the_page_holds_at_800_px_with_long_reasons_and_keeps_errors_visible(r, 
         assert js(f"return document.querySelector('#experiments tr[data-experiment=\"{failed}\"] .reason').title") == REASON
 
         # one source: the open experiment's row says what its summary says
-        listed = texts(browser, f'#experiments tr[data-experiment="{exp}"] td')[3]
+        listed = texts(browser, f'#experiments tr[data-experiment="{exp}"] td')[4]  # after the tick, name, state, best
         summary = js("return document.querySelector('#summary .bar').getAttribute('title')")
         assert listed.split()[-2] == summary.split()[0], (listed, summary)
 

@@ -13,6 +13,7 @@
   const D = window.pbtDashboard = {
     exp: null, snapshot: null, nodes: [], selected: null, source: null, frames: 0, error: null,
     experiments: [], charts: { score: null, hparams: {} }, drawnNodes: -1, drawnSelection: null,
+    picked: new Set(), compareDoc: null, // experiments ticked for comparison; what the compare view shows
     frameBytes: 0, maxFrameBytes: 0, // the size of the stream's updates (a large population's stay bounded)
     // for tools and tests: what the score chart holds, per member (points with a score)
     scorePoints() {
@@ -125,6 +126,7 @@
       const age = e.state === "running" ? `${ago(e.age_s)} ago`
         : `${ago(e.age_s)} ago, ran ${ago(((e.done_ms || 0) - (e.created_ms || 0)) / 1000)}`;
       return `<tr data-experiment="${esc(e.experiment)}" class="${e.experiment === D.exp ? "selected" : ""}">
+        <td><input type="checkbox" class="pick" data-pick="${esc(e.experiment)}" title="tick two or more to compare them"${D.picked.has(e.experiment) ? " checked" : ""}></td>
         <td>${esc(e.experiment)}</td><td>${badge(e.state)}${e.reason ? ` <span class="muted reason" title="${esc(e.reason)}">${esc(e.reason)}</span>` : ""}</td>
         <td>${best}</td><td>${bar(e.progress)}</td><td class="num">${e.finished}/${e.population}</td><td>${age}</td></tr>`;
     }).join("");
@@ -134,6 +136,15 @@
   // ------------------------------------------------------------------ one experiment, live
   function route() {
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    if (parts[0] === "compare") { // #/compare/A,B: a shareable comparison
+      if (D.source) { D.source.close(); D.source = null; }
+      Object.assign(D, { exp: null, snapshot: null });
+      $("#detail").hidden = true;
+      compareView.open((parts[1] || "").split(",").filter(Boolean));
+      renderExperiments();
+      return;
+    }
+    if (compareView.view.exps.length) compareView.close();
     const exp = parts[0] || null;
     if (exp && exp !== D.exp) open(exp);
     const member = parts[1] || null;
@@ -565,6 +576,12 @@
   }
 
   document.addEventListener("click", (ev) => {
+    if (ev.target.matches(".pick")) { // a tick for comparison, not a click on the row
+      const exp = ev.target.dataset.pick;
+      if (ev.target.checked) D.picked.add(exp); else D.picked.delete(exp);
+      $("#compare-picked").disabled = D.picked.size < 2;
+      return;
+    }
     const row = ev.target.closest("[data-experiment]");
     if (row) { location.hash = `#/${encodeURIComponent(row.dataset.experiment)}`; return; }
     const m = ev.target.closest("[data-member]");
@@ -575,12 +592,16 @@
     ev.target.dataset.touched = "1";
     if (D.charts.score) { D.drawnNodes = -1; draw(); }
   });
+  $("#compare-picked").addEventListener("click", () => {
+    location.hash = `#/compare/${[...D.picked].map(encodeURIComponent).join(",")}`;
+  });
   $("#score-reset").addEventListener("click", () => {
     if (D.charts.score) zoomTo(D.charts.score, null, null);
     $("#score-reset").hidden = true;
   });
   window.addEventListener("resize", () => { if (D.snapshot) renderLineage(buildModel(D.drawnSelection)); });
 
+  const compareView = window.pbtCompare({ $, esc, fmt, fmtScore, getJSON, PALETTE, baseOptions, zoomable, D });
   route();
   loadExperiments();
   setInterval(loadExperiments, LIST_EVERY_MS);
