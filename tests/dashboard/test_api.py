@@ -324,7 +324,7 @@ def test_local_reads_a_pbt_local_work_dir_with_nothing_running(run, tmp_path):
     assert res.returncode == 2 and "not allowed with argument" in res.stderr
 
 
-def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path):
+def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path, browser):
     """Issue 26: attached to a live ``pbt local``, the dashboard reads the run's saved state once the run
     ends (its own redis-server is gone), instead of answering 'Connection refused' from then on."""
     wd = tmp_path / "wd"
@@ -354,6 +354,18 @@ def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path):
         assert "the saved state of" in get_json(d.url, "/api/experiments")["redis"]
         assert get_json(d.url, f"/api/experiments/{exp}/lineage")["total"] == doc["decisions"] > 0
         assert "ended: reading its saved state now" in d.log() and "Traceback" not in d.log(), d.log()
+        # and the page, opened after the run ended, shows its members and charts
+        js = browser.execute_script
+        browser.get(f"{d.url}#/{exp}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not js(
+                "return document.querySelectorAll('#members tbody tr').length === 2"
+                " && window.pbtDashboard.charts.score !== null && window.pbtDashboard.scorePoints().m000 > 0"):
+            time.sleep(0.2)
+        assert js("return Array.from(document.querySelectorAll('#members tbody tr'), e => e.dataset.member)") == [
+            "m000", "m001"]
+        assert js("return window.pbtDashboard.scorePoints()")["m000"] > 0
+        assert "saved state" in js("return document.querySelector('#redis').textContent")
     finally:
         if local.poll() is None:
             local.kill()
