@@ -1,5 +1,6 @@
-"""Issue 26 (item 1): charts a user can read, in real Chromium: drag a box to zoom, double-click or the
-button to reset, a log scale to tick, and a zoom that survives the live updates.
+"""Issue 26 (item 1): charts a user can read, in real Chromium: drag a box to zoom, shift-drag to pan,
+double-click or the button to reset, a log scale to tick, smoothing, and a zoom that survives the
+live updates.
 
 Set ``PBT_SCREENSHOTS=DIR`` to keep the zoomed page as ``DIR/dashboard-zoom.png`` (the README's)."""
 
@@ -10,9 +11,13 @@ import shutil
 
 from helpers import launch, write_history
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 from services import Dashboard
 from test_browser import wait_for
 
+MEMBER_YS = ("return window.pbtDashboard.charts.score.data.datasets.filter(d => d.pbtMember === 'm000')[0]"
+             ".data.map(p => p.y)")
 X_RANGE = "const c = window.pbtDashboard.charts.score; return [c.scales.x.min, c.scales.x.max]"
 
 
@@ -37,6 +42,13 @@ def test_a_chart_zooms_to_a_dragged_box_and_resets(r, redis_url, tmp_path, brows
             browser.save_screenshot(str(tmp_path / "zoom.png"))
             shutil.copy(tmp_path / "zoom.png", os.path.join(os.environ["PBT_SCREENSHOTS"], "dashboard-zoom.png"))
 
+        # shift-drag pans: the same width, further right
+        ActionChains(browser).move_to_element_with_offset(canvas, 40, 0).key_down(Keys.SHIFT).click_and_hold() \
+            .move_by_offset(-40, 0).release().key_up(Keys.SHIFT).perform()
+        panned = wait_for("a moved x range", lambda: (xs := js(X_RANGE)) != zoomed and xs)
+        assert panned[0] > zoomed[0] and abs((panned[1] - panned[0]) - (zoomed[1] - zoomed[0])) < 1e-6, (zoomed, panned)
+        zoomed = panned
+
         # the page redraws (a new selection, as a live update would): the zoom stays
         js("location.hash = arguments[0]", f"#/{exp}/m001")
         wait_for("the redraw for m001", lambda: js("return window.pbtDashboard.drawnSelection") == "m001")
@@ -54,6 +66,12 @@ def test_a_chart_zooms_to_a_dragged_box_and_resets(r, redis_url, tmp_path, brows
         browser.find_element("css selector", "#score-log").click()
         wait_for("the other y scale", lambda: js("return window.pbtDashboard.charts.score.options.scales.y.type")
                  == ("linear" if before == "logarithmic" else "logarithmic"))
+        # smoothing: an exponential moving average of each member's curve, the raw value kept
+        raw = js(MEMBER_YS)
+        Select(browser.find_element("css selector", "#score-smooth")).select_by_value("0.9")
+        smoothed = wait_for("smoothed curves", lambda: (ys := js(MEMBER_YS)) != raw and ys)
+        assert len(smoothed) == len(raw) and smoothed[0] == raw[0], (raw, smoothed)
+        assert js("return window.pbtDashboard.charts.score.data.datasets[0].data.filter(p => p.raw !== undefined).length") > 0
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:

@@ -369,8 +369,23 @@
     const box = canvas.parentElement.querySelector(".zoom-box");
     let from = null;
     const at = (ev) => { const r = canvas.getBoundingClientRect(); return { x: ev.clientX - r.left, y: ev.clientY - r.top }; };
-    canvas.addEventListener("mousedown", (ev) => { from = at(ev); });
+    let pan = null; // shift-drag on a zoomed chart moves the range
+    canvas.addEventListener("mousedown", (ev) => {
+      const c = canvas.pbtChart;
+      if (ev.shiftKey && c.pbtZoomed) { pan = { px: at(ev) }; return; }
+      from = at(ev);
+    });
     canvas.addEventListener("mousemove", (ev) => {
+      if (pan) {
+        const c = canvas.pbtChart, to = at(ev), { x, y } = c.scales, sx = c.options.scales.x, sy = c.options.scales.y;
+        const dx = x.getValueForPixel(pan.px.x) - x.getValueForPixel(to.x), dy = y.getValueForPixel(pan.px.y) - y.getValueForPixel(to.y);
+        if (y.type === "logarithmic") { const k = y.getValueForPixel(pan.px.y) / y.getValueForPixel(to.y); sy.min *= k; sy.max *= k; }
+        else { sy.min += dy; sy.max += dy; }
+        sx.min += dx; sx.max += dx;
+        pan.px = to;
+        c.update("none");
+        return;
+      }
       if (!from || !box) return;
       const to = at(ev);
       Object.assign(box.style, { left: `${Math.min(from.x, to.x)}px`, top: `${Math.min(from.y, to.y)}px`,
@@ -378,6 +393,7 @@
       box.hidden = false;
     });
     window.addEventListener("mouseup", (ev) => {
+      if (pan) { pan = null; return; }
       if (!from) return;
       const to = at(ev);
       const start = from;
@@ -399,6 +415,21 @@
     sx.min = xs ? Math.min(...xs) : home.xmin; sx.max = xs ? Math.max(...xs) : home.xmax;
     sy.min = ys ? Math.min(...ys) : home.ymin; sy.max = ys ? Math.max(...ys) : home.ymax;
     chart.update("none");
+  }
+
+  // Optional smoothing of the members' score curves: an exponential moving average along each
+  // continuous run of a curve (restarted after an exploit's jump), as TensorBoard's slider does.
+  function smooth(datasets, weight) {
+    if (!weight) return;
+    for (const d of datasets) {
+      if (!d.pbtMember) continue;
+      let last = null;
+      d.data = d.data.map((p) => {
+        if (p.y === null || p.start) { last = p.y; return p; }
+        last = last === null ? p.y : weight * last + (1 - weight) * p.y;
+        return { ...p, y: last, raw: p.y };
+      });
+    }
   }
 
   // The score axis: logarithmic when the user ticks it, or by default when the scores are positive and
@@ -448,6 +479,7 @@
       datasets.push({ label: `ancestry of ${model.focus}`, pbtRole: "ancestry", data: pts, borderColor: "#000", backgroundColor: "#000",
         borderWidth: 2.5, pointRadius: 0, borderDash: [], order: -1 }); // drawn over every member's line
     }
+    smooth(datasets, Number($("#score-smooth").value));
     if (model.large) datasets.unshift(...bandSets(model.large.bands.steps, model.large.bands.score));
     let chart = D.charts.score;
     const yType = scoreScale(datasets);
@@ -456,7 +488,7 @@
       // the legend hides and shows a member's line (click a line or a table row to trace its ancestry)
       opts.plugins.legend = { display: model.lines.length <= 16, position: "right", labels: { boxWidth: 10, filter: (item, data) => !!data.datasets[item.datasetIndex].pbtMember } };
       opts.plugins.tooltip.callbacks.label = (ctx) => (ctx.raw.text ? ctx.raw.text
-        : `${ctx.dataset.label} step ${ctx.raw.x}: ${metric}=${fmtScore(ctx.raw.y)}`);
+        : `${ctx.dataset.label} step ${ctx.raw.x}: ${metric}=${fmtScore(ctx.raw.raw ?? ctx.raw.y)}${ctx.raw.raw !== undefined ? " (measured)" : ""}`);
       chart = D.charts.score = new Chart($("#score-chart"), { type: "line", data: { datasets }, options: opts });
       zoomable(chart, () => { $("#score-reset").hidden = !chart.pbtZoomed; });
     } else {
@@ -588,6 +620,7 @@
     if (m && D.exp) select(m.dataset.member);
   });
   window.addEventListener("hashchange", route);
+  $("#score-smooth").addEventListener("change", () => { if (D.charts.score) { D.drawnNodes = -1; draw(); } });
   $("#score-log").addEventListener("change", (ev) => {
     ev.target.dataset.touched = "1";
     if (D.charts.score) { D.drawnNodes = -1; draw(); }
