@@ -196,3 +196,10 @@ def test_one_tuple_of_redis_errors():
     spelled = sorted(name for name, path in modules().items()
                      if "RedisClusterException" in path.read_text(encoding="utf-8"))
     assert spelled == ["pbt_mq.broker.cluster"]
+
+
+def test_test_modules_have_unique_names():
+    """The tests import by basename (pytest's default rootdir mode, and ``from test_browser import``), so
+    two test modules of one name in different folders fail to collect: CI once stopped on it."""
+    names = [p.name for p in (PKG.parent / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

@@ -168,7 +168,10 @@ async def stream(request: Request) -> Response:
         try:
             yield "retry: 2000\n\n"
             while True:
-                await run_in_threadpool(view.refresh)
+                try:
+                    await run_in_threadpool(view.refresh)
+                except ConfigError:  # its stored config broke while open: end; the page reconnects and is told why
+                    return
                 if view.snapshot and (view.generation != sent_generation or cursor < len(view.log.nodes)):
                     sent_generation = view.generation
                     text, cursor = await run_in_threadpool(view.frame, cursor)

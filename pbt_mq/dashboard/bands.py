@@ -18,6 +18,7 @@ TOP_LINES = 10  # members drawn as lines on top of the bands (the best by score)
 TOP_ROWS = 100  # rows of the members table: the best by score, then failing or flagged ones
 MAX_PROBLEM_ROWS = 50
 MAX_BUCKETS = 200  # steps per band; more distinct steps are merged into this many groups
+MAX_NODES = 2000  # nodes of the best members and their ancestry sent per update (the newest; long runs are cut)
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 NAMES = ("p10", "p25", "p50", "p75", "p90")
 
@@ -78,9 +79,13 @@ def numeric(space: dict[str, Any] | None, value: Any) -> float | None:
     if space.get("type") == "categorical":
         values = space.get("values") or []
         return float(values.index(value)) if value in values else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        v = float(value)  # an integer of 400 digits (written by hand) does not fit a float
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def top_rows(members: list[dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:

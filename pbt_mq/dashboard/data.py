@@ -33,7 +33,7 @@ from pbt_mq.core.ids import EXPERIMENT_ID, experiment_ids, leaders, member_ids, 
 from pbt_mq.core.keys import EXPERIMENTS, Keys
 from pbt_mq.core.model import ExperimentState, Member, Meta
 from pbt_mq.core.space import CategoricalSpace, FloatSpace
-from pbt_mq.dashboard.bands import LARGE_POPULATION, TOP_LINES, Bands, top_rows
+from pbt_mq.dashboard.bands import LARGE_POPULATION, MAX_NODES, TOP_LINES, Bands, top_rows
 from pbt_mq.dashboard.follow import LineageLog
 from pbt_mq.observe.compare import comparable, summarize
 from pbt_mq.observe.top import workers
@@ -114,6 +114,7 @@ class ExperimentView:
         self.bands = Bands()
         self.banded = 0  # nodes added to the bands so far
         self.all_members: list[dict[str, Any]] = []  # every member (the snapshot may hold only the best)
+        self.summary: tuple[int, Any] | None = None  # (generation, observe.compare.Summary): compare's, cached
 
     def refresh(self) -> None:
         """Read what changed, unless another request just did (then return at once with its result)."""
@@ -122,13 +123,15 @@ class ExperimentView:
         with self.pace.lock:
             if not self.pace.due_now():
                 return
-            started = self.pace.clock()
+            started, reading = self.pace.clock(), self.r
             try:
                 self._refresh(started)
                 self.error = self.log.archive_error  # None, or why the oldest records are missing
             except redis.RedisError as exc:  # Redis restarting: keep the last snapshot, say so, retry later
                 self.error = f"redis: {exc}"
                 self.pace.done(started, ENDED_INTERVAL_S)
+                if self.r is not reading:  # the board switched Redis meanwhile (Board.switch): read the new one now
+                    self.pace.due = 0.0
 
     def _refresh(self, started: float) -> None:
         more = self.log.poll(self.r, BATCH)
@@ -202,7 +205,7 @@ class ExperimentView:
         self.banded = len(self.log.nodes)
         rows = top_rows(st["members"], st["mode"] == "max")
         best = [m["id"] for m in rows[:TOP_LINES] if m.get("score") is not None]
-        nodes = [{k: v for k, v in n.items() if k not in ("o", "w")} for n in self.log.subset(best)]
+        nodes = [{k: v for k, v in n.items() if k not in ("o", "w")} for n in self.log.subset(best)[-MAX_NODES:]]
         return {"members": rows, "large": {"bands": self.bands.summary(), "top": best, "nodes": nodes,
                                            "rows": len(rows), "threshold": LARGE_POPULATION}}
 
@@ -278,8 +281,11 @@ class Board:
             if not snap:
                 raise redis.ConnectionError(v.error or "no snapshot yet")
             catching_up = catching_up or bool(snap["catching_up"])
-            out.append(summarize(list(v.log.recs), experiment=exp, name=snap["name"], metric=snap["metric"],
-                                 mode=snap["mode"], state=snap["state"] or "?", created_ms=snap["created_ms"]))
+            if v.summary is None or v.summary[0] != v.generation:  # computed once per refresh, for every page
+                v.summary = (v.generation, summarize(list(v.log.recs), experiment=exp, name=snap["name"],
+                                                     metric=snap["metric"], mode=snap["mode"],
+                                                     state=snap["state"] or "?", created_ms=snap["created_ms"]))
+            out.append(v.summary[1])
         return {"experiments": [s.to_json() for s in out], "problem": comparable(out), "catching_up": catching_up}
 
     def workers(self) -> list[dict[str, Any]]:

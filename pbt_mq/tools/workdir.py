@@ -271,11 +271,12 @@ def follow_to_saved_state(d: Path, url: str, switch: Callable[[str], None], poll
             time.sleep(poll_s)
         try:
             new = stack.enter_context(serve_snapshot(d))
-        except WorkDirError as exc:
+            _say(f"the pbt local in {shown(d)} ended: reading its saved state now ({new})")
+            switch(new)
+        except Exception as exc:  # noqa: BLE001 (a thread's last guard: one line, never a traceback)
             _say(f"the pbt local in {shown(d)} ended, and its saved state cannot be read: {exc}")
+            stack.close()
             return
-        _say(f"the pbt local in {shown(d)} ended: reading its saved state now ({new})")
-        switch(new)
         threading.Event().wait()  # this thread started the copy's server (its parent-death signal): it stays
 
     thread = threading.Thread(target=watch, name="pbt-local-follower", daemon=True)

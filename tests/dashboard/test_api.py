@@ -329,7 +329,7 @@ def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path, browser):
     ends (its own redis-server is gone), instead of answering 'Connection refused' from then on."""
     wd = tmp_path / "wd"
     local = subprocess.Popen([sys.executable, "-m", "pbt_mq", "local", str(ROOT / "workers" / "toy.toml"), "--quiet",
-                              "--dir", str(wd), "--set", "population.size=2", "--set", "stop.steps=40",
+                              "--dir", str(wd), "--set", "population.size=2", "--set", "stop.steps=60",
                               "--set", "trainable_args.delay_s=0.3"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -340,8 +340,11 @@ def test_local_keeps_showing_a_pbt_local_run_after_it_ended(tmp_path, browser):
             time.sleep(0.1)
         d = Dashboard(tmp_path / "logs", "--local", str(wd))
         assert "reading the live pbt local" in d.log()
-        live = get_json(d.url, "/api/experiments")["experiments"]
-        assert [e["state"] for e in live] == ["running"], live
+        deadline, live = time.monotonic() + 30, []
+        while not live and time.monotonic() < deadline:  # launched a moment after its server started
+            live = get_json(d.url, "/api/experiments")["experiments"]
+            time.sleep(0.1)
+        assert len(live) == 1, live
         exp = live[0]["experiment"]
         out, _ = local.communicate(timeout=180)
         assert local.returncode == 0, out

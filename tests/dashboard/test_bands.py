@@ -36,6 +36,9 @@ def test_bands_per_step_skip_unscored_segments_and_map_categories_to_their_index
     assert s["hparams"]["lr"]["p50"][1] is None  # a NaN value is left out: nothing to show at step 20
     assert s["hparams"]["act"]["p50"] == [0.5, None] and "other" not in s["hparams"]
     assert numeric({"type": "int"}, True) is None and numeric(None, 1.0) is None
+    assert numeric({"type": "int"}, 10 ** 400) is None  # written by hand: no float holds it, no exception either
+    b.add({"b": 30, "y": 2.0, "h": {"lr": 10 ** 400}}, SPACES)
+    assert b.summary()["n"][-1] == 1
 
 
 def test_many_steps_merge_into_at_most_max_buckets_keeping_every_segment():

@@ -4,8 +4,6 @@ progress, and an error from the experiment's stream stays on screen through the 
 
 from __future__ import annotations
 
-import time
-
 from helpers import launch, write_history
 from services import Dashboard
 from test_browser import texts, wait_for
@@ -43,7 +41,8 @@ def test_the_page_holds_at_800_px_with_long_reasons_and_keeps_errors_visible(r, 
         r.hset(Keys(exp).meta, "config", "{not json")
         wait_for("the stream's error in the banner", lambda: exp in js("return document.querySelector('#banner').textContent"),
                  timeout_s=30)
-        time.sleep(4.5)  # two refreshes of the list (every 2 s), which succeed
+        loads = js("return window.pbtDashboard.listLoads")
+        wait_for("two refreshes of the list, which succeed", lambda: js("return window.pbtDashboard.listLoads") >= loads + 2)
         text = js("return document.querySelector('#banner').hidden ? '' : document.querySelector('#banner').textContent")
         assert exp in text, text
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "/stream" not in e["message"]

@@ -1,5 +1,5 @@
 """``observe.compare``: one experiment's summary from its records (``pbt compare`` and the dashboard's
-compare view; tests/dashboard/test_compare.py runs both against real processes)."""
+compare view; tests/dashboard/test_compare_view.py runs both against real processes)."""
 
 from __future__ import annotations
 

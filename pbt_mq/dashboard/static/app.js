@@ -79,7 +79,7 @@
   // One banner, from every source of trouble at once, so a list refresh that worked never wipes what
   // the experiment's stream said (and the reverse).
   function banner() {
-    const text = D.listError || D.streamError || (D.error ? `${D.error} (showing the last data read)` : "");
+    const text = [D.listError, D.streamError, D.error ? `${D.error} (showing the last data read)` : ""].filter(Boolean).join(" · ");
     const el = $("#banner");
     el.hidden = !text;
     el.textContent = text || "";
@@ -89,7 +89,7 @@
     const res = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
     if (res.status === 401) throw new Error("this dashboard needs its token: open it once as /?token=YOUR_TOKEN");
     const body = await res.json();
-    if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+    if (!res.ok) throw Object.assign(new Error(body.error || `HTTP ${res.status}`), { status: res.status });
     return body;
   }
 
@@ -107,6 +107,7 @@
         location.hash = `#/${encodeURIComponent((running || D.experiments[0]).experiment)}`;
       }
       D.listError = null;
+      D.listLoads = (D.listLoads || 0) + 1; // for tests: list refreshes that worked
       banner();
     } catch (err) {
       setConn("no answer", false);
@@ -138,7 +139,8 @@
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
     if (parts[0] === "compare") { // #/compare/A,B: a shareable comparison
       if (D.source) { D.source.close(); D.source = null; }
-      Object.assign(D, { exp: null, snapshot: null });
+      Object.assign(D, { exp: null, snapshot: null, error: null, streamError: null });
+      banner();
       $("#detail").hidden = true;
       compareView.open((parts[1] || "").split(",").filter(Boolean));
       renderExperiments();
@@ -266,7 +268,7 @@
     }).join("");
     const note = $("#members-note");
     note.hidden = !s.large;
-    if (s.large) note.textContent = `${s.members.length} of ${s.population} members listed: the best by ${s.metric}, then any failing; the charts show every segment as bands and the best ${s.large.top.length} as lines. Every member: pbt status ${s.experiment} --json`;
+    if (s.large) note.textContent = `${s.members.length} of ${s.population} members listed: the best by ${s.metric}, then any failing; the charts show every segment as bands and the best ${s.large.top.length} as lines, whose ancestry a click traces. Every member: pbt status ${s.experiment} --json`;
     if (!setHTML($("#members tbody"), html)) return;
     $("#members tbody").querySelectorAll(".swatch").forEach((el) => {
       Object.assign(el.style, { display: "inline-block", width: "9px", height: "9px", marginRight: "5px", borderRadius: "2px", background: el.dataset.color });
@@ -372,8 +374,8 @@
     let pan = null; // shift-drag on a zoomed chart moves the range
     canvas.addEventListener("mousedown", (ev) => {
       const c = canvas.pbtChart;
-      if (ev.shiftKey && c.pbtZoomed) { pan = { px: at(ev) }; return; }
-      from = at(ev);
+      if (ev.shiftKey && c.pbtZoomed) { pan = { px: at(ev) }; } else { from = at(ev); }
+      D.dragEnd = end; // the one window listener below ends this drag, whichever canvas it began on
     });
     canvas.addEventListener("mousemove", (ev) => {
       if (pan) {
@@ -392,7 +394,7 @@
         width: `${Math.abs(to.x - from.x)}px`, height: `${Math.abs(to.y - from.y)}px` });
       box.hidden = false;
     });
-    window.addEventListener("mouseup", (ev) => {
+    function end(ev) {
       if (pan) { pan = null; return; }
       if (!from) return;
       const to = at(ev);
@@ -403,7 +405,7 @@
       const { x, y } = canvas.pbtChart.scales;
       zoomTo(canvas.pbtChart, [x.getValueForPixel(start.x), x.getValueForPixel(to.x)], [y.getValueForPixel(start.y), y.getValueForPixel(to.y)]);
       canvas.pbtOnChange();
-    });
+    }
     canvas.addEventListener("dblclick", () => { zoomTo(canvas.pbtChart, null, null); canvas.pbtOnChange(); });
   }
 
@@ -437,9 +439,9 @@
   function scoreScale(datasets) {
     const box = $("#score-log");
     if (!box.dataset.touched) {
-      const ys = datasets.flatMap((d) => d.data.map((p) => p.y)).filter((v) => typeof v === "number");
-      const lo = Math.min(...ys), hi = Math.max(...ys);
-      box.checked = ys.length > 0 && lo > 0 && hi / lo > 100;
+      let lo = Infinity, hi = -Infinity; // a loop: a long run has more points than a call takes arguments
+      for (const d of datasets) for (const p of d.data) if (typeof p.y === "number") { lo = Math.min(lo, p.y); hi = Math.max(hi, p.y); }
+      box.checked = hi >= lo && lo > 0 && hi / lo > 100;
     }
     return box.checked ? "logarithmic" : "linear";
   }
@@ -620,6 +622,7 @@
     if (m && D.exp) select(m.dataset.member);
   });
   window.addEventListener("hashchange", route);
+  window.addEventListener("mouseup", (ev) => { const end = D.dragEnd; D.dragEnd = null; if (end) end(ev); });
   $("#score-smooth").addEventListener("change", () => { if (D.charts.score) { D.drawnNodes = -1; draw(); } });
   $("#score-log").addEventListener("change", (ev) => {
     ev.target.dataset.touched = "1";

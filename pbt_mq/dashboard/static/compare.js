@@ -37,7 +37,7 @@ window.pbtCompare = (lib) => {
       view.error = String(err.message || err);
       $("#compare-problem").hidden = false;
       $("#compare-problem").textContent = view.error;
-      view.timer = setTimeout(load, EVERY_MS * 2);
+      if (!(err.status >= 400 && err.status < 500)) view.timer = setTimeout(load, EVERY_MS * 2); // a 4xx stays as said
     }
   }
 
