@@ -230,11 +230,21 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(fn=cmd_plot)
 
 
+FIGURES = (".png", ".svg", ".pdf")
+
+
+def figure_path(out: str, flag: str = "-o") -> str:
+    """``out`` if matplotlib can write it (by its extension), else one line saying what can."""
+    if Path(out).suffix.lower() not in FIGURES:
+        raise UsageError(f"{flag} {out}: expected a file ending in {', '.join(FIGURES)}")
+    return out
+
+
 def cmd_plot(a: argparse.Namespace) -> int:
     if importlib.util.find_spec("matplotlib") is None:
         raise ImportError("pbt plot needs matplotlib: pip install 'pbt-mq[plot]'")
+    out = figure_path(a.out or f"{a.experiment}.png")
     rep = plot.collect(connect(a.redis), a.experiment)
-    out = a.out or f"{a.experiment}.png"
     panels = plot.write(rep, out)
     print(f"wrote {out}: panels {', '.join(panels)}")
     return 0
@@ -253,8 +263,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     exps = list(dict.fromkeys(a.experiments))
     if not 2 <= len(exps) <= compare.MAX_COMPARED:
         raise UsageError(f"pbt compare: give 2 to {compare.MAX_COMPARED} different experiments, got {len(exps)}")
-    if a.out and importlib.util.find_spec("matplotlib") is None:
-        raise ImportError("pbt compare -o needs matplotlib: pip install 'pbt-mq[plot]'")
+    if a.out:
+        figure_path(a.out)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ImportError("pbt compare -o needs matplotlib: pip install 'pbt-mq[plot]'")
     r = connect(a.redis)
     summaries = [compare.collect(r, e) for e in exps]
     problem = compare.comparable(summaries)
