@@ -261,8 +261,8 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     exps = list(dict.fromkeys(a.experiments))
-    if not 2 <= len(exps) <= compare.MAX_COMPARED:
-        raise UsageError(f"pbt compare: give 2 to {compare.MAX_COMPARED} different experiments, got {len(exps)}")
+    if problem := compare.count_problem(exps):
+        raise UsageError(f"pbt compare: {problem}")
     if a.out:
         figure_path(a.out)
         if importlib.util.find_spec("matplotlib") is None:

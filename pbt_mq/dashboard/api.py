@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from pbt_mq.config.reader import ConfigError
 from pbt_mq.dashboard.data import BATCH, Board, ExperimentView, dumps
-from pbt_mq.observe.compare import MAX_COMPARED
+from pbt_mq.observe.compare import count_problem
 from pbt_mq.state.experiment import UnknownExperiment
 
 TICK_S = 0.5  # how often a stream looks for a newer snapshot (the view decides when Redis is read)
@@ -126,8 +126,8 @@ async def member_lineage(request: Request) -> Response:
 @answer
 async def compared(request: Request) -> Response:
     exps = list(dict.fromkeys(request.query_params.getlist("exp")))
-    if not 2 <= len(exps) <= MAX_COMPARED:
-        raise ValueError(f"exp: give 2 to {MAX_COMPARED} different experiments (?exp=A&exp=B), got {len(exps)}")
+    if problem := count_problem(exps):
+        raise ValueError(f"exp (?exp=A&exp=B): {problem}")
     doc = await run_in_threadpool(_board(request).compare, exps)
     return json_response(doc)
 

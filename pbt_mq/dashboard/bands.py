@@ -47,19 +47,25 @@ class Bands:
     def __init__(self) -> None:
         self.scores: dict[int, list[float]] = defaultdict(list)
         self.hparams: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.added = 0  # values added: the summary is recomputed only when it grew
+        self.last: tuple[int, dict[str, Any]] | None = None
 
     def add(self, node: dict[str, Any], spaces: dict[str, dict[str, Any]]) -> None:
         y, step = node.get("y"), node.get("b")
         if y is None or not isinstance(step, int):
             return  # a failed or replaced segment: no score to show
         self.scores[step].append(float(y))
+        self.added += 1
         for name, value in (node.get("h") or {}).items():
             v = numeric(spaces.get(name), value)
             if v is not None:
                 self.hparams[name][step].append(v)
 
     def summary(self) -> dict[str, Any]:
-        """{"steps": [...], "score": {p10: [...], ...}, "hparams": {name: {p10: [...], ...}}, "n": [...]}"""
+        """{"steps": [...], "score": {p10: [...], ...}, "hparams": {name: {p10: [...], ...}}, "n": [...]};
+        the last one again when no segment was added since (a finished run's refreshes sort nothing)."""
+        if self.last is not None and self.last[0] == self.added:
+            return self.last[1]
         steps = sorted(self.scores)
         count = min(len(steps), MAX_BUCKETS)
         groups = [steps[i * len(steps) // count:(i + 1) * len(steps) // count] for i in range(count)]
@@ -67,9 +73,11 @@ class Bands:
         def merged(by_step: dict[int, list[float]]) -> list[list[float]]:
             return [[x for s in g for x in by_step.get(s, ())] for g in groups]
 
-        return {"steps": [g[-1] for g in groups], "n": [sum(len(self.scores[s]) for s in g) for g in groups],
-                "score": band(merged(self.scores)),
-                "hparams": {name: band(merged(by_step)) for name, by_step in sorted(self.hparams.items())}}
+        out = {"steps": [g[-1] for g in groups], "n": [sum(len(self.scores[s]) for s in g) for g in groups],
+               "score": band(merged(self.scores)),
+               "hparams": {name: band(merged(by_step)) for name, by_step in sorted(self.hparams.items())}}
+        self.last = (self.added, out)
+        return out
 
 
 def numeric(space: dict[str, Any] | None, value: Any) -> float | None:

@@ -82,6 +82,12 @@ def collect(r: Any, exp: str) -> Summary:
                      state=str(meta.state) if meta.state else "?", created_ms=meta.created_ms or now_ms())
 
 
+def count_problem(exps: list[str]) -> str | None:
+    """Why these ids are not a comparison (None: they are): 2 to MAX_COMPARED different experiments."""
+    n = len(set(exps))
+    return None if 2 <= n <= MAX_COMPARED else f"give 2 to {MAX_COMPARED} different experiments, got {n}"
+
+
 def comparable(summaries: list[Summary]) -> str | None:
     """Why these cannot be compared on one axis (None: they can): one metric, one direction."""
     kinds = sorted({f"{s.metric} ({s.mode})" for s in summaries})

@@ -79,3 +79,14 @@ def test_the_subset_holds_the_members_nodes_and_their_ancestry_on_other_lanes():
     assert [n["i"] for n in log.subset(["m2"])] == [0, 2, 3, 5]  # not m1's own first node, nor m0's last
     assert [n["i"] for n in log.subset(["m0"])] == [0, 4]
     assert log.subset(["nobody"]) == []
+
+
+def test_the_summary_is_recomputed_only_when_a_segment_was_added():
+    b = Bands()
+    b.add({"b": 10, "y": 1.0, "h": {}}, SPACES)
+    first = b.summary()
+    assert b.summary() is first  # a finished run's refreshes sort nothing again
+    b.add({"b": 10, "y": None, "h": {}}, SPACES)  # unscored: nothing to show, nothing recomputed
+    assert b.summary() is first
+    b.add({"b": 10, "y": 3.0, "h": {}}, SPACES)
+    assert b.summary()["score"]["p50"] == [2.0] and first["score"]["p50"] == [1.0]
